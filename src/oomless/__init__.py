@@ -1,0 +1,40 @@
+"""oomless: memory as a first-class, enforced resource for Celery workers.
+
+>>> import oomless
+>>> oomless.install(app)                     # doctest: +SKIP
+>>> @app.task(memory="2GiB")                 # doctest: +SKIP
+... def transform(path): ...
+
+See README.md and docs/ for the guide.
+"""
+
+from .errors import (
+    EnforcementUnavailable,
+    InfeasibleMemoryRequest,
+    InvalidMemorySpec,
+    MemoryLimitExceeded,
+    OomlessError,
+)
+from .spec import Memory
+from .units import format_size, parse_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "install",
+    "Memory",
+    "MemoryLimitExceeded",
+    "InvalidMemorySpec",
+    "InfeasibleMemoryRequest",
+    "EnforcementUnavailable",
+    "OomlessError",
+    "parse_size",
+    "format_size",
+]
+
+
+def install(app):  # type: ignore[no-untyped-def]
+    """Add the oomless governor to every worker of ``app``; see :func:`oomless.celery.install`."""
+    from .celery.install import install as _install
+
+    return _install(app)

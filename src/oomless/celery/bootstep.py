@@ -1,0 +1,110 @@
+"""The worker bootstep that makes a Celery worker governed.
+
+``create`` runs while the worker is built, before the pool forks: it reads the
+settings, picks the enforcement mode, prepares the slots (cgroups), gives
+every task the governed Request class, and validates every task's
+``memory=``.  ``start`` starts the monitor thread.  Teardown happens on
+``worker_shutdown`` (after the pool has drained, so tasks finishing during a
+warm shutdown are still enforced) and, as a fallback, at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any
+
+from celery import bootsteps, signals
+from celery.utils.imports import symbol_by_name
+
+from ..enforce.modes import choose_mode, make_enforcer
+from ..enforce.slots import SlotTable
+from ..errors import EnforcementUnavailable, InvalidMemorySpec
+from ..linux import cgroup
+from ..spec import Memory
+from ..units import format_size
+from . import governor
+from .config import load_settings
+from .request import governed_request_cls
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["GovernorStep", "task_spec"]
+
+
+def task_spec(task: Any) -> Memory | None:
+    """The spec a task declares with ``memory=`` (validated), or ``None``."""
+    try:
+        return Memory.coerce(getattr(task, "memory", None), what=f"memory= of task {task.name}")
+    except InvalidMemorySpec as exc:
+        raise InvalidMemorySpec(f"{exc} (in the declaration of task {task.name})") from None
+
+
+def _isolating_pool(pool_cls: Any) -> tuple[str, bool]:
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    cls = symbol_by_name(pool_cls) if isinstance(pool_cls, str) else pool_cls
+    name = getattr(cls, "__module__", str(cls)).rsplit(".", 1)[-1]
+    return name, isinstance(cls, type) and issubclass(cls, PreforkPool)
+
+
+class GovernorStep(bootsteps.StartStopStep):
+    """Governs the worker's memory (see :mod:`oomless`)."""
+
+    label = "oomless"
+    requires = ("celery.worker.components:Hub",)
+
+    def __init__(self, parent: Any, memory_budget: str | None = None, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.memory_budget = memory_budget
+
+    def create(self, w: Any) -> Any:
+        app = w.app
+        host = cgroup.detect()
+        settings = load_settings(app.conf, host, self.memory_budget)
+        pool_name, isolating = _isolating_pool(w.pool_cls)
+        choice = choose_mode(settings.enforcement, host, pool_name, isolating)
+        for task in app.tasks.values():
+            task._oomless_spec = task_spec(task)
+            task.Request = governed_request_cls(symbol_by_name(task.Request))
+        size = max(int(w.concurrency or 1), int(getattr(w, "max_concurrency", None) or 0))
+        table = SlotTable(size)
+        enforcer = make_enforcer(choice, table, host, settings.poll_interval)
+        try:
+            enforcer.prepare()
+        except OSError as exc:
+            if settings.enforcement == choice.mode:
+                raise EnforcementUnavailable(f"oomless_enforcement={choice.mode} could not prepare slots: {exc}") from exc
+            raise
+        gov = governor.Governor(settings, choice, enforcer)
+        governor.current = gov
+        logger.info(
+            "oomless: governing %d slots; budget %s (%s); enforcement %s (%s)",
+            size,
+            format_size(settings.budget.bytes),
+            settings.budget.source,
+            choice.mode,
+            choice.reason,
+        )
+        if choice.warning:
+            logger.warning("oomless: %s", choice.warning)
+        atexit.register(gov.shutdown)
+        return gov
+
+    def start(self, w: Any) -> None:
+        gov = governor.current
+        if gov is not None:
+            gov.enforcer.start()
+
+    def stop(self, w: Any) -> None:
+        """Nothing: enforcement must outlive the pool's drain (see module docstring)."""
+
+    def terminate(self, w: Any) -> None:
+        """Nothing, as for :meth:`stop`."""
+
+
+@signals.worker_shutdown.connect(weak=False)
+def _on_worker_shutdown(**_: Any) -> None:
+    gov = governor.current
+    if gov is not None:
+        gov.shutdown()

@@ -1,0 +1,69 @@
+"""The pool child's half: join the slot at birth, arm and disarm around each task.
+
+Runs in billiard pool children only (``worker_process_init``, ``task_prerun``,
+``task_postrun``); in the main process (eager tasks, the solo pool) these
+handlers do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from billiard.process import current_process
+
+from ..linux import proc
+from ..spec import Memory
+from . import governor
+from .request import SPEC_KEY
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["CHILD_OOM_SCORE_ADJ", "on_process_init", "on_task_prerun", "on_task_postrun"]
+
+#: oom_score_adj of pool children: if the kernel ever has to kill inside the
+#: worker's cgroup, it picks a task (a pool child or its subprocess), not the
+#: worker main process.
+CHILD_OOM_SCORE_ADJ = 500
+
+_slot: int | None = None
+
+
+def on_process_init(**_: Any) -> None:
+    global _slot
+    gov = governor.current
+    if gov is None:
+        return
+    index = getattr(current_process(), "index", None)
+    pid = os.getpid()
+    try:
+        proc.set_oom_score_adj(CHILD_OOM_SCORE_ADJ)
+        # Lead a process group of our own, so the watchdog can also reach
+        # subprocesses orphaned when their parent died (they keep the group).
+        os.setpgid(0, 0)
+    except OSError as exc:
+        logger.warning("oomless: pool child %d could not raise its oom_score_adj or lead a group: %s", pid, exc)
+    if index is None or index >= gov.enforcer.table.size:
+        logger.error("oomless: pool child %d has slot index %r outside the table; it runs unenforced", pid, index)
+        return
+    gov.enforcer.child_init(index, pid)
+    _slot = index
+
+
+def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if _slot is None or task is None or task_id is None:
+        return
+    gov = governor.current
+    assert gov is not None
+    raw = task.request.get(SPEC_KEY)
+    spec = Memory(raw[0], raw[1]) if raw else Memory()
+    gov.enforcer.task_start(_slot, os.getpid(), task_id, spec)
+
+
+def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
+    if _slot is None or task_id is None:
+        return
+    gov = governor.current
+    assert gov is not None
+    gov.enforcer.task_end(_slot, os.getpid(), task_id)

@@ -1,0 +1,65 @@
+"""``oomless.install(app)``: make every worker of a Celery app governed."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import click
+from celery import Celery, signals
+
+from ..spec import Memory
+from .bootstep import GovernorStep
+from .child import on_process_init, on_task_postrun, on_task_prerun
+from .publish import on_before_task_publish
+
+__all__ = ["install"]
+
+_signals_connected = False
+
+
+def _connect_signals() -> None:
+    global _signals_connected
+    if _signals_connected:
+        return
+    signals.before_task_publish.connect(on_before_task_publish, weak=False)
+    signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
+    _signals_connected = True
+
+
+def install(app: Celery) -> Celery:
+    """Add the oomless governor to every worker of ``app`` and accept ``memory=`` options.
+
+    * ``@app.task(memory="2GiB")`` / ``memory=oomless.Memory(request=…, limit=…)``:
+      validated right here, at decoration time;
+    * ``task.apply_async(..., memory=…)`` / ``sig.set(memory=…)``: per-call override;
+    * ``celery -A proj worker --memory-budget 6GiB``: the worker's budget.
+
+    Returns ``app``.  Call it once, right after creating the app.
+    """
+    if getattr(app, "_oomless_installed", False):
+        return app
+    _connect_signals()
+    app.steps["worker"].add(GovernorStep)
+    app.user_options["worker"].add(
+        click.Option(
+            ["--memory-budget"],
+            default=None,
+            help="oomless: bytes this worker may give to tasks, e.g. 6GiB (default: oomless_budget, 'auto')",
+        )
+    )
+    # The one place oomless wraps a Celery method: Celery has no hook at task
+    # decoration, and a bad size should fail where it is written.
+    decorate = app.task
+
+    @functools.wraps(decorate)
+    def task(*args: Any, **opts: Any) -> Any:
+        if "memory" in opts:
+            Memory.coerce(opts["memory"], what="memory= of @app.task")
+        return decorate(*args, **opts)
+
+    app.task = task  # type: ignore[method-assign]
+    app._oomless_installed = True  # type: ignore[attr-defined]
+    return app

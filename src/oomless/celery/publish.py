@@ -1,0 +1,36 @@
+"""Client side: carry a per-call ``memory=`` option in a message header.
+
+``task.apply_async(..., memory="4GiB")`` and ``sig.set(memory="4GiB")`` reach
+Celery's ``send_task_message`` as an extra keyword, which lands in the AMQP
+message *properties*; RabbitMQ drops non-standard properties.  This
+``before_task_publish`` receiver moves it into the :data:`~oomless.spec.HEADER`
+header.  Celery logs and swallows exceptions raised by signal receivers, so a
+malformed value is not raised here: it travels as given and the worker fails
+that task with :class:`~oomless.errors.InvalidMemorySpec` (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import InvalidMemorySpec
+from ..spec import HEADER, Memory
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["on_before_task_publish"]
+
+
+def on_before_task_publish(sender: Any = None, headers: Any = None, properties: Any = None, **_: Any) -> None:
+    if not properties or "memory" not in properties or headers is None:
+        return
+    raw = properties.pop("memory")
+    try:
+        spec = Memory.coerce(raw, what=f"memory= of {sender}")
+    except InvalidMemorySpec as exc:
+        logger.error("oomless: %s; the worker will fail task %s with InvalidMemorySpec", exc, headers.get("id"))
+        headers[HEADER] = raw if isinstance(raw, (str, int, dict)) else repr(raw)
+        return
+    if spec is not None:
+        headers[HEADER] = spec.to_header()

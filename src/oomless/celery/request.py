@@ -1,0 +1,155 @@
+"""A Request mixin: the worker-side life of one governed task message (main process).
+
+* On receipt: resolve the task's spec (header > task option > worker default),
+  refuse a malformed or infeasible one before it takes a slot, and hand the
+  resolved spec to the pool child in the request dict.
+* On a lost pool child: if the governor killed it for memory, turn Celery's
+  ``WorkerLostError`` (which with ``task_reject_on_worker_lost`` would requeue
+  the message forever) into a terminal :class:`MemoryLimitExceeded` failure,
+  acknowledged, never redelivered.
+* On every end: one log line and one ``task-memory`` event with the peak.
+
+Celery touch points (checked against Celery 5.5, 5.6 and 5.7):
+``celery.worker.request.create_request_cls`` subclasses a task's ``Request``
+class and overrides ``execute_using_pool`` and ``on_success``;
+:meth:`GovernedRequest.__init_subclass__` wraps those two again.  A request
+refused before start raises ``TaskRevokedError`` from ``execute_using_pool``,
+the path ``WorkController._process_task`` already handles by releasing the
+slot semaphore quietly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import Retry, TaskRevokedError
+from celery.utils.serialization import get_pickled_exception
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+from kombu.utils.encoding import safe_repr
+
+from ..errors import InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
+from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
+from . import governor
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["GovernedRequest", "governed_request_cls", "SPEC_KEY"]
+
+#: Key of the resolved ``[request, limit]`` in the request dict the pool child receives.
+SPEC_KEY = "oomless_spec"
+
+
+class _RefusedBeforeStart(TaskRevokedError):
+    """Raised from ``execute_using_pool`` after the request was already failed and acked."""
+
+
+def _einfo(exc: BaseException) -> ExceptionInfo:
+    try:
+        raise exc
+    except BaseException:
+        return ExceptionInfo()
+
+
+def _wrap_execute(method: Any) -> Any:
+    @functools.wraps(method)
+    def execute_using_pool(self: GovernedRequest, pool: Any, **kwargs: Any) -> Any:
+        if self._oomless_error is not None:
+            self._oomless_refuse(self._oomless_error)
+            raise _RefusedBeforeStart(self.id)
+        return method(self, pool, **kwargs)
+
+    return execute_using_pool
+
+
+def _wrap_success(method: Any) -> Any:
+    @functools.wraps(method)
+    def on_success(self: GovernedRequest, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        result = method(self, failed__retval__runtime, **kwargs)
+        gov = governor.current
+        if gov is not None and not failed__retval__runtime[0]:
+            gov.finished(self, "ok")
+        return result
+
+    return on_success
+
+
+class GovernedRequest(Request):
+    """Mixed in front of a task's own ``Request`` class by :func:`governed_request_cls`."""
+
+    _oomless_error: BaseException | None = None
+    _oomless_spec: Memory = NO_SPEC
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "execute_using_pool" in cls.__dict__:
+            cls.execute_using_pool = _wrap_execute(cls.__dict__["execute_using_pool"])  # type: ignore[method-assign]
+        if "on_success" in cls.__dict__:
+            cls.on_success = _wrap_success(cls.__dict__["on_success"])  # type: ignore[method-assign]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        gov = governor.current
+        try:
+            call = from_header(self._request_dict.get(HEADER))
+            spec = resolve(call, getattr(self._task, "_oomless_spec", None), gov.settings.default_memory if gov else None)
+            if gov is not None:
+                gov.check_feasible(self.name, self.id, spec)
+        except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
+            self._oomless_error = exc
+            return
+        self._oomless_spec = spec
+        self._request_dict[SPEC_KEY] = [spec.request, spec.limit]
+
+    execute_using_pool = _wrap_execute(Request.execute_using_pool)
+    on_success = _wrap_success(Request.on_success)
+
+    def _oomless_refuse(self, exc: BaseException) -> None:
+        """Fail the task before it starts: result stored, event sent, message acked."""
+        logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
+        task_ready(self)
+        self.task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
+        einfo = _einfo(exc)
+        signals.task_failure.send(
+            sender=self.task, task_id=self.id, exception=exc, args=self.args, kwargs=self.kwargs,
+            traceback=einfo.traceback, einfo=einfo,
+        )
+        self.send_event("task-failed", exception=safe_repr(get_pickled_exception(exc)), traceback=einfo.traceback)
+        self.acknowledge()
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        gov = governor.current
+        if gov is None:
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError):
+            report = gov.enforcer.claim_kill(self.id, self.worker_pid)
+            if report is not None:
+                err = MemoryLimitExceeded(self.name, self.id, report.limit, report.peak, report.mode)
+                logger.error("oomless: %s", err)
+                gov.finished(self, "memory-killed", report)
+                # Not a WorkerLostError any more: Celery stores the failure and
+                # acks (or drops) the message instead of requeueing it.
+                return super().on_failure(_einfo(err), send_failed_event, return_ok=False)
+        result = super().on_failure(exc_info, send_failed_event, return_ok)
+        if isinstance(exc, WorkerLostError):
+            outcome = "lost"
+        elif isinstance(exc, Retry):
+            outcome = "retry"
+        else:
+            outcome = "failed"
+        gov.finished(self, outcome)
+        return result
+
+
+@functools.lru_cache(maxsize=None)
+def governed_request_cls(base: type) -> type:
+    """``base`` (a task's Request class) with :class:`GovernedRequest` in front of it."""
+    if issubclass(base, GovernedRequest):
+        return base
+    return type(f"Governed{base.__name__}", (GovernedRequest, base), {"__module__": __name__})

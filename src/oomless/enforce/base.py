@@ -1,0 +1,162 @@
+"""The enforcer protocol shared by the cgroup and watchdog modes.
+
+An enforcer has two halves that live in different processes:
+
+* the **main-process half** prepares slots before the pool forks, runs one
+  monitor thread (no task code runs in the main process, so the thread never
+  waits behind a task's allocation loop), kills a slot's tree on breach and
+  files a :class:`KillReport` *before* it signals, so that when Celery later
+  sees the pool child die the report is already there;
+* the **pool-child half** joins the slot at birth and, around every task, sets
+  the limit, resets and reads the peak, and publishes both in the
+  :class:`~oomless.enforce.slots.SlotTable`.
+
+A task's memory is what its process tree holds *above the slot's baseline at
+task start*: pages the pool child shares copy-on-write with the worker, and
+what earlier tasks left behind, are not charged to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..spec import Memory
+from .slots import SlotTable
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["Enforcer", "KillReport", "NullEnforcer"]
+
+
+@dataclass(frozen=True)
+class KillReport:
+    """Proof that the governor killed a task for memory, filed before the kill."""
+
+    task_id: str
+    pid: int
+    limit: int
+    peak: int
+    mode: str
+    killed: tuple[int, ...] = field(default=())
+    at: float = field(default_factory=time.time)
+
+
+class _Bounded(OrderedDict):
+    """A dict that forgets its oldest entries beyond ``maxlen`` (reports nobody claimed)."""
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+
+    def put(self, key: str, value: object) -> None:
+        self[key] = value
+        while len(self) > self.maxlen:
+            self.popitem(last=False)
+
+
+class Enforcer:
+    """Base of the enforcement modes; ``mode`` names it in logs, events and errors."""
+
+    mode = "off"
+
+    def __init__(self, table: SlotTable) -> None:
+        self.table = table
+        self._reports: _Bounded = _Bounded(4096)
+        self._peaks: _Bounded = _Bounded(4096)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # pool-child half: what the running task started from
+        self._baseline = 0
+        self._limit: int | None = None
+
+    # -- main process ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Set slots up; called in the main process before the pool forks."""
+
+    def start(self) -> None:
+        """Start the monitor thread."""
+        if self._thread is None and type(self).monitor is not Enforcer.monitor:
+            self._thread = threading.Thread(target=self._run_monitor, name=f"oomless-{self.mode}", daemon=True)
+            self._thread.start()
+
+    def _run_monitor(self) -> None:
+        try:
+            self.monitor()
+        except Exception:  # the worker must hear about it, loudly, once
+            logger.exception("oomless: the %s monitor thread crashed; tasks are no longer enforced", self.mode)
+
+    def monitor(self) -> None:
+        """The monitor thread's loop; returns when :meth:`stop` is called."""
+
+    def stop(self) -> None:
+        """Stop the monitor thread and remove what :meth:`prepare` made."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def file_report(self, report: KillReport) -> None:
+        self._reports.put(report.task_id, report)
+
+    def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:
+        """The report for ``task_id`` if the governor killed it (each report is claimed once)."""
+        return self._reports.pop(task_id, None)
+
+    def sampled_peak(self, task_id: str) -> int | None:
+        """A peak the monitor observed for ``task_id`` (descendants included), if any."""
+        return self._peaks.pop(task_id, None)
+
+    # -- pool child -----------------------------------------------------------
+    def child_init(self, index: int, pid: int) -> None:
+        """Called in a newly born pool child, before it runs any task."""
+        self.table.set_pid(index, pid)
+
+    def task_start(self, index: int, pid: int, task_id: str, spec: Memory) -> None:
+        """Called in the pool child right before the task's code runs."""
+        self._limit = spec.limit
+        self._baseline = self.measure_baseline(index, pid)
+        self.table.start(index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index))
+        self.arm(index, spec.limit)
+
+    def task_end(self, index: int, pid: int, task_id: str) -> int:
+        """Called in the pool child after the task; returns the task's peak (bytes)."""
+        peak = max(0, self.measure_peak(index, pid) - self._baseline)
+        self.disarm(index)
+        self.table.finish(index, pid, task_id, peak, self._limit)
+        return peak
+
+    def measure_baseline(self, index: int, pid: int) -> int:
+        return 0
+
+    def measure_peak(self, index: int, pid: int) -> int:
+        return 0
+
+    def oom_count(self, index: int) -> int:
+        return 0
+
+    def arm(self, index: int, limit: int | None) -> None:
+        """Put ``limit`` in force for the slot (before the task runs)."""
+
+    def disarm(self, index: int) -> None:
+        """Lift the slot's limit after the task."""
+
+
+class NullEnforcer(Enforcer):
+    """``off``: tasks are admitted and accounted (own RSS high-water mark) but never killed."""
+
+    mode = "off"
+
+    def measure_baseline(self, index: int, pid: int) -> int:
+        from ..linux import proc
+
+        proc.reset_peak(pid)
+        return proc.rss(pid)
+
+    def measure_peak(self, index: int, pid: int) -> int:
+        from ..linux import proc
+
+        return proc.vm_hwm(pid)

@@ -1,0 +1,159 @@
+"""cgroup mode: the kernel enforces each slot's limit; the governor decides and proves.
+
+Each pool child lives in its own memory cgroup from birth (``slot-<index>``
+below ``<worker group>/oomless-<pid>-<start>``).  Before a task runs the child
+sets ``limit = baseline + task limit``, so the kernel never lets the slot's
+tree (child and every subprocess, however it daemonizes) go over: overshoot 0.
+
+v1: with ``oom_kill_disable`` the kernel pauses the slot at its limit and
+signals an eventfd; the monitor thread reads the peak, files the report, and
+SIGKILLs every member of the slot group.  v2: the kernel kills the slot's
+group itself (``memory.oom.group``); ``memory.events`` proves it afterwards,
+checked when Celery reports the pool child lost.
+
+Not covered here: page cache the task caused counts in the slot's usage (the
+kernel charges it), so a task's reported peak includes cache it read; the
+kernel reclaims that cache before it would ever reach the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+
+from ..linux import cgroup
+from ..linux.kill import kill_pids
+from .base import Enforcer, KillReport
+from .slots import SlotTable
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["CgroupEnforcer"]
+
+
+class CgroupEnforcer(Enforcer):
+    """Per-slot memory cgroups below the worker's own group."""
+
+    mode = "cgroup"
+
+    def __init__(self, table: SlotTable, host: cgroup.CgroupHost, worker_pid: int | None = None) -> None:
+        super().__init__(table)
+        assert host.path is not None
+        self.host = host
+        base = os.path.join(host.path, cgroup.group_name(worker_pid))
+        self.groups: cgroup.SlotGroups = (cgroup.SlotGroupsV1 if host.version == 1 else cgroup.SlotGroupsV2)(base)
+        self._eventfds: dict[int, int] = {}
+        self._wake_r, self._wake_w = -1, -1
+
+    # -- main process ---------------------------------------------------------
+    def prepare(self) -> None:
+        assert self.host.path is not None
+        for stale in cgroup.stale_groups(self.host.path):
+            killed = type(self.groups)(stale).remove(kill=True)
+            logger.warning(
+                "oomless: removed slot cgroups %s left by a worker that is gone%s",
+                stale,
+                f" (killed {len(killed)} leftover processes: {killed})" if killed else "",
+            )
+        self.groups.create(self.table.size)
+        if isinstance(self.groups, cgroup.SlotGroupsV1):
+            for index in range(self.table.size):
+                self._eventfds[self.groups.oom_eventfd(index)] = index
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def monitor(self) -> None:
+        poller = select.epoll()
+        for efd in self._eventfds:
+            poller.register(efd, select.EPOLLIN)
+        poller.register(self._wake_r, select.EPOLLIN)
+        try:
+            while not self._stopping.is_set():
+                for fd, _ in poller.poll():
+                    if fd == self._wake_r:
+                        return
+                    try:
+                        os.read(fd, 8)
+                    except BlockingIOError:
+                        continue
+                    index = self._eventfds[fd]
+                    if isinstance(self.groups, cgroup.SlotGroupsV1) and self.groups.under_oom(index):
+                        self._kill_slot(index)
+        finally:
+            poller.close()
+
+    def _kill_slot(self, index: int) -> None:
+        state = self.table.read(index)
+        peak = max(0, self.groups.peak(index) - state.baseline)
+        members = self.groups.procs(index)
+        if state.running and state.limit is not None:
+            self.file_report(KillReport(state.task_id, state.pid, state.limit, peak, self.mode, tuple(members)))
+        else:
+            logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
+        deadline = time.monotonic() + 5
+        while members and time.monotonic() < deadline:
+            kill_pids(members)
+            time.sleep(0.005)
+            members = self.groups.procs(index)
+        if members:
+            logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
+
+    def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:
+        report = super().claim_kill(task_id, pid)
+        if report is None and isinstance(self.groups, cgroup.SlotGroupsV2) and pid is not None:
+            report = self._v2_kill_proof(task_id, pid)
+        return report
+
+    def _v2_kill_proof(self, task_id: str, pid: int) -> KillReport | None:
+        index = self.table.index_of(pid)
+        if index is None:
+            return None
+        state = self.table.read(index)
+        assert isinstance(self.groups, cgroup.SlotGroupsV2)
+        if state.task_id != task_id or state.limit is None or self.groups.oom_kills(index) <= state.oom_kills:
+            return None
+        peak = max(0, self.groups.peak(index) - state.baseline)
+        return KillReport(task_id, pid, state.limit, peak, self.mode)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        super().stop()
+        for efd in self._eventfds:
+            os.close(efd)
+        self._eventfds.clear()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        killed = self.groups.remove(kill=True)
+        if killed:
+            logger.warning("oomless: killed %d processes still in slot cgroups at shutdown: %s", len(killed), killed)
+
+    # -- pool child -----------------------------------------------------------
+    def child_init(self, index: int, pid: int) -> None:
+        self.groups.join(index, pid)
+        self.groups.set_limit(index, None)
+        super().child_init(index, pid)
+
+    def measure_baseline(self, index: int, pid: int) -> int:
+        self.groups.reset_peak(index)
+        return self.groups.usage(index)
+
+    def measure_peak(self, index: int, pid: int) -> int:
+        return self.groups.peak(index)
+
+    def oom_count(self, index: int) -> int:
+        if isinstance(self.groups, cgroup.SlotGroupsV2):
+            return self.groups.oom_kills(index)
+        return 0
+
+    def arm(self, index: int, limit: int | None) -> None:
+        if limit is not None:
+            self.groups.set_limit(index, self._baseline + limit)
+
+    def disarm(self, index: int) -> None:
+        if self._limit is not None:
+            self.groups.set_limit(index, None)

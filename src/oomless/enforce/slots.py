@@ -1,0 +1,167 @@
+"""A table in shared memory where pool children publish what their slot is running.
+
+The worker main process creates it before the pool forks; every child inherits
+the mapping and writes only its own row (row = billiard's process index).  The
+main process reads rows without any system call: the watchdog polls them every
+few milliseconds, and task completion looks up the measured peak.
+
+Each row is guarded by a sequence number (a seqlock): the writer makes it odd,
+writes, makes it even; a reader retries until it sees the same even number
+before and after reading.  There is exactly one writer per row.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+
+__all__ = ["SlotTable", "SlotState", "Finished"]
+
+IDLE, RUNNING = 0, 1
+_ID = 48  # Celery task ids are 36-character UUIDs; custom ids are cut to this length.
+
+# seq, pid, state, limit, request, baseline, start_ns, oom_kills, task_id
+_HEAD = struct.Struct(f"<QqqqqqqQ{_ID}s")
+# task_id, peak, limit  (a ring of recently finished tasks)
+_DONE = struct.Struct(f"<{_ID}sqq")
+_RING = 8
+_ROW = _HEAD.size + 8 + _RING * _DONE.size
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What one slot is doing right now."""
+
+    seq: int
+    pid: int
+    running: bool
+    task_id: str
+    limit: int | None
+    request: int | None
+    baseline: int
+    start_ns: int
+    oom_kills: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The measured peak of a finished task."""
+
+    task_id: str
+    peak: int
+    limit: int | None
+
+
+def _opt(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+class SlotTable:
+    """``size`` rows of slot state in an anonymous shared mapping (inherited across fork)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._mem = mmap.mmap(-1, max(1, size) * _ROW, flags=mmap.MAP_SHARED)
+
+    # -- writer: the pool child owning the row ------------------------------
+    def _begin(self, index: int) -> int:
+        off = index * _ROW
+        seq = struct.unpack_from("<Q", self._mem, off)[0] | 1
+        struct.pack_into("<Q", self._mem, off, seq)
+        return seq
+
+    def _end(self, index: int, seq: int) -> None:
+        struct.pack_into("<Q", self._mem, index * _ROW, seq + 1)
+
+    def start(
+        self,
+        index: int,
+        pid: int,
+        task_id: str,
+        limit: int | None,
+        request: int | None,
+        baseline: int,
+        start_ns: int,
+        oom_kills: int = 0,
+    ) -> None:
+        """Mark the row running ``task_id`` (call before the task's code runs)."""
+        seq = self._begin(index)
+        _HEAD.pack_into(
+            self._mem,
+            index * _ROW,
+            seq,
+            pid,
+            RUNNING,
+            -1 if limit is None else limit,
+            -1 if request is None else request,
+            baseline,
+            start_ns,
+            oom_kills,
+            task_id.encode()[:_ID],
+        )
+        self._end(index, seq)
+
+    def finish(self, index: int, pid: int, task_id: str, peak: int, limit: int | None) -> None:
+        """Mark the row idle and remember ``peak`` of ``task_id`` in the row's ring."""
+        off = index * _ROW
+        seq = self._begin(index)
+        struct.pack_into("<qq", self._mem, off + 8, pid, IDLE)
+        ring_off = off + _HEAD.size
+        pos = struct.unpack_from("<q", self._mem, ring_off)[0]
+        _DONE.pack_into(
+            self._mem,
+            ring_off + 8 + (pos % _RING) * _DONE.size,
+            task_id.encode()[:_ID],
+            peak,
+            -1 if limit is None else limit,
+        )
+        struct.pack_into("<q", self._mem, ring_off, pos + 1)
+        self._end(index, seq)
+
+    def set_pid(self, index: int, pid: int) -> None:
+        """Claim the row for a newly born pool child (idle)."""
+        seq = self._begin(index)
+        struct.pack_into("<qq", self._mem, index * _ROW + 8, pid, IDLE)
+        self._end(index, seq)
+
+    # -- readers: the worker main process -------------------------------------
+    def seq(self, index: int) -> int:
+        """Cheap check for the hot loop: the row's sequence number changes with every write."""
+        return struct.unpack_from("<Q", self._mem, index * _ROW)[0]
+
+    def read(self, index: int) -> SlotState:
+        off = index * _ROW
+        while True:
+            fields = _HEAD.unpack_from(self._mem, off)
+            if fields[0] & 1 == 0 and struct.unpack_from("<Q", self._mem, off)[0] == fields[0]:
+                break
+        seq, pid, state, limit, request, baseline, start_ns, oom_kills, raw_id = fields
+        return SlotState(
+            seq,
+            pid, state == RUNNING, raw_id.rstrip(b"\0").decode(), _opt(limit), _opt(request), baseline, start_ns, oom_kills
+        )
+
+    def finished(self, index: int, task_id: str) -> Finished | None:
+        """The ring entry of ``task_id`` in row ``index``, if still there."""
+        off = index * _ROW
+        want = task_id.encode()[:_ID]
+        while True:
+            seq = struct.unpack_from("<Q", self._mem, off)[0]
+            ring = bytes(self._mem[off + _HEAD.size + 8 : off + _ROW])
+            if seq & 1 == 0 and struct.unpack_from("<Q", self._mem, off)[0] == seq:
+                break
+        for i in range(_RING):
+            raw_id, peak, limit = _DONE.unpack_from(ring, i * _DONE.size)
+            if raw_id.rstrip(b"\0") == want:
+                return Finished(task_id, peak, _opt(limit))
+        return None
+
+    def index_of(self, pid: int) -> int | None:
+        for index in range(self.size):
+            if struct.unpack_from("<q", self._mem, index * _ROW + 8)[0] == pid:
+                return index
+        return None
+
+    def close(self) -> None:
+        self._mem.close()

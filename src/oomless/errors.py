@@ -1,0 +1,87 @@
+"""The exceptions oomless raises, written for the person reading them at 3 a.m.
+
+Each class keeps its numbers in ``args`` (plain str/int), because Celery's JSON
+result backend ships an exception as ``{exc_type, exc_module, exc_message=args}``
+and rebuilds it as ``cls(*args)`` in the client.  ``limit``/``peak``/``budget``
+therefore survive the round trip, and ``str()`` renders the full sentence.
+"""
+
+from __future__ import annotations
+
+from .units import format_size
+
+__all__ = [
+    "OomlessError",
+    "InvalidMemorySpec",
+    "MemoryLimitExceeded",
+    "InfeasibleMemoryRequest",
+    "EnforcementUnavailable",
+]
+
+
+class OomlessError(Exception):
+    """Base class of every oomless error."""
+
+
+class InvalidMemorySpec(OomlessError, ValueError):
+    """A memory spec (task option, per-call option or message header) is malformed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _task_ref(task_name: str, task_id: str) -> str:
+    short = task_id[:8] + "…" if len(task_id) > 8 else task_id
+    return f"task {task_name}[{short}]"
+
+
+class MemoryLimitExceeded(OomlessError):
+    """A task's process tree went over its memory limit and was killed.
+
+    Attributes ``limit`` and ``peak`` are bytes; ``mode`` is the enforcement
+    mode that caught it ("cgroup" or "watchdog").
+    """
+
+    def __init__(self, task_name: str, task_id: str, limit: int, peak: int, mode: str = "") -> None:
+        super().__init__(task_name, task_id, int(limit), int(peak), mode)
+
+    task_name = property(lambda self: self.args[0])
+    task_id = property(lambda self: self.args[1])
+    limit = property(lambda self: self.args[2])
+    peak = property(lambda self: self.args[3])
+    mode = property(lambda self: self.args[4])
+
+    def __str__(self) -> str:
+        how = f" by the {self.mode} enforcer" if self.mode else ""
+        return (
+            f"{_task_ref(self.task_name, self.task_id)} exceeded its memory limit of "
+            f"{format_size(self.limit)} (peak {format_size(self.peak)}); its process tree was "
+            f"killed{how}. Raise memory= on the task or on this call if it really needs more."
+        )
+
+
+class InfeasibleMemoryRequest(OomlessError):
+    """A task asks for more memory than this worker could ever give it."""
+
+    def __init__(self, task_name: str, task_id: str, limit: int, budget: int) -> None:
+        super().__init__(task_name, task_id, int(limit), int(budget))
+
+    task_name = property(lambda self: self.args[0])
+    task_id = property(lambda self: self.args[1])
+    limit = property(lambda self: self.args[2])
+    budget = property(lambda self: self.args[3])
+
+    def __str__(self) -> str:
+        return (
+            f"{_task_ref(self.task_name, self.task_id)} asks for a memory limit of "
+            f"{format_size(self.limit)}, more than this worker's whole budget of "
+            f"{format_size(self.budget)}; it can never run here. Lower memory= on the task, "
+            f"or route it to a worker with a larger budget (--memory-budget / oomless_budget)."
+        )
+
+
+class EnforcementUnavailable(OomlessError):
+    """The enforcement mode named in the configuration cannot work on this host."""

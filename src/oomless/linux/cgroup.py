@@ -1,0 +1,346 @@
+"""Memory cgroups for slots: find the worker's own group, make one child group per slot.
+
+cgroup v1 (``memory`` controller mounted on its own): each slot group gets
+``memory.oom_control`` = 1 (``oom_kill_disable``), so at its limit the kernel
+*pauses* the slot's processes and signals an eventfd instead of picking a
+victim; the governor then reads the peak and kills the slot's whole tree itself.
+
+cgroup v2 (unified hierarchy, ``memory`` in ``cgroup.controllers``): there is
+no oom_kill_disable; a slot gets ``memory.oom.group`` = 1 so the kernel kills
+the slot's tree as a unit, and ``memory.events`` (``oom_kill``) proves it.
+v2 needs the worker's group to be *delegated* (writable, and no processes of
+its own besides the worker, "no internal processes" rule).
+
+Charges stay with the group a page was first charged to, so a process must
+join its slot group at birth and never move while a task runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+from dataclasses import dataclass
+
+from . import proc
+
+__all__ = ["CgroupHost", "detect", "SlotGroupsV1", "SlotGroupsV2", "UNLIMITED"]
+
+#: Anything at or above this is the kernel's "no limit".
+UNLIMITED = 2**62
+
+
+@dataclass(frozen=True)
+class CgroupHost:
+    """What this host offers for memory cgroups, as seen from this process."""
+
+    version: int | None  # 1, 2, or None when no memory controller is reachable
+    path: str | None  # filesystem path of this process's memory cgroup
+    writable: bool
+    limit: int | None  # memory limit of this group (or an ancestor), None: unlimited
+    reason: str  # one sentence: why (not) usable
+
+    @property
+    def usable(self) -> bool:
+        return self.writable and self.path is not None
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            fstype, _source, super_opts = (right.split() + ["", "", ""])[:3]
+            found.append((fields[4], fstype, super_opts))
+    return found
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            raw = fh.read().strip()
+    except OSError:
+        return None
+    if raw == "max":
+        return None
+    value = int(raw)
+    return None if value >= UNLIMITED else value
+
+
+def _limit_up(path: str, root: str, filename: str) -> int | None:
+    """Smallest limit on ``path`` or any ancestor up to the mount ``root``."""
+    best: int | None = None
+    while True:
+        value = _read_int(os.path.join(path, filename))
+        if value is not None:
+            best = value if best is None else min(best, value)
+        if os.path.normpath(path) == os.path.normpath(root) or len(path) <= len(root):
+            return best
+        path = os.path.dirname(path)
+
+
+def detect(proc_cgroup: str = "/proc/self/cgroup") -> CgroupHost:
+    """Find this process's memory cgroup and whether slot groups can be made below it."""
+    mounts = _mounts()
+    with open(proc_cgroup) as fh:
+        lines = [line.rstrip("\n").split(":", 2) for line in fh if line.strip()]
+    v1_rel = next((rel for _id, ctrls, rel in lines if "memory" in ctrls.split(",")), None)
+    if v1_rel is not None:
+        root = next((mp for mp, fstype, opts in mounts if fstype == "cgroup" and "memory" in opts.split(",")), None)
+        if root is None:
+            return CgroupHost(1, None, False, None, "cgroup v1 memory controller is listed but not mounted here")
+        path = os.path.normpath(root + v1_rel)
+        limit = _limit_up(path, root, "memory.limit_in_bytes")
+        if not os.access(path, os.W_OK):
+            return CgroupHost(1, path, False, limit, f"cgroup v1 memory group {path} is not writable by this user")
+        return CgroupHost(1, path, True, limit, f"cgroup v1 memory group {path} is writable")
+    v2_rel = next((rel for hid, ctrls, rel in lines if hid == "0" and ctrls == ""), None)
+    root2 = next((mp for mp, fstype, _ in mounts if fstype == "cgroup2"), None)
+    if v2_rel is None or root2 is None:
+        return CgroupHost(None, None, False, None, "no memory cgroup controller is mounted on this host")
+    path = os.path.normpath(root2 + v2_rel)
+    try:
+        with open(os.path.join(path, "cgroup.controllers")) as fh:
+            controllers = fh.read().split()
+    except OSError:
+        controllers = []
+    if "memory" not in controllers:
+        return CgroupHost(2, path, False, None, f"cgroup v2 group {path} has no memory controller (cgroup.controllers)")
+    limit = _limit_up(path, root2, "memory.max")
+    reason = v2_delegation_problem(path)
+    if reason:
+        return CgroupHost(2, path, False, limit, reason)
+    return CgroupHost(2, path, True, limit, f"cgroup v2 group {path} is delegated and writable")
+
+
+def v2_delegation_problem(path: str) -> str | None:
+    """Why slot groups cannot be made below the v2 group ``path``, or ``None`` if they can."""
+    if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK):
+        return f"cgroup v2 group {path} is not delegated to this user (not writable)"
+    return None
+
+
+def _write(path: str, value: str | int) -> None:
+    with open(path, "w") as fh:
+        fh.write(str(value))
+
+
+def _read_stat(path: str) -> dict[str, int]:
+    stat = {}
+    with open(path) as fh:
+        for line in fh:
+            key, _, value = line.partition(" ")
+            stat[key] = int(value)
+    return stat
+
+
+class SlotGroups:
+    """One memory cgroup per slot below ``base`` (``<worker group>/oomless-<pid>-<start>``)."""
+
+    version = 0
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def slot_dir(self, index: int) -> str:
+        return os.path.join(self.base, f"slot-{index}")
+
+    # -- main process -----------------------------------------------------
+    def create(self, count: int) -> None:
+        os.makedirs(self.base, exist_ok=True)
+        for index in range(count):
+            os.makedirs(self.slot_dir(index), exist_ok=True)
+            self._prepare_slot(index)
+
+    def _prepare_slot(self, index: int) -> None:
+        raise NotImplementedError
+
+    def procs(self, index: int) -> list[int]:
+        try:
+            with open(os.path.join(self.slot_dir(index), "cgroup.procs")) as fh:
+                return [int(p) for p in fh.read().split()]
+        except FileNotFoundError:
+            return []
+
+    def slots(self) -> list[int]:
+        try:
+            names = os.listdir(self.base)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[5:]) for n in names if n.startswith("slot-") and n[5:].isdigit())
+
+    def remove(self, kill: bool = True, attempts: int = 50) -> list[int]:
+        """Remove every slot group and the base; SIGKILL leftover members first if ``kill``.
+
+        Returns the PIDs killed.  Members are ours by construction: a process
+        is only ever in a slot group because a pool child joined it at birth.
+        """
+        from .kill import kill_pids
+
+        killed: list[int] = []
+        for index in self.slots():
+            path = self.slot_dir(index)
+            for _ in range(attempts):
+                members = self.procs(index)
+                if members and kill:
+                    self._release(index)
+                    killed.extend(kill_pids(members))
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    select.select([], [], [], 0.02)
+        try:
+            os.rmdir(self.base)
+        except FileNotFoundError:
+            pass
+        return killed
+
+    def _release(self, index: int) -> None:
+        """Let paused members run again so a kill can complete (v1 oom_kill_disable)."""
+
+    # -- pool child (its own slot only) -------------------------------------
+    def join(self, index: int, pid: int) -> None:
+        _write(os.path.join(self.slot_dir(index), "cgroup.procs"), pid)
+
+    def set_limit(self, index: int, limit: int | None) -> None:
+        raise NotImplementedError
+
+    def usage(self, index: int) -> int:
+        """Bytes charged to the slot that are not page cache (what a task cannot give back)."""
+        raise NotImplementedError
+
+    def reset_peak(self, index: int) -> None:
+        raise NotImplementedError
+
+    def peak(self, index: int) -> int:
+        raise NotImplementedError
+
+
+class SlotGroupsV1(SlotGroups):
+    """Slot groups on the cgroup v1 memory controller."""
+
+    version = 1
+
+    def _prepare_slot(self, index: int) -> None:
+        path = self.slot_dir(index)
+        # The governor, not the kernel, picks the victim and proves why.
+        _write(os.path.join(path, "memory.oom_control"), 1)
+        _write(os.path.join(path, "memory.limit_in_bytes"), -1)
+
+    def _release(self, index: int) -> None:
+        try:
+            _write(os.path.join(self.slot_dir(index), "memory.limit_in_bytes"), -1)
+        except OSError:
+            pass
+
+    def set_limit(self, index: int, limit: int | None) -> None:
+        _write(os.path.join(self.slot_dir(index), "memory.limit_in_bytes"), -1 if limit is None else limit)
+
+    def usage(self, index: int) -> int:
+        stat = _read_stat(os.path.join(self.slot_dir(index), "memory.stat"))
+        with open(os.path.join(self.slot_dir(index), "memory.usage_in_bytes")) as fh:
+            used = int(fh.read())
+        return max(0, used - stat.get("total_cache", stat.get("cache", 0)))
+
+    def reset_peak(self, index: int) -> None:
+        _write(os.path.join(self.slot_dir(index), "memory.max_usage_in_bytes"), 0)
+
+    def peak(self, index: int) -> int:
+        with open(os.path.join(self.slot_dir(index), "memory.max_usage_in_bytes")) as fh:
+            return int(fh.read())
+
+    def oom_eventfd(self, index: int) -> int:
+        """An eventfd that becomes readable when the slot hits its limit."""
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        ofd = os.open(os.path.join(self.slot_dir(index), "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _write(os.path.join(self.slot_dir(index), "cgroup.event_control"), f"{efd} {ofd}")
+        finally:
+            # The kernel holds its own reference to the control file.
+            os.close(ofd)
+        return efd
+
+    def under_oom(self, index: int) -> bool:
+        with open(os.path.join(self.slot_dir(index), "memory.oom_control")) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "under_oom":
+                    return value.strip() == "1"
+        return False
+
+
+class SlotGroupsV2(SlotGroups):
+    """Slot groups on a delegated cgroup v2 subtree."""
+
+    version = 2
+
+    def create(self, count: int) -> None:
+        os.makedirs(self.base, exist_ok=True)
+        _write(os.path.join(self.base, "cgroup.subtree_control"), "+memory")
+        super().create(count)
+
+    def _prepare_slot(self, index: int) -> None:
+        path = self.slot_dir(index)
+        # Kill the slot's whole tree together when the kernel has to act.
+        _write(os.path.join(path, "memory.oom.group"), 1)
+        _write(os.path.join(path, "memory.max"), "max")
+        if os.path.exists(os.path.join(path, "memory.swap.max")):
+            _write(os.path.join(path, "memory.swap.max"), 0)
+
+    def set_limit(self, index: int, limit: int | None) -> None:
+        _write(os.path.join(self.slot_dir(index), "memory.max"), "max" if limit is None else limit)
+
+    def usage(self, index: int) -> int:
+        stat = _read_stat(os.path.join(self.slot_dir(index), "memory.stat"))
+        with open(os.path.join(self.slot_dir(index), "memory.current")) as fh:
+            used = int(fh.read())
+        return max(0, used - stat.get("file", 0))
+
+    def reset_peak(self, index: int) -> None:
+        # Writing memory.peak resets it (Linux >= 6.12); older kernels keep a
+        # lifetime peak, which then bounds the task's peak from above.
+        try:
+            _write(os.path.join(self.slot_dir(index), "memory.peak"), "reset")
+        except OSError:
+            pass
+
+    def peak(self, index: int) -> int:
+        with open(os.path.join(self.slot_dir(index), "memory.peak")) as fh:
+            return int(fh.read())
+
+    def oom_kills(self, index: int) -> int:
+        """How many processes the kernel has OOM-killed in this slot (``memory.events``)."""
+        with open(os.path.join(self.slot_dir(index), "memory.events")) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+
+def group_name(pid: int | None = None) -> str:
+    """Name of this worker's group of slots: ``oomless-<pid>-<start time>`` (unique across PID reuse)."""
+    pid = os.getpid() if pid is None else pid
+    return f"oomless-{pid}-{proc.start_time(pid)}"
+
+
+def stale_groups(parent: str) -> list[str]:
+    """``oomless-*`` groups below ``parent`` whose worker is gone (crashed, killed)."""
+    stale = []
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return stale
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "oomless" or not parts[1].isdigit():
+            continue
+        if str(proc.start_time(int(parts[1]))) != parts[2]:
+            stale.append(os.path.join(parent, name))
+    return stale

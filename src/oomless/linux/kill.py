@@ -1,0 +1,117 @@
+"""Kill a whole process tree without ever signalling a stranger.
+
+Rules this module keeps:
+
+* A process is signalled through a pidfd, opened *after* checking that the PID
+  still names the process we mean (its start time, or its parent being a
+  member we already hold a pidfd for).  A pidfd keeps naming that process even
+  if its PID is later reused, so the signal cannot reach a stranger.
+* The tree is frozen (SIGSTOP) while it is walked, so nothing forks behind our
+  back, then every member is SIGKILLed.  Members that changed process group
+  (``setsid``, Airflow's task runner) are found through ``/proc/*/task/*/children``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from . import proc
+
+__all__ = ["kill_tree", "kill_pids", "descendants"]
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+
+
+def _send(fd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs below ``root`` (children of any thread, recursively), parents before children."""
+    found: list[int] = []
+    todo = [root]
+    seen = {root}
+    while todo:
+        pid = todo.pop()
+        for child in proc.all_children(pid):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def kill_tree(root: int, root_start_time: int | None) -> list[int]:
+    """SIGKILL ``root`` and all its descendants; return the PIDs signalled.
+
+    ``root_start_time`` (from :func:`proc.start_time`) guards against PID reuse:
+    if ``root`` now names a different process, nothing is signalled.
+    """
+    root_fd = _pidfd(root)
+    if root_fd is None:
+        return []
+    held: dict[int, int] = {}
+    try:
+        if root_start_time is not None and proc.start_time(root) != root_start_time:
+            return []
+        held[root] = root_fd
+        _send(root_fd, signal.SIGSTOP)
+        # Walk until no new member appears: each new member is stopped before
+        # we look for its children, so the tree cannot grow between passes.
+        changed = True
+        while changed:
+            changed = False
+            for pid in descendants(root):
+                if pid in held:
+                    continue
+                fd = _pidfd(pid)
+                if fd is None:
+                    continue
+                if proc.parent_pid(pid) not in held:
+                    # Reparented or reused between listing and opening: not provably ours.
+                    os.close(fd)
+                    continue
+                held[pid] = fd
+                _send(fd, signal.SIGSTOP)
+                changed = True
+        # Members that left the tree (reparented to init when their parent
+        # died) are still in the root's process group when the pool child
+        # leads one; the group cannot be recycled while the root, held by
+        # a pidfd and stopped, still exists.
+        try:
+            if os.getpgid(root) == root:
+                os.killpg(root, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for fd in held.values():
+            _send(fd, signal.SIGKILL)
+        return list(held)
+    finally:
+        for fd in held.values():
+            os.close(fd)
+        if root not in held:
+            os.close(root_fd)
+
+
+def kill_pids(pids: list[int]) -> list[int]:
+    """SIGKILL each PID in ``pids`` (a set already proven ours, e.g. a slot cgroup's members)."""
+    killed = []
+    for pid in pids:
+        fd = _pidfd(pid)
+        if fd is None:
+            continue
+        try:
+            _send(fd, signal.SIGKILL)
+            killed.append(pid)
+        finally:
+            os.close(fd)
+    return killed

@@ -1,0 +1,160 @@
+"""Readers for /proc: resident memory, high-water marks, PSS, children, start times.
+
+Fast path: :class:`StatmReader` keeps ``/proc/PID/statm`` open and ``pread``\\ s it
+(about 1.6 µs a call on these machines), which is what the watchdog polls.
+Slow path: :func:`pss` reads ``smaps_rollup`` (about 1.8 ms for a 200 MB
+process): fine at task end or once a second, not in the fast loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+__all__ = [
+    "PAGE_SIZE",
+    "StatmReader",
+    "rss",
+    "vm_hwm",
+    "reset_peak",
+    "pss",
+    "children",
+    "all_children",
+    "start_time",
+    "mem_total",
+]
+
+
+class StatmReader:
+    """Resident bytes of one process from a kept-open ``/proc/PID/statm``.
+
+    ``read()`` returns ``None`` once the process is gone (or its PID now names
+    another process: the open file keeps referring to the original one).
+    """
+
+    __slots__ = ("pid", "_fd")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> int | None:
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            data = os.pread(fd, 128, 0)
+        except ProcessLookupError:
+            self.close()
+            return None
+        if not data:
+            self.close()
+            return None
+        return int(data.split(None, 2)[1]) * PAGE_SIZE
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def rss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes."""
+    with open(f"/proc/{pid}/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * PAGE_SIZE
+
+
+def _status_kib(pid: int, field: bytes) -> int:
+    with open(f"/proc/{pid}/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise LookupError(f"/proc/{pid}/status has no {field.decode()} line")
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size (``VmHWM``) of ``pid`` since start or the last :func:`reset_peak`."""
+    return _status_kib(pid, b"VmHWM:")
+
+
+def reset_peak(pid: int) -> None:
+    """Reset ``VmHWM`` of ``pid`` to its current RSS (``echo 5 > clear_refs``)."""
+    with open(f"/proc/{pid}/clear_refs", "wb") as fh:
+        fh.write(b"5")
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of ``pid``: shared pages divided among their sharers."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(f"/proc/{pid}/smaps_rollup has no Pss line")
+
+
+def children(pid: int) -> list[int]:
+    """Children forked by the main thread of ``pid`` (cheap; misses other threads' children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+            return [int(p) for p in fh.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def all_children(pid: int) -> list[int]:
+    """Children forked by any thread of ``pid``."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                found.extend(int(p) for p in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), ``None`` if gone.
+
+    Together with the PID it names a process uniquely: a reused PID has a later start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """Parent PID of ``pid``, ``None`` if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
+def mem_total() -> int:
+    """Physical memory of the machine (``MemTotal``) in bytes."""
+    with open("/proc/meminfo", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise LookupError("/proc/meminfo has no MemTotal line")
+
+
+def set_oom_score_adj(value: int, pid: int | str = "self") -> None:
+    """Make ``pid`` a likelier (positive) or less likely (negative) OOM-killer victim."""
+    with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+        fh.write(str(value))

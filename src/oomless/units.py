@@ -1,0 +1,94 @@
+"""Byte sizes at the edges: parse "2GiB"-style strings into ints, format ints for people.
+
+Inside oomless every size is an ``int`` of bytes.  Strings exist only where a
+person writes or reads them (task options, config, CLI, error messages).
+
+Units follow the Kubernetes convention, the one platform teams already use for
+memory: binary units carry an ``i`` (``Ki``, ``Mi``, ``Gi``, ``Ti`` with or
+without a trailing ``B``), decimal units do not (``k``/``K``, ``M``, ``G``,
+``T``, with or without ``B``).  ``"1.5G"`` is therefore 1,500,000,000 bytes and
+``"1.5GiB"`` is 1,610,612,736 bytes.  Units are case-insensitive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["parse_size", "format_size", "MAX_SIZE"]
+
+#: The largest size oomless accepts (the kernel's "unlimited" is near 2**63).
+MAX_SIZE = 2**62
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object, what: str = "size") -> int:
+    """Return ``value`` as a positive number of bytes.
+
+    Accepts an ``int`` (bytes) or a string such as ``"512MiB"``, ``"2GiB"``,
+    ``"1.5G"`` or ``"1024"``.  Raises :class:`ValueError` naming the value and
+    the accepted forms when the value is not a size; ``what`` names the value
+    in that message ("memory limit", "oomless_budget", ...).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(
+            f"{what} must be a number of bytes or a string such as '512MiB' or '2GiB', "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if isinstance(value, int):
+        size = value
+    else:
+        if len(value) > 64:
+            raise ValueError(f"{what} {value[:64]!r}… is too long to be a size")
+        match = _SIZE_RE.match(value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{what} {value!r} is not a size: write a number with an optional unit, "
+                f"e.g. '512MiB', '2GiB', '1.5G' or '1048576' "
+                f"(binary units: KiB MiB GiB TiB; decimal: K M G T)"
+            )
+        number = float(match.group(1))
+        size = math.floor(number * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{what} must be more than 0 bytes, got {value!r}")
+    if size > MAX_SIZE:
+        raise ValueError(f"{what} {value!r} is larger than any machine ({format_size(MAX_SIZE)})")
+    return size
+
+
+def format_size(n_bytes: int | None) -> str:
+    """Format bytes for people: ``2.0 GiB``, ``512.0 MiB``, ``300 B``; ``None`` is "no limit"."""
+    if n_bytes is None:
+        return "no limit"
+    sign = "-" if n_bytes < 0 else ""
+    n = abs(n_bytes)
+    if n < 1024:
+        return f"{sign}{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.1f} {unit}"
+    raise AssertionError("unreachable")
