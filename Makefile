@@ -1,0 +1,40 @@
+SHELL := /bin/bash
+# Two commands on a fresh machine (see README.md):
+#   make demo   runs the demo on the embedded Redis (no services needed)
+#   make test   runs the test suite
+# Both create .venv from requirements.lock first; nothing global is assumed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench lock clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q --require-virtualenv -r requirements.lock
+	$(BIN)/python -m pip install -q --require-virtualenv --no-deps -e .
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/oomless demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/enforcement.py
+	$(BIN)/python bench/overhead.py
+
+# Re-pin after editing pyproject.toml dependencies (needs uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --extra test --extra dev --universal --python-version 3.10 \
+	    --constraint <(echo "celery<5.7") -o requirements.lock
+
+clean:
+	rm -rf $(VENV)

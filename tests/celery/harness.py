@@ -1,0 +1,101 @@
+"""Start and stop real governed Celery workers in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    log: Path
+    env: dict
+    queue: str
+    ready: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text()
+            if needle in text:
+                return text
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}) before {needle!r}:\n{text[-4000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} not in worker log after {timeout}s:\n{self.text()[-4000:]}")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        # Pool children lead their own process groups; make sure none outlived the worker.
+        _kill_leftovers(self.env["OOMLESS_TEST_QUEUE"])
+        return self.proc.returncode
+
+
+def _kill_leftovers(queue: str) -> None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"OOMLESS_TEST_QUEUE={queue}".encode() in environ:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start_worker(
+    tmp: Path,
+    broker: str,
+    backend: str,
+    mode: str = "auto",
+    concurrency: int = 2,
+    extra: tuple[str, ...] = (),
+    wait_ready: bool = True,
+) -> Worker:
+    queue = f"oomless-test-{uuid.uuid4().hex[:8]}"
+    env = dict(
+        os.environ,
+        OOMLESS_TEST_BROKER=broker,
+        OOMLESS_TEST_BACKEND=backend,
+        OOMLESS_TEST_QUEUE=queue,
+        OOMLESS_TEST_MODE=mode,
+        PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
+    log = tmp / f"worker-{queue}.log"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker_app", "worker",
+        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{queue}@%h", "--without-gossip",
+        "--without-mingle", *extra,
+    ]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = Worker(proc, log, env, queue)
+    if wait_ready:
+        worker.wait_for("ready.")
+        worker.ready = True
+    return worker

@@ -1,0 +1,164 @@
+"""A governed worker kills only the task that breaks its limit, and fails it clearly.
+
+Every test here runs a real worker subprocess against a real broker, in both
+enforcement modes (cgroup: real cgroup v1 slots on this machine; watchdog).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import oomless
+
+from .harness import start_worker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from worker_app import make_app  # noqa: E402
+
+MiB = 2**20
+BUDGET = "3GiB"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("cgroup", "redis"), ("watchdog", "redis"), ("cgroup", "rabbitmq"), ("watchdog", "rabbitmq")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def governed(request, tmp_path_factory, redis_url):
+    mode, broker_name = request.param
+    broker = request.getfixturevalue("rabbitmq_url") if broker_name == "rabbitmq" else redis_url
+    tmp = tmp_path_factory.mktemp(f"{mode}-{broker_name}")
+    worker = start_worker(tmp, broker, redis_url, mode=mode, extra=("--memory-budget", BUDGET))
+    app = make_app(broker, redis_url, worker.queue, mode)
+    worker.app, worker.mode, worker.tmp = app, mode, tmp
+    yield worker
+    worker.stop()
+    app.close()
+
+
+def test_worker_reports_the_enforcement_mode_it_runs(governed):
+    assert f"enforcement {governed.mode} (" in governed.text()
+
+
+def test_task_over_its_limit_fails_with_memory_limit_exceeded(governed):
+    result = governed.app.tasks["t.hog"].delay(1024)
+    with pytest.raises(oomless.MemoryLimitExceeded) as caught:
+        result.get(timeout=60)
+    exc = caught.value
+    assert exc.limit == 256 * MiB
+    assert 256 * MiB <= exc.peak <= 256 * MiB + 64 * MiB
+    assert result.state == "FAILURE"
+    assert "exceeded its memory limit of 256.0 MiB" in str(exc)
+    assert f"t.hog[{result.id[:8]}" in str(exc)
+
+
+def test_task_under_its_limit_succeeds(governed):
+    assert governed.app.tasks["t.hog"].delay(64).get(timeout=30) == 64
+
+
+def test_runaway_subprocess_is_killed_with_its_whole_tree(governed):
+    pidfile = governed.tmp / f"sub-{time.monotonic_ns()}.pid"
+    result = governed.app.tasks["t.sub_hog"].delay(2048, str(pidfile))
+    with pytest.raises(oomless.MemoryLimitExceeded):
+        result.get(timeout=60)
+    sub_pid = int(pidfile.read_text())
+    assert _wait_gone(sub_pid), f"subprocess {sub_pid} of the killed task is still alive"
+
+
+def test_sibling_task_and_worker_main_process_survive_a_kill(governed):
+    sibling = governed.app.tasks["t.sleeper"].delay(3)
+    time.sleep(0.5)  # let the sibling start on the other slot
+    with pytest.raises(oomless.MemoryLimitExceeded):
+        governed.app.tasks["t.hog"].delay(1024).get(timeout=60)
+    assert sibling.get(timeout=30) > 0
+    assert governed.proc.poll() is None
+
+
+def test_killed_pool_child_is_replaced(governed):
+    with pytest.raises(oomless.MemoryLimitExceeded):
+        governed.app.tasks["t.hog"].delay(1024).get(timeout=60)
+    # Both slots work again: two sleepers run at the same time on two different children.
+    a, b = governed.app.tasks["t.sleeper"].delay(1), governed.app.tasks["t.sleeper"].delay(1)
+    assert a.get(timeout=30) != b.get(timeout=30)
+
+
+def test_killed_task_is_not_redelivered_despite_acks_late_and_reject_on_worker_lost(governed):
+    marker = governed.tmp / f"runs-{time.monotonic_ns()}.txt"
+    result = governed.app.tasks["t.hog"].delay(1024, str(marker))
+    with pytest.raises(oomless.MemoryLimitExceeded):
+        result.get(timeout=60)
+    # A requeued message would run again within a moment on the idle worker.
+    assert governed.app.tasks["t.sleeper"].delay(0.1).get(timeout=30)
+    time.sleep(2)
+    assert len(marker.read_text().split()) == 1
+
+
+def test_per_call_memory_overrides_the_task_option(governed):
+    hog = governed.app.tasks["t.hog"]
+    assert hog.apply_async([320], memory="512MiB").get(timeout=30) == 320
+    assert hog.s(320).set(memory="512MiB").delay().get(timeout=30) == 320
+
+
+def test_malformed_per_call_memory_fails_the_task_with_invalid_memory_spec(governed):
+    result = governed.app.tasks["t.hog"].apply_async([8], memory="5XB")
+    with pytest.raises(oomless.InvalidMemorySpec) as caught:
+        result.get(timeout=30)
+    assert "'5XB' is not a size" in str(caught.value)
+    assert governed.proc.poll() is None
+
+
+def test_malformed_header_from_the_broker_fails_the_task_with_invalid_memory_spec(governed):
+    result = governed.app.send_task("t.hog", args=[8], headers={"oomless_memory": [1, {"x": 2}]})
+    with pytest.raises(oomless.InvalidMemorySpec) as caught:
+        result.get(timeout=30)
+    assert "oomless_memory" in str(caught.value)
+    assert governed.app.tasks["t.sleeper"].delay(0.1).get(timeout=30)
+
+
+def test_limit_larger_than_the_budget_fails_fast_with_infeasible_memory_request(governed):
+    result = governed.app.tasks["t.hog"].apply_async([8], memory="64GiB")
+    with pytest.raises(oomless.InfeasibleMemoryRequest) as caught:
+        result.get(timeout=30)
+    assert caught.value.limit == 64 * 2**30
+    assert caught.value.budget == 3 * 2**30
+    assert "64.0 GiB" in str(caught.value) and "3.0 GiB" in str(caught.value)
+
+
+def test_each_task_gets_one_log_line_with_its_peak(governed):
+    result = governed.app.tasks["t.hog"].delay(96)
+    result.get(timeout=30)
+    line = next(
+        (ln for ln in governed.wait_for(f"{result.id}] ok: peak").splitlines() if f"{result.id}] ok: peak" in ln)
+    )
+    peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
+    assert 96 * 0.9 <= peak_mib <= 96 + 32, line
+    assert f"[{governed.mode}]" in line
+
+
+def test_pool_children_have_a_raised_oom_score_adj_and_the_main_process_does_not(governed):
+    info = governed.app.tasks["t.whoami"].delay().get(timeout=30)
+    assert info["oom_score_adj"] == 500
+    with open(f"/proc/{governed.pid}/oom_score_adj") as fh:
+        assert int(fh.read()) == 0

@@ -1,0 +1,73 @@
+"""The Celery app the integration tests run in real worker subprocesses.
+
+Configured from environment variables so that the worker subprocess and the
+test process build the same app: OOMLESS_TEST_BROKER, OOMLESS_TEST_BACKEND,
+OOMLESS_TEST_QUEUE, OOMLESS_TEST_MODE.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from celery import Celery
+
+import oomless
+
+MiB = 2**20
+
+
+def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celery:
+    app = Celery("t", broker=broker, backend=backend)
+    app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        result_expires=600,
+        broker_connection_retry_on_startup=True,
+        oomless_enforcement=mode,
+    )
+    oomless.install(app)
+
+    @app.task(name="t.hog", memory="256MiB")
+    def hog(mb: int, marker: str | None = None) -> int:
+        """Allocate ``mb`` MiB in 8 MiB steps (touching every page); append to ``marker`` first."""
+        if marker:
+            with open(marker, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+        chunks = [bytearray(8 * MiB) for _ in range(mb // 8)]
+        return len(chunks) * 8
+
+    @app.task(name="t.sub_hog", memory="256MiB")
+    def sub_hog(mb: int, pidfile: str) -> int:
+        """Run a subprocess that allocates ``mb`` MiB; it writes its pid to ``pidfile`` first."""
+        code = (
+            "import os, time; open(%r, 'w').write(str(os.getpid())); "
+            "x = [bytearray(8 << 20) for _ in range(%d)]; time.sleep(30)" % (pidfile, mb // 8)
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return mb
+
+    @app.task(name="t.sleeper", memory="64MiB")
+    def sleeper(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    @app.task(name="t.whoami")
+    def whoami() -> dict:
+        with open("/proc/self/oom_score_adj") as fh:
+            adj = int(fh.read())
+        return {"pid": os.getpid(), "ppid": os.getppid(), "oom_score_adj": adj}
+
+    return app
+
+
+app = make_app(
+    os.environ.get("OOMLESS_TEST_BROKER", "redis://127.0.0.1:6379/0"),
+    os.environ.get("OOMLESS_TEST_BACKEND", "redis://127.0.0.1:6379/1"),
+    os.environ.get("OOMLESS_TEST_QUEUE", "celery"),
+    os.environ.get("OOMLESS_TEST_MODE", "auto"),
+)

