@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..linux.proc import OwnMemory
 from ..spec import Memory
 from .slots import SlotTable
 
@@ -68,10 +69,12 @@ class Enforcer:
         self._reports: _Bounded = _Bounded(4096)
         self._peaks: _Bounded = _Bounded(4096)
         self._thread: threading.Thread | None = None
+        self.monitor_tid: int | None = None  # native thread id, for CPU accounting
         self._stopping = threading.Event()
         # pool-child half: what the running task started from
         self._baseline = 0
         self._limit: int | None = None
+        self.own = OwnMemory()  # the pool child's own /proc files
 
     # -- main process ---------------------------------------------------------
     def prepare(self) -> None:
@@ -84,6 +87,8 @@ class Enforcer:
             self._thread.start()
 
     def _run_monitor(self) -> None:
+        self.monitor_tid = threading.get_native_id()
+        logger.debug("oomless: %s monitor thread runs as tid %d", self.mode, self.monitor_tid)
         try:
             self.monitor()
         except Exception:  # the worker must hear about it, loudly, once
@@ -151,12 +156,8 @@ class NullEnforcer(Enforcer):
     mode = "off"
 
     def measure_baseline(self, index: int, pid: int) -> int:
-        from ..linux import proc
-
-        proc.reset_peak(pid)
-        return proc.rss(pid)
+        self.own.reset_peak()
+        return self.own.rss()
 
     def measure_peak(self, index: int, pid: int) -> int:
-        from ..linux import proc
-
-        return proc.vm_hwm(pid)
+        return self.own.peak()

@@ -34,9 +34,14 @@ __all__ = ["WatchdogEnforcer"]
 
 
 class _Tree:
-    """What the watchdog knows of one running task's process tree."""
+    """What the watchdog knows of one pool child's process tree and its current task.
 
-    __slots__ = ("state", "root", "root_start", "members", "peak", "discovered")
+    Kept across tasks while the pool child lives: a new task only swaps
+    :attr:`state` and resets :attr:`peak`, so short tasks cost the poller
+    almost nothing.
+    """
+
+    __slots__ = ("state", "root", "root_start", "members", "peak")
 
     def __init__(self, state: SlotState) -> None:
         self.state = state
@@ -44,7 +49,7 @@ class _Tree:
         self.root_start = proc.start_time(state.pid)
         self.members: dict[int, proc.StatmReader] = {}
         self.peak = 0
-        self.discovered = False
+        self.discover(full=True)
 
     def discover(self, full: bool) -> None:
         list_children = proc.all_children if full else proc.children
@@ -96,6 +101,7 @@ class WatchdogEnforcer(Enforcer):
         table = self.table
         trees = self._trees
         seen = [-1] * table.size  # row sequence number at the last look
+        running = [False] * table.size
         tick = 0
         while not wait(self.interval):
             tick += 1
@@ -105,37 +111,44 @@ class WatchdogEnforcer(Enforcer):
                 tree = trees.get(index)
                 if seq != seen[index]:
                     # The slot started or finished a task since the last poll.
-                    if tree is not None:
-                        self._retire(index)
-                        tree = None
                     state = table.read(index)
                     seen[index] = state.seq
+                    if tree is not None and running[index]:
+                        self._peaks.put(tree.state.task_id, tree.peak)
+                    running[index] = state.running
+                    if tree is not None and (tree.state.pid != state.pid or tree.root_start is None):
+                        self._drop(index)
+                        tree = None
                     if not state.running:
                         continue
-                    try:
-                        tree = trees[index] = _Tree(state)
-                    except (FileNotFoundError, ProcessLookupError):
-                        continue
-                elif tree is None:
+                    if tree is None:
+                        try:
+                            tree = trees[index] = _Tree(state)
+                        except (FileNotFoundError, ProcessLookupError):
+                            running[index] = False
+                            continue
+                    else:
+                        tree.state, tree.peak = state, 0
+                elif not running[index] or tree is None:
                     continue
-                tree.discover(full or not tree.discovered)
-                tree.discovered = True
+                else:
+                    tree.discover(full)
                 used = tree.usage()
                 if used is None:
-                    self._retire(index)
+                    self._drop(index)
+                    running[index] = False
                     continue
                 if used > tree.peak:
                     tree.peak = used
                 limit = tree.state.limit
                 if limit is not None and used > limit:
                     self._kill(index, tree, used)
+                    running[index] = False
         for index in list(trees):
-            self._retire(index)
+            self._drop(index)
 
-    def _retire(self, index: int) -> None:
-        tree = self._trees.pop(index)
-        self._peaks.put(tree.state.task_id, tree.peak)
-        tree.close()
+    def _drop(self, index: int) -> None:
+        self._trees.pop(index).close()
 
     def _kill(self, index: int, tree: _Tree, used: int) -> None:
         state = tree.state
@@ -144,12 +157,12 @@ class WatchdogEnforcer(Enforcer):
         killed = kill_tree(state.pid, tree.root_start)
         if not killed:
             self._reports.pop(state.task_id, None)
-        self._retire(index)
+        self._drop(index)
 
     # -- pool child -----------------------------------------------------------
     def measure_baseline(self, index: int, pid: int) -> int:
-        proc.reset_peak(pid)
-        return proc.rss(pid)
+        self.own.reset_peak()
+        return self.own.rss()
 
     def measure_peak(self, index: int, pid: int) -> int:
-        return proc.vm_hwm(pid)
+        return self.own.peak()

@@ -126,15 +126,6 @@ def _write(path: str, value: str | int) -> None:
         fh.write(str(value))
 
 
-def _read_stat(path: str) -> dict[str, int]:
-    stat = {}
-    with open(path) as fh:
-        for line in fh:
-            key, _, value = line.partition(" ")
-            stat[key] = int(value)
-    return stat
-
-
 class SlotGroups:
     """One memory cgroup per slot below ``base`` (``<worker group>/oomless-<pid>-<start>``)."""
 
@@ -142,6 +133,38 @@ class SlotGroups:
 
     def __init__(self, base: str) -> None:
         self.base = base
+        self._fds: dict[tuple[int, str, int], int] = {}
+
+    # A pool child touches its slot's files around every task: keep them open
+    # and pread/pwrite them (0.3–3 µs) instead of open/parse/close (9–35 µs).
+    def _fd(self, index: int, name: str, flags: int) -> int:
+        key = (index, name, flags)
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = os.open(os.path.join(self.slot_dir(index), name), flags | os.O_CLOEXEC)
+        return fd
+
+    def _get(self, index: int, name: str) -> bytes:
+        return os.pread(self._fd(index, name, os.O_RDONLY), 4096, 0)
+
+    def _set(self, index: int, name: str, value: str | int) -> None:
+        # Control files take each write whole; offsets mean nothing (pwrite: ESPIPE).
+        os.write(self._fd(index, name, os.O_WRONLY), str(value).encode())
+
+    def _stat(self, index: int, key: bytes) -> int:
+        """One ``key value`` line of the slot's memory.stat (0 when absent)."""
+        data = b"\n" + os.pread(self._fd(index, "memory.stat", os.O_RDONLY), 65536, 0)
+        at = data.find(b"\n" + key + b" ")
+        if at < 0:
+            return 0
+        start = at + len(key) + 2
+        end = data.find(b"\n", start)
+        return int(data[start : end if end >= 0 else None])
+
+    def close_files(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def slot_dir(self, index: int) -> str:
         return os.path.join(self.base, f"slot-{index}")
@@ -178,6 +201,7 @@ class SlotGroups:
         """
         from .kill import kill_pids
 
+        self.close_files()
         killed: list[int] = []
         for index in self.slots():
             path = self.slot_dir(index)
@@ -240,20 +264,17 @@ class SlotGroupsV1(SlotGroups):
             pass
 
     def set_limit(self, index: int, limit: int | None) -> None:
-        _write(os.path.join(self.slot_dir(index), "memory.limit_in_bytes"), -1 if limit is None else limit)
+        self._set(index, "memory.limit_in_bytes", -1 if limit is None else limit)
 
     def usage(self, index: int) -> int:
-        stat = _read_stat(os.path.join(self.slot_dir(index), "memory.stat"))
-        with open(os.path.join(self.slot_dir(index), "memory.usage_in_bytes")) as fh:
-            used = int(fh.read())
-        return max(0, used - stat.get("total_cache", stat.get("cache", 0)))
+        used = int(self._get(index, "memory.usage_in_bytes"))
+        return max(0, used - self._stat(index, b"total_cache"))
 
     def reset_peak(self, index: int) -> None:
-        _write(os.path.join(self.slot_dir(index), "memory.max_usage_in_bytes"), 0)
+        self._set(index, "memory.max_usage_in_bytes", 0)
 
     def peak(self, index: int) -> int:
-        with open(os.path.join(self.slot_dir(index), "memory.max_usage_in_bytes")) as fh:
-            return int(fh.read())
+        return int(self._get(index, "memory.max_usage_in_bytes"))
 
     def oom_eventfd(self, index: int) -> int:
         """An eventfd that becomes readable when the slot hits its limit."""
@@ -294,13 +315,11 @@ class SlotGroupsV2(SlotGroups):
             _write(os.path.join(path, "memory.swap.max"), 0)
 
     def set_limit(self, index: int, limit: int | None) -> None:
-        _write(os.path.join(self.slot_dir(index), "memory.max"), "max" if limit is None else limit)
+        self._set(index, "memory.max", "max" if limit is None else limit)
 
     def usage(self, index: int) -> int:
-        stat = _read_stat(os.path.join(self.slot_dir(index), "memory.stat"))
-        with open(os.path.join(self.slot_dir(index), "memory.current")) as fh:
-            used = int(fh.read())
-        return max(0, used - stat.get("file", 0))
+        used = int(self._get(index, "memory.current"))
+        return max(0, used - self._stat(index, b"file"))
 
     def reset_peak(self, index: int) -> None:
         # Writing memory.peak resets it (Linux >= 6.12); older kernels keep a
@@ -311,8 +330,7 @@ class SlotGroupsV2(SlotGroups):
             pass
 
     def peak(self, index: int) -> int:
-        with open(os.path.join(self.slot_dir(index), "memory.peak")) as fh:
-            return int(fh.read())
+        return int(self._get(index, "memory.peak"))
 
     def oom_kills(self, index: int) -> int:
         """How many processes the kernel has OOM-killed in this slot (``memory.events``)."""

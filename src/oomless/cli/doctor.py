@@ -1,0 +1,266 @@
+"""``oomless doctor``: what this host offers a governed worker, the mode it would run, the budget.
+
+Everything is seen from the process running ``doctor``: run it the way the
+worker runs (same user, same container or systemd unit), or the cgroup it
+inspects is not the worker's.
+
+Exit status: 0 when a worker started with these settings would run; 2 when it
+would refuse to start (the requested enforcement mode cannot work here, or the
+configuration is invalid).  ``--json`` prints one JSON object either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..enforce.modes import MODES
+
+__all__ = ["doctor", "diagnose"]
+
+POOLS = ("prefork", "solo", "threads")
+
+#: The allocation rate the overshoot example uses (a tight Python loop reaches ~1 GB/s).
+EXAMPLE_RATE = 10**9
+
+
+class _Invalid(Exception):
+    """The configuration cannot be used; the message says why."""
+
+
+def _load_app(spec: str) -> Any:
+    from celery.app.utils import find_app
+
+    # `celery -A` imports from the current directory; do the same.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return find_app(spec)
+    except (ImportError, AttributeError) as exc:
+        raise _Invalid(f"cannot load the Celery app {spec!r}: {exc}") from exc
+
+
+def diagnose(app_spec: str | None, enforcement: str | None, memory_budget: str | None, pool: str | None) -> dict[str, Any]:
+    """Everything ``doctor`` reports, as a JSON-safe dict; ``error`` is set when a worker would refuse to start."""
+    import billiard
+    import celery
+    import kombu
+
+    from ..celery.bootstep import task_spec
+    from ..celery.config import load_settings
+    from ..enforce.modes import choose_mode, watchdog_problem
+    from ..errors import EnforcementUnavailable, InvalidMemorySpec
+    from ..linux import cgroup, proc
+    from ..units import format_size
+
+    report: dict[str, Any] = {
+        "ok": False,
+        "error": None,
+        "app": app_spec,
+        "versions": {
+            "python": platform.python_version(),
+            "celery": celery.__version__,
+            "billiard": billiard.__version__,
+            "kombu": kombu.__version__,
+            "kernel": f"{platform.system()} {platform.release()}",
+        },
+    }
+    machine = proc.mem_total()
+    host = cgroup.detect()
+    report["memory"] = {"machine": machine, "cgroup_limit": host.limit}
+    report["cgroup"] = {
+        "version": host.version,
+        "path": host.path,
+        "writable": host.writable,
+        "reason": host.reason,
+        "note": (
+            "cgroup mode needs a writable memory cgroup: root on cgroup v1, or a cgroup v2 subtree delegated to "
+            "the worker (systemd Delegate=yes, or a container given its own writable cgroup); containers "
+            "usually see /sys/fs/cgroup read-only and get the watchdog"
+        ),
+    }
+    problem = watchdog_problem()
+    report["watchdog"] = {"works": problem is None, "problem": problem}
+
+    app = None
+    try:
+        conf: Any = {}
+        if app_spec is not None:
+            app = _load_app(app_spec)
+            conf = app.conf
+        pool_name = pool or (str(conf.get("worker_pool") or "prefork") if app is not None else "prefork")
+        isolating = _isolates(pool_name)
+        report["pool"] = {"name": pool_name, "isolates_tasks": isolating}
+        try:
+            settings = load_settings(conf, host, memory_budget)
+        except (ValueError, InvalidMemorySpec) as exc:
+            raise _Invalid(f"invalid configuration: {exc}") from exc
+        interval = settings.poll_interval
+        report["watchdog"]["poll_interval"] = interval
+        report["watchdog"]["overshoot"] = (
+            f"the watchdog polls every {interval * 1000:g} ms, so a task can overshoot its limit by about "
+            f"allocation rate × poll interval before it is killed (e.g. {format_size(int(EXAMPLE_RATE * interval))} "
+            f"at 1 GB/s); cgroup mode does not overshoot"
+        )
+        report["budget"] = {"bytes": settings.budget.bytes, "source": settings.budget.source}
+        report["default_memory"] = (
+            None if settings.default_memory is None
+            else {"request": settings.default_memory.request, "limit": settings.default_memory.limit}
+        )
+        requested = enforcement or settings.enforcement
+        report["mode"] = {"requested": requested, "chosen": None, "reason": None, "warning": None}
+        if app is not None:
+            report["tasks"] = _tasks(app, settings.budget.bytes, task_spec)
+        try:
+            choice = choose_mode(requested, host, pool_name, isolating)
+        except EnforcementUnavailable as exc:
+            raise _Invalid(str(exc)) from exc
+        report["mode"].update(chosen=choice.mode, reason=choice.reason, warning=choice.warning)
+    except _Invalid as exc:
+        report["error"] = str(exc)
+        return report
+    report["ok"] = True
+    return report
+
+
+def _isolates(pool_name: str) -> bool:
+    """Whether the pool runs each task in a child process of its own (prefork or a subclass)."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    try:
+        cls = get_implementation(pool_name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, PreforkPool)
+
+
+def _tasks(app: Any, budget: int, task_spec: Any) -> list[dict[str, Any]]:
+    from ..errors import InvalidMemorySpec
+
+    found = []
+    for name in sorted(app.tasks):
+        if name.startswith("celery."):
+            continue
+        try:
+            spec = task_spec(app.tasks[name])
+        except InvalidMemorySpec as exc:
+            raise _Invalid(f"invalid configuration: {exc}") from exc
+        need = None if spec is None else max(spec.limit or 0, spec.request or 0)
+        found.append({
+            "name": name,
+            "request": None if spec is None else spec.request,
+            "limit": None if spec is None else spec.limit,
+            "infeasible": bool(need and need > budget),
+        })
+    return found
+
+
+@click.command()
+@click.option("-A", "--app", "app_spec", metavar="MODULE:APP", help="Celery app whose oomless_* settings to use.")
+@click.option(
+    "--enforcement",
+    type=click.Choice(MODES),
+    default=None,
+    help="Mode to check (default: the app's oomless_enforcement, else auto).",
+)
+@click.option(
+    "--memory-budget", metavar="SIZE", default=None, help="Budget as the worker option would set it, e.g. 6GiB."
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default=None,
+    help="Worker pool to check (default: the app's worker_pool, else prefork).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def doctor(app_spec: str | None, enforcement: str | None, memory_budget: str | None, pool: str | None,
+           as_json: bool) -> None:
+    """Say what this host supports, which enforcement mode a worker would run and why, and its budget.
+
+    Exits 2 if a worker with these settings would refuse to start.
+    """
+    report = diagnose(app_spec, enforcement, memory_budget, pool)
+    if as_json:
+        click.echo(json.dumps(report, indent=None, sort_keys=False))
+    else:
+        _print(report)
+    if not report["ok"]:
+        sys.exit(2)
+
+
+def _print(report: dict[str, Any]) -> None:
+    from ..units import format_size
+
+    out = Console(highlight=False)
+    lines: list[tuple[str, str]] = []
+    v = report["versions"]
+    lines.append(("host", f"{v['kernel']}; Python {v['python']}, Celery {v['celery']}, billiard {v['billiard']}, "
+                          f"kombu {v['kombu']}"))
+    mem = report["memory"]
+    limit = mem["cgroup_limit"]
+    lines.append(("memory", f"machine {format_size(mem['machine'])}; "
+                            f"this process's cgroup limit {'none' if limit is None else format_size(limit)}"))
+    cg = report["cgroup"]
+    if cg["version"] is None:
+        where = "no memory cgroup"
+    else:
+        where = f"v{cg['version']} at {cg['path']}"
+    lines.append(("cgroup", f"{where}: writable" if cg["writable"] else f"{where}: NOT usable: {cg['reason']}"))
+    lines.append(("", cg["note"]))
+    wd = report["watchdog"]
+    lines.append(("watchdog", "works (/proc is readable)" if wd["works"] else f"cannot work: {wd['problem']}"))
+    if "overshoot" in wd:
+        lines.append(("", wd["overshoot"]))
+    if "pool" in report:
+        pool = report["pool"]
+        lines.append(("pool", pool["name"] + (" (each task runs in a pool child: limits are enforced per task)"
+                                              if pool["isolates_tasks"] else
+                                              " (runs tasks inside the worker process: limits cannot be enforced)")))
+    if "mode" in report:
+        mode = report["mode"]
+        if mode["chosen"] is not None:
+            lines.append(("mode", f"{mode['chosen']} (requested {mode['requested']}): {mode['reason']}"))
+        else:
+            lines.append(("mode", f"requested {mode['requested']}: cannot work here (see the error below)"))
+    if "budget" in report:
+        budget = report["budget"]
+        lines.append(("budget", f"{format_size(budget['bytes'])} ({budget['source']})"))
+        default = report["default_memory"]
+        lines.append(("default", "tasks without memory= are accounted, not limited (oomless_default_memory unset)"
+                      if default is None else
+                      f"tasks without memory= get request {format_size(default['request'])}, "
+                      f"limit {format_size(default['limit'])}"))
+    if report.get("tasks") is not None:
+        tasks = report["tasks"]
+        declared = [t for t in tasks if t["limit"] is not None or t["request"] is not None]
+        lines.append(("tasks", f"{len(tasks)} registered, {len(declared)} declare memory="))
+        for t in declared:
+            flag = "  INFEASIBLE: larger than the budget, the worker will refuse it" if t["infeasible"] else ""
+            lines.append(("", f"{t['name']}: request {format_size(t['request'])}, "
+                              f"limit {format_size(t['limit'])}{flag}"))
+
+    if out.is_terminal:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        for key, value in lines:
+            grid.add_row(escape(key), escape(value))
+        out.print(grid)
+    else:
+        # Plain lines for logs and pipes: one fact per line, never wrapped.
+        for key, value in lines:
+            out.print(escape(f"{key:<9} {value}"), soft_wrap=True)
+    warning = report.get("mode", {}).get("warning")
+    if warning:
+        out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if report["error"]:
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(report['error'])}", soft_wrap=True)
