@@ -95,6 +95,8 @@ class GovernorStep(bootsteps.StartStopStep):
         gov = governor.current
         if gov is not None:
             gov.enforcer.start()
+            if getattr(w, "hub", None) is not None:
+                gov.watch_kills(w.hub)
 
     def stop(self, w: Any) -> None:
         """Nothing: enforcement must outlive the pool's drain (see module docstring)."""

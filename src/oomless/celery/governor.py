@@ -75,7 +75,45 @@ class Governor:
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
         )
 
+    def watch_kills(self, hub: Any) -> None:
+        """Have the worker's event loop fail killed tasks as soon as the monitor announces them."""
+        self._hub = hub
+        hub.add_reader(self.enforcer.notify_r, self.on_kill_notice)
+
+    def on_kill_notice(self, *_: Any) -> None:
+        """Fail each announced task now, instead of when billiard notices the dead pool child.
+
+        billiard marks a job lost only when the pool's maintenance sees the
+        child gone and, for accepted jobs, after ``worker_lost_wait``; vanilla
+        Celery surfaces a killed child anywhere from 0.05 s to several seconds
+        later.  The governor knows which job it killed and why, so it completes
+        that job itself: ``ApplyResult._set`` is what billiard's own
+        ``mark_as_worker_lost`` calls (checked against billiard 4.2 and 4.3).
+        Jobs not yet acknowledged by their pool child are left to the
+        ``WorkerLostError`` path, which reaches the same failure.
+        """
+        from celery.worker.state import active_requests
+
+        for task_id in self.enforcer.killed_task_ids():
+            req = next((r for r in active_requests if r.id == task_id), None)
+            job = req._apply_result() if req is not None and req._apply_result is not None else None
+            if job is None or job.ready() or not getattr(job, "_accepted", False):
+                continue
+            report = self.enforcer.claim_kill(task_id, req.worker_pid)
+            if report is None:
+                continue
+            req._oomless_kill = report
+            from .request import memory_exceeded_einfo
+
+            job._set(None, (False, memory_exceeded_einfo(req, report)))
+
     def shutdown(self) -> None:
         if not self._stopped:
             self._stopped = True
+            hub = getattr(self, "_hub", None)
+            if hub is not None:
+                try:
+                    hub.remove(self.enforcer.notify_r)
+                except Exception:  # the hub may already be closed at shutdown
+                    pass
             self.enforcer.stop()

@@ -33,13 +33,14 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr
 
+from ..enforce.base import KillReport
 from ..errors import InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from . import governor
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["GovernedRequest", "governed_request_cls", "SPEC_KEY"]
+__all__ = ["GovernedRequest", "governed_request_cls", "memory_exceeded_einfo", "SPEC_KEY"]
 
 #: Key of the resolved ``[request, limit]`` in the request dict the pool child receives.
 SPEC_KEY = "oomless_spec"
@@ -54,6 +55,11 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
         raise exc
     except BaseException:
         return ExceptionInfo()
+
+
+def memory_exceeded_einfo(req: Any, report: KillReport) -> ExceptionInfo:
+    """The failure a governor kill turns into, as Celery's error callbacks expect it."""
+    return _einfo(MemoryLimitExceeded(req.name, req.id, report.limit, report.peak, report.mode))
 
 
 def _wrap_execute(method: Any) -> Any:
@@ -84,6 +90,7 @@ class GovernedRequest(Request):
 
     _oomless_error: BaseException | None = None
     _oomless_spec: Memory = NO_SPEC
+    _oomless_kill: KillReport | None = None  # set when the governor failed this task itself
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,15 +134,17 @@ class GovernedRequest(Request):
         if gov is None:
             return super().on_failure(exc_info, send_failed_event, return_ok)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
+        report = self._oomless_kill if isinstance(exc, MemoryLimitExceeded) else None
         if isinstance(exc, WorkerLostError):
             report = gov.enforcer.claim_kill(self.id, self.worker_pid)
             if report is not None:
-                err = MemoryLimitExceeded(self.name, self.id, report.limit, report.peak, report.mode)
-                logger.error("oomless: %s", err)
-                gov.finished(self, "memory-killed", report)
-                # Not a WorkerLostError any more: Celery stores the failure and
-                # acks (or drops) the message instead of requeueing it.
-                return super().on_failure(_einfo(err), send_failed_event, return_ok=False)
+                exc_info = memory_exceeded_einfo(self, report)
+        if report is not None:
+            logger.error("oomless: %s", exc_info.exception)
+            gov.finished(self, "memory-killed", report)
+            # Not a WorkerLostError: Celery stores the failure and acks (or
+            # drops) the message instead of requeueing it.
+            return super().on_failure(exc_info, send_failed_event, return_ok=False)
         result = super().on_failure(exc_info, send_failed_event, return_ok)
         if isinstance(exc, WorkerLostError):
             outcome = "lost"

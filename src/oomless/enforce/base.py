@@ -19,6 +19,7 @@ what earlier tasks left behind, are not charged to it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -75,6 +76,9 @@ class Enforcer:
         self._baseline = 0
         self._limit: int | None = None
         self.own = OwnMemory()  # the pool child's own /proc files
+        # The monitor thread writes a killed task's id here; the worker's event
+        # loop reads it and fails the task at once (see celery.governor).
+        self.notify_r, self.notify_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- main process ---------------------------------------------------------
     def prepare(self) -> None:
@@ -103,9 +107,38 @@ class Enforcer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        for fd in (self.notify_r, self.notify_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def file_report(self, report: KillReport) -> None:
+        """Record why a task is about to be killed (call *before* signalling it)."""
         self._reports.put(report.task_id, report)
+
+    def announce_kill(self, task_id: str) -> None:
+        """Tell the worker's event loop that ``task_id`` was killed (call *after* signalling)."""
+        try:
+            os.write(self.notify_w, task_id.encode()[:200] + b"\n")
+        except BlockingIOError:
+            pass  # the pipe is full of notices; Celery's own WorkerLostError path still applies
+
+    def killed_task_ids(self) -> list[str]:
+        """Drain the kill notices (worker event loop)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.notify_r, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return [line.decode() for line in data.split(b"\n") if line]
+
+    def peek_kill(self, task_id: str) -> KillReport | None:
+        return self._reports.get(task_id)
 
     def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:
         """The report for ``task_id`` if the governor killed it (each report is claimed once)."""

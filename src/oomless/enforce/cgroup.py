@@ -98,6 +98,8 @@ class CgroupEnforcer(Enforcer):
             members = self.groups.procs(index)
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
+        if state.running and state.limit is not None:
+            self.announce_kill(state.task_id)
 
     def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:
         report = super().claim_kill(task_id, pid)

@@ -155,7 +155,9 @@ class WatchdogEnforcer(Enforcer):
         assert state.limit is not None
         self.file_report(KillReport(state.task_id, state.pid, state.limit, used, self.mode))
         killed = kill_tree(state.pid, tree.root_start)
-        if not killed:
+        if killed:
+            self.announce_kill(state.task_id)
+        else:
             self._reports.pop(state.task_id, None)
         self._drop(index)
 
