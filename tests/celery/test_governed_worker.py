@@ -162,3 +162,19 @@ def test_pool_children_have_a_raised_oom_score_adj_and_the_main_process_does_not
     assert info["oom_score_adj"] == 500
     with open(f"/proc/{governed.pid}/oom_score_adj") as fh:
         assert int(fh.read()) == 0
+
+
+def test_pages_shared_with_the_worker_are_not_charged_to_a_task(governed):
+    # A pool child maps tens of MiB it shares copy-on-write with the worker
+    # (RSS counts them); a task's peak counts only what its tree adds.
+    info = governed.app.tasks["t.whoami"].delay().get(timeout=30)
+    with open(f"/proc/{info['pid']}/statm") as fh:
+        child_rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    result = governed.app.tasks["t.hog"].delay(0)
+    result.get(timeout=30)
+    line = governed.wait_for(f"{result.id}] ok: peak")
+    peak = next(ln for ln in line.splitlines() if f"{result.id}] ok: peak" in ln).split("ok: peak ")[1].split(",")[0]
+    value, unit = peak.split()
+    peak_bytes = float(value) * {"B": 1, "KiB": 2**10, "MiB": 2**20}[unit]
+    assert child_rss > 20 * MiB
+    assert peak_bytes < 8 * MiB, f"a task that allocates nothing was charged {peak}"
