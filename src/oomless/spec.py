@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import InvalidMemorySpec
-from .units import format_size, parse_size
+from .units import format_size, parse_size, short_repr
 
 __all__ = ["Memory", "HEADER", "NO_SPEC"]
 
@@ -51,7 +51,7 @@ class Memory:
             unknown = set(value) - {"request", "limit"}
             if unknown:
                 raise InvalidMemorySpec(
-                    f"{what} {dict(value)!r} has unknown keys {sorted(map(str, unknown))}; "
+                    f"{what} {short_repr(dict(value))} has unknown keys {short_repr(sorted(map(str, unknown)))}; "
                     f"use 'request' and/or 'limit'"
                 )
             return cls(request=value.get("request"), limit=value.get("limit"))
@@ -88,10 +88,8 @@ def from_header(raw: Any) -> Memory | None:
     if isinstance(raw, (str, int)) and not isinstance(raw, bool):
         return Memory.coerce(raw, what=f"message header {HEADER}")
     if not isinstance(raw, Mapping) or len(raw) > 2:
-        shown = repr(raw)
-        shown = shown[:80] + "…" if len(shown) > 80 else shown
         raise InvalidMemorySpec(
-            f"message header {HEADER}={shown} is not a memory spec; expected a size such as "
+            f"message header {HEADER}={short_repr(raw)} is not a memory spec; expected a size such as "
             f"'2GiB' or {{'request': <bytes>, 'limit': <bytes>}}"
         )
     return Memory.coerce(raw, what=f"message header {HEADER}")

@@ -4,9 +4,9 @@ Inside oomless every size is an ``int`` of bytes.  Strings exist only where a
 person writes or reads them (task options, config, CLI, error messages).
 
 Units follow the Kubernetes convention, the one platform teams already use for
-memory: binary units carry an ``i`` (``Ki``, ``Mi``, ``Gi``, ``Ti`` with or
-without a trailing ``B``), decimal units do not (``k``/``K``, ``M``, ``G``,
-``T``, with or without ``B``).  ``"1.5G"`` is therefore 1,500,000,000 bytes and
+memory: binary units carry an ``i`` (``Ki``, ``Mi``, ``Gi``, ``Ti``, ``Pi`` with
+or without a trailing ``B``), decimal units do not (``k``/``K``, ``M``, ``G``,
+``T``, ``P``, with or without ``B``).  ``"1.5G"`` is therefore 1,500,000,000 bytes and
 ``"1.5GiB"`` is 1,610,612,736 bytes.  Units are case-insensitive.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
+from decimal import Context, Decimal
 
 __all__ = ["parse_size", "format_size", "MAX_SIZE"]
 
@@ -31,6 +33,8 @@ _UNITS = {
     "gb": 10**9,
     "t": 10**12,
     "tb": 10**12,
+    "p": 10**15,
+    "pb": 10**15,
     "ki": 2**10,
     "kib": 2**10,
     "mi": 2**20,
@@ -39,7 +43,13 @@ _UNITS = {
     "gib": 2**30,
     "ti": 2**40,
     "tib": 2**40,
+    # format_size prints PiB for sizes up to MAX_SIZE; what it prints must parse back.
+    "pi": 2**50,
+    "pib": 2**50,
 }
+
+# Enough digits for any 64-character number times 2**50: parsing never rounds.
+_EXACT = Context(prec=100)
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
@@ -55,7 +65,7 @@ def parse_size(value: object, what: str = "size") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(
             f"{what} must be a number of bytes or a string such as '512MiB' or '2GiB', "
-            f"got {value!r} ({type(value).__name__})"
+            f"got {short_repr(value)} ({type(value).__name__})"
         )
     if isinstance(value, int):
         size = value
@@ -68,15 +78,33 @@ def parse_size(value: object, what: str = "size") -> int:
             raise ValueError(
                 f"{what} {value!r} is not a size: write a number with an optional unit, "
                 f"e.g. '512MiB', '2GiB', '1.5G' or '1048576' "
-                f"(binary units: KiB MiB GiB TiB; decimal: K M G T)"
+                f"(binary units: KiB MiB GiB TiB PiB; decimal: K M G T P)"
             )
-        number = float(match.group(1))
-        size = math.floor(number * _UNITS[unit])
+        # Decimal, not float: "1.001K" is 1001 bytes, not 1000.9999999999999 rounded down.
+        size = math.floor(_EXACT.multiply(Decimal(match.group(1)), _UNITS[unit]))
     if size <= 0:
-        raise ValueError(f"{what} must be more than 0 bytes, got {value!r}")
+        raise ValueError(f"{what} must be more than 0 bytes, got {short_repr(value)}")
     if size > MAX_SIZE:
-        raise ValueError(f"{what} {value!r} is larger than any machine ({format_size(MAX_SIZE)})")
+        raise ValueError(f"{what} {short_repr(value)} is larger than any machine ({format_size(MAX_SIZE)})")
     return size
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int beyond 4300 digits raises ValueError (CPython's conversion limit).
+        if x.bit_length() > 256:
+            return f"<{x.bit_length()}-bit integer>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring = _SHORT.maxother = 70
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: object) -> str:
+    """``repr`` that stays short and cannot fail on untrusted input (huge, deep or giant values)."""
+    return _SHORT.repr(value)
 
 
 def format_size(n_bytes: int | None) -> str:

@@ -139,7 +139,15 @@ class SlotTable:
         seq, pid, state, limit, request, baseline, start_ns, oom_kills, raw_id = fields
         return SlotState(
             seq,
-            pid, state == RUNNING, raw_id.rstrip(b"\0").decode(), _opt(limit), _opt(request), baseline, start_ns, oom_kills
+            pid,
+            state == RUNNING,
+            # A custom id cut at _ID bytes may end inside a UTF-8 character: drop that fragment.
+            raw_id.rstrip(b"\0").decode(errors="ignore"),
+            _opt(limit),
+            _opt(request),
+            baseline,
+            start_ns,
+            oom_kills,
         )
 
     def finished(self, index: int, task_id: str) -> Finished | None:
@@ -148,11 +156,14 @@ class SlotTable:
         want = task_id.encode()[:_ID]
         while True:
             seq = struct.unpack_from("<Q", self._mem, off)[0]
+            pos = struct.unpack_from("<q", self._mem, off + _HEAD.size)[0]
             ring = bytes(self._mem[off + _HEAD.size + 8 : off + _ROW])
             if seq & 1 == 0 and struct.unpack_from("<Q", self._mem, off)[0] == seq:
                 break
-        for i in range(_RING):
-            raw_id, peak, limit = _DONE.unpack_from(ring, i * _DONE.size)
+        # Newest first: Celery's retry() re-runs a task under the same id, and the
+        # latest run's peak is the one being asked for.
+        for back in range(1, _RING + 1):
+            raw_id, peak, limit = _DONE.unpack_from(ring, ((pos - back) % _RING) * _DONE.size)
             if raw_id.rstrip(b"\0") == want:
                 return Finished(task_id, peak, _opt(limit))
         return None

@@ -321,16 +321,28 @@ class SlotGroupsV2(SlotGroups):
         used = int(self._get(index, "memory.current"))
         return max(0, used - self._stat(index, b"file"))
 
-    def reset_peak(self, index: int) -> None:
-        # Writing memory.peak resets it (Linux >= 6.12); older kernels keep a
-        # lifetime peak, which then bounds the task's peak from above.
+    def _peak_fd(self, index: int) -> int:
+        # Writing memory.peak resets it only for reads through the *same* file
+        # descriptor (Linux >= 6.12), so reset and read share one O_RDWR fd.
+        # Older kernels make the file read-only and keep a lifetime peak, which
+        # then bounds the task's peak from above.
+        for flags in (os.O_RDWR, os.O_RDONLY):
+            fd = self._fds.get((index, "memory.peak", flags))
+            if fd is not None:
+                return fd
         try:
-            _write(os.path.join(self.slot_dir(index), "memory.peak"), "reset")
+            return self._fd(index, "memory.peak", os.O_RDWR)
+        except OSError:
+            return self._fd(index, "memory.peak", os.O_RDONLY)
+
+    def reset_peak(self, index: int) -> None:
+        try:
+            os.write(self._peak_fd(index), b"reset")
         except OSError:
             pass
 
     def peak(self, index: int) -> int:
-        return int(self._get(index, "memory.peak"))
+        return int(os.pread(self._peak_fd(index), 4096, 0))
 
     def oom_kills(self, index: int) -> int:
         """How many processes the kernel has OOM-killed in this slot (``memory.events``)."""

@@ -54,8 +54,10 @@ class StatmReader:
         return int(data.split(None, 2)[1]) * PAGE_SIZE
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        # getattr: __del__ also runs when __init__ failed (the process was already gone).
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
             self._fd = None
 
     def __del__(self) -> None:

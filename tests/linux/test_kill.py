@@ -1,0 +1,197 @@
+"""kill_tree against real process trees: every member dies, strangers are never signalled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from oomless.linux import proc
+from oomless.linux.kill import descendants, kill_pids, kill_tree
+
+# Root of a tree: one plain child, one child in a new session (setsid), then waits on stdin.
+_TREE = r"""
+import subprocess, sys
+sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
+plain = subprocess.Popen(sleep, stdin=subprocess.DEVNULL)
+detached = subprocess.Popen(sleep, stdin=subprocess.DEVNULL, start_new_session=True)
+print(plain.pid, detached.pid, flush=True)
+sys.stdin.read()
+"""
+
+# Root leads its own process group; its child forks a grandchild and exits, so the
+# grandchild is reparented away from the tree but stays in the root's group.
+_ORPHANING = r"""
+import os, sys, time
+os.setpgid(0, 0)
+child = os.fork()
+if child == 0:
+    grandchild = os.fork()
+    if grandchild == 0:
+        time.sleep(300)
+        os._exit(0)
+    print(grandchild, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+print("orphaned", flush=True)
+sys.stdin.read()
+"""
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(")") + 2]
+
+
+def _gone(pid: int, start: int) -> bool:
+    """The process that had this PID and start time has exited (a zombie counts: it holds no memory)."""
+    return proc.start_time(pid) != start or _state(pid) in ("Z", "X")
+
+
+def _wait_gone(pids: dict[int, int], timeout: float = 5.0) -> list[int]:
+    """Poll up to ``timeout`` seconds; return the PIDs still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid, start in pids.items() if not _gone(pid, start)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+class Spawned:
+    """Processes started by one test, SIGKILLed at teardown if they are still the same processes."""
+
+    def __init__(self) -> None:
+        self.roots: list[subprocess.Popen] = []
+        self.starts: dict[int, int] = {}
+
+    def root(self, script: str) -> subprocess.Popen:
+        child = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.roots.append(child)
+        self.track(child.pid)
+        return child
+
+    def track(self, pid: int) -> int:
+        start = proc.start_time(pid)
+        assert start is not None, f"process {pid} is already gone"
+        self.starts[pid] = start
+        return start
+
+    def cleanup(self) -> None:
+        for pid, start in self.starts.items():
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if proc.start_time(pid) == start:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+        for child in self.roots:
+            child.kill()
+            child.communicate()
+
+
+@pytest.fixture
+def spawned():
+    s = Spawned()
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture
+def tree(spawned):
+    """(root Popen, {pid: start time} of root and both grandchildren)."""
+    root = spawned.root(_TREE)
+    plain, detached = (int(p) for p in root.stdout.readline().split())
+    members = {root.pid: spawned.track(root.pid), plain: spawned.track(plain), detached: spawned.track(detached)}
+    return root, members
+
+
+def test_descendants_finds_children_in_a_new_session(tree):
+    root, members = tree
+    assert sorted(descendants(root.pid)) == sorted(pid for pid in members if pid != root.pid)
+
+
+def test_kill_tree_returns_root_and_every_descendant(tree):
+    root, members = tree
+    killed = kill_tree(root.pid, members[root.pid])
+    assert sorted(killed) == sorted(members)
+
+
+def test_kill_tree_sigkills_the_root(tree):
+    root, members = tree
+    kill_tree(root.pid, members[root.pid])
+    assert root.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_kill_tree_leaves_no_orphans(tree):
+    root, members = tree
+    kill_tree(root.pid, members[root.pid])
+    root.wait(timeout=5)
+    assert _wait_gone(members) == []
+
+
+def test_kill_tree_with_a_wrong_start_time_signals_nothing(tree):
+    root, members = tree
+    assert kill_tree(root.pid, members[root.pid] + 1) == []
+    assert all(_state(pid) in ("S", "R") for pid in members)  # neither killed nor stopped
+
+
+def test_kill_tree_of_an_exited_and_reaped_root_signals_nothing(spawned):
+    root = spawned.root("pass")
+    start = spawned.starts[root.pid]
+    root.wait(timeout=10)
+    assert kill_tree(root.pid, start) == []
+
+
+def test_kill_tree_kills_an_orphan_left_in_the_roots_process_group(spawned):
+    root = spawned.root(_ORPHANING)
+    grandchild = int(root.stdout.readline())
+    assert root.stdout.readline() == "orphaned\n"
+    start = spawned.track(grandchild)
+    # Preconditions: the grandchild is no longer in the tree, only in the root's group.
+    assert proc.parent_pid(grandchild) != root.pid
+    assert grandchild not in descendants(root.pid)
+    assert os.getpgid(grandchild) == root.pid
+
+    kill_tree(root.pid, spawned.starts[root.pid])
+    root.wait(timeout=5)
+    assert _wait_gone({grandchild: start}) == []
+
+
+def test_kill_tree_spares_a_process_in_the_same_group_when_the_root_does_not_lead_it(tree, spawned):
+    # The root shares this test process's group: signalling that group would hit strangers.
+    root, members = tree
+    bystander = spawned.root("import sys; sys.stdin.read()")
+    assert os.getpgid(root.pid) == os.getpgid(bystander.pid) == os.getpgid(0)
+    kill_tree(root.pid, members[root.pid])
+    root.wait(timeout=5)
+    assert _wait_gone(members) == []
+    assert not _gone(bystander.pid, spawned.starts[bystander.pid])
+
+
+def test_kill_pids_kills_each_listed_process(tree):
+    root, members = tree
+    grandchildren = [pid for pid in members if pid != root.pid]
+    assert sorted(kill_pids(grandchildren)) == sorted(grandchildren)
+    assert _wait_gone({pid: members[pid] for pid in grandchildren}) == []
+
+
+def test_kill_pids_skips_pids_that_are_gone(spawned):
+    root = spawned.root("pass")
+    root.wait(timeout=10)
+    assert kill_pids([root.pid]) == []

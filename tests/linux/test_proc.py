@@ -1,0 +1,278 @@
+"""oomless.linux.proc against real processes on this machine."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+
+from oomless.linux import proc
+
+MiB = 2**20
+
+# A child that allocates (and touches) 100 MiB when told, then waits for stdin to close.
+_HOG = r"""
+import sys
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.readline()
+hog = b"\x01" * (100 * 2**20)
+sys.stdout.write("allocated\n"); sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def hog():
+    child = subprocess.Popen([sys.executable, "-c", _HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    yield child
+    child.kill()
+    child.communicate()
+
+
+@pytest.fixture
+def sleeper():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield child
+    child.kill()
+    child.communicate()
+
+
+def _allocate(child: subprocess.Popen) -> None:
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "allocated\n"
+
+
+# --- StatmReader -----------------------------------------------------------------
+
+
+def test_statm_reader_reads_a_live_childs_rss(hog):
+    reader = proc.StatmReader(hog.pid)
+    try:
+        assert reader.read() == proc.rss(hog.pid)
+    finally:
+        reader.close()
+
+
+def test_statm_reader_sees_rss_grow_when_the_child_allocates_100_mib(hog):
+    reader = proc.StatmReader(hog.pid)
+    try:
+        before = reader.read()
+        _allocate(hog)
+        after = reader.read()
+    finally:
+        reader.close()
+    assert after - before >= 95 * MiB
+
+
+def test_statm_reader_returns_none_after_the_child_is_reaped(sleeper):
+    reader = proc.StatmReader(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    assert reader.read() is None
+
+
+def test_statm_reader_keeps_returning_none_once_closed(sleeper):
+    reader = proc.StatmReader(sleeper.pid)
+    reader.close()
+    assert reader.read() is None
+
+
+def test_statm_reader_of_a_missing_pid_raises_file_not_found(sleeper):
+    sleeper.kill()
+    sleeper.wait()
+    with pytest.raises(FileNotFoundError):
+        proc.StatmReader(sleeper.pid)
+
+
+def test_a_statm_reader_for_a_gone_pid_is_discarded_without_noise(sleeper, monkeypatch):
+    # The watchdog opens readers for children that may exit at any moment.
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    sleeper.kill()
+    sleeper.wait()
+    try:
+        proc.StatmReader(sleeper.pid)
+    except FileNotFoundError:
+        pass
+    gc.collect()
+    assert unraisable == []
+
+
+# --- rss, VmHWM, reset_peak, PSS -------------------------------------------------
+
+
+def test_rss_grows_when_a_child_allocates_100_mib(hog):
+    before = proc.rss(hog.pid)
+    _allocate(hog)
+    assert proc.rss(hog.pid) - before >= 95 * MiB
+
+
+def test_vm_hwm_remembers_memory_that_was_freed():
+    baseline = proc.rss(os.getpid())
+    hog = b"\x01" * (200 * MiB)
+    del hog
+    assert proc.vm_hwm(os.getpid()) >= baseline + 190 * MiB
+
+
+def test_reset_peak_drops_vm_hwm_to_current_rss():
+    hog = b"\x01" * (200 * MiB)
+    del hog
+    high = proc.vm_hwm(os.getpid())
+    proc.reset_peak(os.getpid())
+    low = proc.vm_hwm(os.getpid())
+    assert low <= high - 150 * MiB
+    assert low <= proc.rss(os.getpid()) + 16 * MiB
+
+
+def test_vm_hwm_is_at_least_rss_of_a_child(hog):
+    _allocate(hog)
+    assert proc.vm_hwm(hog.pid) >= proc.rss(hog.pid)
+
+
+def test_pss_of_a_child_is_at_most_its_rss(hog):
+    _allocate(hog)
+    assert 0 < proc.pss(hog.pid) <= proc.rss(hog.pid)
+
+
+def test_pss_counts_a_childs_private_allocation(hog):
+    _allocate(hog)
+    assert proc.pss(hog.pid) >= 95 * MiB
+
+
+# --- OwnMemory --------------------------------------------------------------------
+
+
+def test_own_memory_reads_the_same_rss_as_rss_of_self():
+    own = proc.OwnMemory()
+    assert abs(own.rss() - proc.rss(os.getpid())) <= 4 * MiB
+
+
+def test_own_memory_peak_drops_after_reset():
+    own = proc.OwnMemory()
+    hog = b"\x01" * (200 * MiB)
+    del hog
+    high = own.peak()
+    own.reset_peak()
+    assert own.peak() <= high - 150 * MiB
+
+
+def test_own_memory_reopens_its_files_after_fork():
+    own = proc.OwnMemory()
+    own.rss()  # open the parent's files before forking
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(read)
+            hog = b"\x01" * (100 * MiB)
+            os.write(write, str(own.rss()).encode())
+            del hog
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        child_rss = int(os.read(read, 64))
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert child_rss >= 100 * MiB
+    assert own.rss() < child_rss - 50 * MiB
+
+
+# --- children, start_time, parent_pid, mem_total ---------------------------------------
+
+
+def test_children_lists_a_subprocess(sleeper):
+    assert sleeper.pid in proc.children(os.getpid())
+
+
+def test_all_children_lists_a_subprocess(sleeper):
+    assert sleeper.pid in proc.all_children(os.getpid())
+
+
+def test_all_children_sees_a_child_forked_by_another_thread():
+    import threading
+
+    started: list[subprocess.Popen] = []
+    spawned, done = threading.Event(), threading.Event()
+
+    def spawn() -> None:
+        started.append(subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE))
+        spawned.set()
+        done.wait(30)  # stay alive: a dead thread's children move to another thread of the process
+
+    thread = threading.Thread(target=spawn)
+    thread.start()
+    try:
+        assert spawned.wait(30)
+        child = started[0]
+        assert child.pid in proc.all_children(os.getpid())
+        assert child.pid not in proc.children(os.getpid())
+    finally:
+        done.set()
+        thread.join()
+        for child in started:
+            child.kill()
+            child.communicate()
+
+
+def test_children_of_a_gone_process_is_empty(sleeper):
+    sleeper.kill()
+    sleeper.wait()
+    assert proc.children(sleeper.pid) == []
+    assert proc.all_children(sleeper.pid) == []
+
+
+def test_start_time_is_stable_for_one_process(sleeper):
+    assert proc.start_time(sleeper.pid) == proc.start_time(sleeper.pid)
+
+
+def test_start_time_differs_between_this_process_and_a_later_child(sleeper):
+    assert proc.start_time(sleeper.pid) > proc.start_time(os.getpid())
+
+
+def test_start_time_of_a_gone_process_is_none(sleeper):
+    sleeper.kill()
+    sleeper.wait()
+    assert proc.start_time(sleeper.pid) is None
+
+
+def test_start_time_and_parent_pid_survive_a_command_name_with_spaces_and_parentheses():
+    # comm (field 2 of /proc/PID/stat) is set by the process and may hold ") (".
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; open('/proc/self/comm', 'w').write(') x (y) 1 2'); print('ok', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "ok\n"
+        with open(f"/proc/{child.pid}/stat") as fh:
+            stat = fh.read()
+        assert "(" + ") x (y) 1 2" + ")" in stat
+        fields_after_comm = stat[stat.rindex(")") + 2 :].split()
+        assert proc.start_time(child.pid) == int(fields_after_comm[19])
+        assert proc.parent_pid(child.pid) == os.getpid()
+    finally:
+        child.kill()
+        child.communicate()
+
+
+def test_parent_pid_of_a_subprocess_is_this_process(sleeper):
+    assert proc.parent_pid(sleeper.pid) == os.getpid()
+
+
+def test_mem_total_is_the_machines_physical_memory():
+    assert proc.mem_total() == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert proc.mem_total() > 0
