@@ -24,6 +24,7 @@ class Budget:
 
     bytes: int
     source: str
+    warning: str | None = None
 
 
 def compute_budget(
@@ -34,12 +35,19 @@ def compute_budget(
     configured_by: str = "oomless_budget",
 ) -> Budget:
     """Resolve ``configured`` ("auto", None, an int or a size string) into a :class:`Budget`."""
-    if configured not in (None, "auto"):
-        size = parse_size(configured, configured_by)
-        return Budget(size, f"{configured_by}={configured}")
     total, whence = machine, f"machine memory {format_size(machine)}"
     if cgroup_limit is not None and cgroup_limit < machine:
         total, whence = cgroup_limit, f"worker cgroup limit {format_size(cgroup_limit)}"
+    if configured is not None and not (isinstance(configured, str) and configured.strip().lower() == "auto"):
+        size = parse_size(configured, configured_by)
+        if size > total:
+            return Budget(
+                size,
+                f"{configured_by}={configured}",
+                warning=f"{configured_by}={configured} is more than the {whence}: tasks that fit the budget "
+                f"can still exhaust the host; lower the budget",
+            )
+        return Budget(size, f"{configured_by}={configured}")
     if reserve is None:
         reserved = max(DEFAULT_RESERVE_FLOOR, int(total * DEFAULT_RESERVE_FRACTION))
         reserve_text = f"reserve {format_size(reserved)} (default: max(512 MiB, 5 %))"

@@ -10,8 +10,9 @@ option > worker default (``oomless_default_memory``).  This module does no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidMemorySpec
 from .units import format_size, parse_size, short_repr

@@ -112,9 +112,9 @@ def format_size(n_bytes: int | None) -> str:
     if n_bytes is None:
         return "no limit"
     sign = "-" if n_bytes < 0 else ""
-    n = abs(n_bytes)
-    if n < 1024:
-        return f"{sign}{n} B"
+    if abs(n_bytes) < 1024:
+        return f"{sign}{abs(n_bytes)} B"
+    n = float(abs(n_bytes))
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
         n /= 1024
         if n < 1024 or unit == "PiB":

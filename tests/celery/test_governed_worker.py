@@ -150,7 +150,7 @@ def test_each_task_gets_one_log_line_with_its_peak(governed):
     result = governed.app.tasks["t.hog"].delay(96)
     result.get(timeout=30)
     line = next(
-        (ln for ln in governed.wait_for(f"{result.id}] ok: peak").splitlines() if f"{result.id}] ok: peak" in ln)
+        ln for ln in governed.wait_for(f"{result.id}] ok: peak").splitlines() if f"{result.id}] ok: peak" in ln
     )
     peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
     assert 96 * 0.9 <= peak_mib <= 96 + 32, line

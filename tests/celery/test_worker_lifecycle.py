@@ -76,12 +76,14 @@ def test_a_task_memory_event_carries_limit_and_peak(tmp_path, redis_url):
     app = make_app(redis_url, redis_url, worker.queue)
     seen: list[dict] = []
     ready = threading.Event()
+    receivers = []
 
     def listen() -> None:
         with app.connection_for_read() as conn:
             receiver = app.events.Receiver(conn, handlers={"task-memory": seen.append})
+            receivers.append(receiver)
             ready.set()
-            receiver.capture(limit=None, timeout=20, wakeup=False)
+            receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
@@ -99,4 +101,7 @@ def test_a_task_memory_event_carries_limit_and_peak(tmp_path, redis_url):
         assert 0.9 * 64 * 2**20 <= event["peak"] <= 96 * 2**20
         assert event["mode"] in ("cgroup", "watchdog")
     finally:
+        for receiver in receivers:
+            receiver.should_stop = True
+        thread.join(5)
         worker.stop()

@@ -45,8 +45,8 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
     def sub_hog(mb: int, pidfile: str) -> int:
         """Run a subprocess that allocates ``mb`` MiB; it writes its pid to ``pidfile`` first."""
         code = (
-            "import os, time; open(%r, 'w').write(str(os.getpid())); "
-            "x = [bytearray(8 << 20) for _ in range(%d)]; time.sleep(30)" % (pidfile, mb // 8)
+            f"import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); "
+            f"x = [bytearray(8 << 20) for _ in range({mb // 8})]; time.sleep(30)"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
         return mb

@@ -74,7 +74,9 @@ class GovernorStep(bootsteps.StartStopStep):
             enforcer.prepare()
         except OSError as exc:
             if settings.enforcement == choice.mode:
-                raise EnforcementUnavailable(f"oomless_enforcement={choice.mode} could not prepare slots: {exc}") from exc
+                raise EnforcementUnavailable(
+                    f"oomless_enforcement={choice.mode} could not prepare slots: {exc}"
+                ) from exc
             raise
         gov = governor.Governor(settings, choice, enforcer)
         governor.current = gov
@@ -86,8 +88,9 @@ class GovernorStep(bootsteps.StartStopStep):
             choice.mode,
             choice.reason,
         )
-        if choice.warning:
-            logger.warning("oomless: %s", choice.warning)
+        for warning in (choice.warning, settings.budget.warning):
+            if warning:
+                logger.warning("oomless: %s", warning)
         atexit.register(gov.shutdown)
         return gov
 

@@ -97,7 +97,7 @@ class Governor:
         for task_id in self.enforcer.killed_task_ids():
             req = next((r for r in active_requests if r.id == task_id), None)
             job = req._apply_result() if req is not None and req._apply_result is not None else None
-            if job is None or job.ready() or not getattr(job, "_accepted", False):
+            if req is None or job is None or job.ready() or not getattr(job, "_accepted", False):
                 continue
             report = self.enforcer.claim_kill(task_id, req.worker_pid)
             if report is None:

@@ -104,7 +104,8 @@ class GovernedRequest(Request):
         gov = governor.current
         try:
             call = from_header(self._request_dict.get(HEADER))
-            spec = resolve(call, getattr(self._task, "_oomless_spec", None), gov.settings.default_memory if gov else None)
+            default = gov.settings.default_memory if gov else None
+            spec = resolve(call, getattr(self._task, "_oomless_spec", None), default)
             if gov is not None:
                 gov.check_feasible(self.name, self.id, spec)
         except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
@@ -156,7 +157,7 @@ class GovernedRequest(Request):
         return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def governed_request_cls(base: type) -> type:
     """``base`` (a task's Request class) with :class:`GovernedRequest` in front of it."""
     if issubclass(base, GovernedRequest):

@@ -48,7 +48,9 @@ def _load_app(spec: str) -> Any:
         raise _Invalid(f"cannot load the Celery app {spec!r}: {exc}") from exc
 
 
-def diagnose(app_spec: str | None, enforcement: str | None, memory_budget: str | None, pool: str | None) -> dict[str, Any]:
+def diagnose(
+    app_spec: str | None, enforcement: str | None, memory_budget: str | None, pool: str | None
+) -> dict[str, Any]:
     """Everything ``doctor`` reports, as a JSON-safe dict; ``error`` is set when a worker would refuse to start."""
     import billiard
     import celery
@@ -65,6 +67,7 @@ def diagnose(app_spec: str | None, enforcement: str | None, memory_budget: str |
         "ok": False,
         "error": None,
         "app": app_spec,
+        "warnings": [],
         "versions": {
             "python": platform.python_version(),
             "celery": celery.__version__,
@@ -111,6 +114,8 @@ def diagnose(app_spec: str | None, enforcement: str | None, memory_budget: str |
             f"at 1 GB/s); cgroup mode does not overshoot"
         )
         report["budget"] = {"bytes": settings.budget.bytes, "source": settings.budget.source}
+        if settings.budget.warning:
+            report["warnings"].append(settings.budget.warning)
         report["default_memory"] = (
             None if settings.default_memory is None
             else {"request": settings.default_memory.request, "limit": settings.default_memory.limit}
@@ -124,6 +129,8 @@ def diagnose(app_spec: str | None, enforcement: str | None, memory_budget: str |
         except EnforcementUnavailable as exc:
             raise _Invalid(str(exc)) from exc
         report["mode"].update(chosen=choice.mode, reason=choice.reason, warning=choice.warning)
+        if choice.warning:
+            report["warnings"].append(choice.warning)
     except _Invalid as exc:
         report["error"] = str(exc)
         return report
@@ -259,8 +266,7 @@ def _print(report: dict[str, Any]) -> None:
         # Plain lines for logs and pipes: one fact per line, never wrapped.
         for key, value in lines:
             out.print(escape(f"{key:<9} {value}"), soft_wrap=True)
-    warning = report.get("mode", {}).get("warning")
-    if warning:
+    for warning in report["warnings"]:
         out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if report["error"]:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(report['error'])}", soft_wrap=True)

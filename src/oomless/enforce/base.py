@@ -157,7 +157,9 @@ class Enforcer:
         """Called in the pool child right before the task's code runs."""
         self._limit = spec.limit
         self._baseline = self.measure_baseline(index, pid)
-        self.table.start(index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index))
+        self.table.start(
+            index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index)
+        )
         self.arm(index, spec.limit)
 
     def task_end(self, index: int, pid: int, task_id: str) -> int:

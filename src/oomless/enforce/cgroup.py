@@ -51,7 +51,11 @@ class CgroupEnforcer(Enforcer):
     def prepare(self) -> None:
         assert self.host.path is not None
         for stale in cgroup.stale_groups(self.host.path):
-            killed = type(self.groups)(stale).remove(kill=True)
+            try:
+                killed = type(self.groups)(stale).remove(kill=True)
+            except OSError as exc:
+                logger.warning("oomless: slot cgroups %s of a worker that is gone remain: %s", stale, exc)
+                continue
             logger.warning(
                 "oomless: removed slot cgroups %s left by a worker that is gone%s",
                 stale,
@@ -115,7 +119,10 @@ class CgroupEnforcer(Enforcer):
         assert isinstance(self.groups, cgroup.SlotGroupsV2)
         if state.task_id != task_id or state.limit is None or self.groups.oom_kills(index) <= state.oom_kills:
             return None
-        peak = max(0, self.groups.peak(index) - state.baseline)
+        # The main process never reset memory.peak through its own fd (v2 resets
+        # are per fd), so this is a lifetime peak; at an OOM kill the slot was
+        # at its limit, which bounds the task's peak.
+        peak = min(max(0, self.groups.peak(index) - state.baseline), state.limit)
         return KillReport(task_id, pid, state.limit, peak, self.mode)
 
     def stop(self) -> None:

@@ -26,6 +26,7 @@ _HEAD = struct.Struct(f"<QqqqqqqQ{_ID}s")
 # task_id, peak, limit  (a ring of recently finished tasks)
 _DONE = struct.Struct(f"<{_ID}sqq")
 _RING = 8
+_SPINS = 10_000  # a write takes about a microsecond; a dead writer never finishes
 _ROW = _HEAD.size + 8 + _RING * _DONE.size
 
 
@@ -132,7 +133,9 @@ class SlotTable:
 
     def read(self, index: int) -> SlotState:
         off = index * _ROW
-        while True:
+        # A writer killed mid-write leaves the sequence odd for good: give up
+        # waiting after a bounded number of tries and use what is there.
+        for _ in range(_SPINS):
             fields = _HEAD.unpack_from(self._mem, off)
             if fields[0] & 1 == 0 and struct.unpack_from("<Q", self._mem, off)[0] == fields[0]:
                 break
@@ -154,7 +157,7 @@ class SlotTable:
         """The ring entry of ``task_id`` in row ``index``, if still there."""
         off = index * _ROW
         want = task_id.encode()[:_ID]
-        while True:
+        for _ in range(_SPINS):
             seq = struct.unpack_from("<Q", self._mem, off)[0]
             pos = struct.unpack_from("<q", self._mem, off + _HEAD.size)[0]
             ring = bytes(self._mem[off + _HEAD.size + 8 : off + _ROW])

@@ -26,7 +26,7 @@ import logging
 from ..linux import proc
 from ..linux.kill import kill_tree
 from .base import Enforcer, KillReport
-from .slots import SlotTable, SlotState
+from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 

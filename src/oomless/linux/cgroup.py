@@ -223,6 +223,9 @@ class SlotGroups:
             os.rmdir(self.base)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # Members we cannot see (another PID namespace) or that would not die.
+            raise OSError(exc.errno, f"could not remove {self.base}: {exc.strerror}") from None
         return killed
 
     def _release(self, index: int) -> None:
@@ -268,7 +271,9 @@ class SlotGroupsV1(SlotGroups):
 
     def usage(self, index: int) -> int:
         used = int(self._get(index, "memory.usage_in_bytes"))
-        return max(0, used - self._stat(index, b"total_cache"))
+        # tmpfs and shared memory sit in "cache" but cannot be reclaimed.
+        reclaimable = self._stat(index, b"total_cache") - self._stat(index, b"total_shmem")
+        return max(0, used - reclaimable)
 
     def reset_peak(self, index: int) -> None:
         self._set(index, "memory.max_usage_in_bytes", 0)
@@ -319,7 +324,7 @@ class SlotGroupsV2(SlotGroups):
 
     def usage(self, index: int) -> int:
         used = int(self._get(index, "memory.current"))
-        return max(0, used - self._stat(index, b"file"))
+        return max(0, used - (self._stat(index, b"file") - self._stat(index, b"shmem")))
 
     def _peak_fd(self, index: int) -> int:
         # Writing memory.peak resets it only for reads through the *same* file
@@ -362,7 +367,7 @@ def group_name(pid: int | None = None) -> str:
 
 def stale_groups(parent: str) -> list[str]:
     """``oomless-*`` groups below ``parent`` whose worker is gone (crashed, killed)."""
-    stale = []
+    stale: list[str] = []
     try:
         names = os.listdir(parent)
     except FileNotFoundError:
