@@ -155,6 +155,19 @@ def test_each_task_gets_one_log_line_with_its_peak(governed):
     peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
     assert 96 * 0.9 <= peak_mib <= 96 + 32, line
     assert f"[{governed.mode}]" in line
+    time.sleep(0.5)
+    assert governed.text().count(f"oomless: t.hog[{result.id}]") == 1
+
+
+def test_peak_of_a_task_includes_its_subprocess(governed):
+    pidfile = str(governed.tmp / f"sub-peak-{time.monotonic_ns()}.pid")
+    result = governed.app.tasks["t.sub_hog"].delay(128, pidfile, 0.5)
+    assert result.get(timeout=30) == 128
+    marker = f"{result.id}] ok: peak"
+    line = next(ln for ln in governed.wait_for(marker).splitlines() if marker in ln)
+    peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
+    # The pool child itself allocates nearly nothing: the peak is the subprocess's.
+    assert 128 * 0.9 <= peak_mib <= 128 + 48, line
 
 
 def test_pool_children_have_a_raised_oom_score_adj_and_the_main_process_does_not(governed):

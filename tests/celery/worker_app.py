@@ -42,11 +42,11 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         return len(chunks) * 8
 
     @app.task(name="t.sub_hog", memory="256MiB")
-    def sub_hog(mb: int, pidfile: str) -> int:
-        """Run a subprocess that allocates ``mb`` MiB; it writes its pid to ``pidfile`` first."""
+    def sub_hog(mb: int, pidfile: str, hold: float = 30) -> int:
+        """Run a subprocess that allocates ``mb`` MiB and holds it; it writes its pid to ``pidfile`` first."""
         code = (
             f"import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); "
-            f"x = [bytearray(8 << 20) for _ in range({mb // 8})]; time.sleep(30)"
+            f"x = [bytearray(8 << 20) for _ in range({mb // 8})]; time.sleep({hold})"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
         return mb

@@ -78,7 +78,7 @@ class GovernorStep(bootsteps.StartStopStep):
                     f"oomless_enforcement={choice.mode} could not prepare slots: {exc}"
                 ) from exc
             raise
-        gov = governor.Governor(settings, choice, enforcer)
+        gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
         logger.info(
             "oomless: governing %d slots; budget %s (%s); enforcement %s (%s)",

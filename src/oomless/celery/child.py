@@ -28,6 +28,10 @@ __all__ = ["CHILD_OOM_SCORE_ADJ", "on_process_init", "on_task_prerun", "on_task_
 CHILD_OOM_SCORE_ADJ = 500
 
 _slot: int | None = None
+_spec = Memory()
+
+#: Celery state at task_postrun -> the outcome word of the log line and event.
+_OUTCOMES = {"SUCCESS": "ok", "FAILURE": "failed", "RETRY": "retry"}
 
 
 def on_process_init(**_: Any) -> None:
@@ -52,18 +56,22 @@ def on_process_init(**_: Any) -> None:
 
 
 def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    global _spec
     if _slot is None or task is None or task_id is None:
         return
     gov = governor.current
     assert gov is not None
     raw = task.request.get(SPEC_KEY)
-    spec = Memory(raw[0], raw[1]) if raw else Memory()
-    gov.enforcer.task_start(_slot, os.getpid(), task_id, spec)
+    _spec = Memory(raw[0], raw[1]) if raw else Memory()
+    gov.enforcer.task_start(_slot, os.getpid(), task_id, _spec)
 
 
-def on_task_postrun(task_id: str | None = None, **_: Any) -> None:
+def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
     if _slot is None or task_id is None:
         return
     gov = governor.current
     assert gov is not None
-    gov.enforcer.task_end(_slot, os.getpid(), task_id)
+    peak = gov.enforcer.task_end(_slot, os.getpid(), task_id)
+    # The task's line comes from here, not from the busy main process.
+    outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())
+    governor.log_finished(getattr(task, "name", "?"), task_id, outcome, peak, _spec, gov.mode)

@@ -26,15 +26,40 @@ EVENT = "task-memory"
 current: Governor | None = None
 
 
+def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
+    """The one line per task: ``oomless: <name>[<id>] <outcome>: peak …, limit …, request … [<mode>]``."""
+    logger.info(
+        "oomless: %s[%s] %s: peak %s, limit %s, request %s [%s]",
+        name,
+        task_id,
+        outcome,
+        "unknown" if peak is None else format_size(peak),
+        format_size(spec.limit),
+        format_size(spec.request) if spec.request is not None else "none",
+        mode,
+    )
+
+
+def _events_on(req: Any) -> bool:
+    """Whether ``req.send_event`` would send (Celery's own test, without building the event)."""
+    eventer = getattr(req, "_eventer", None)
+    return bool(eventer is not None and eventer.enabled and req.task.send_events)
+
+
 class Governor:
     """State and decisions of one governed worker (main process)."""
 
-    def __init__(self, settings: Settings, choice: Choice, enforcer: Enforcer) -> None:
+    def __init__(self, settings: Settings, choice: Choice, enforcer: Enforcer, children_report: bool = False) -> None:
         self.settings = settings
+        # Pool children log the line of every task they finish (see child.py);
+        # the main process logs only what they cannot: kills and lost children.
+        self.children_report = children_report
         self.choice = choice
         self.enforcer = enforcer
         self.budget = settings.budget.bytes
         self._stopped = False
+        #: task name -> its spec when the message carries none (most messages)
+        self.task_specs: dict[str, Memory] = {}
 
     @property
     def mode(self) -> str:
@@ -46,34 +71,24 @@ class Governor:
             raise InfeasibleMemoryRequest(task_name, task_id, need, self.budget)
 
     def finished(self, req: Any, outcome: str, report: KillReport | None = None) -> None:
-        """Log one line and send one event with the task's memory figures."""
+        """The task's one log line (unless its pool child wrote it) and its memory event."""
         spec: Memory = req._oomless_spec
-        if report is not None:
-            peak: int | None = report.peak
-        else:
-            peak = None
-            pid = req.worker_pid
-            if pid is not None:
-                index = self.enforcer.table.index_of(pid)
-                if index is not None:
-                    found = self.enforcer.table.finished(index, req.id)
-                    peak = found.peak if found is not None else None
-            sampled = self.enforcer.sampled_peak(req.id)
-            if sampled is not None:
-                peak = max(peak or 0, sampled)
-        logger.info(
-            "oomless: %s[%s] %s: peak %s, limit %s, request %s [%s]",
-            req.name,
-            req.id,
-            outcome,
-            "unknown" if peak is None else format_size(peak),
-            format_size(spec.limit),
-            format_size(spec.request) if spec.request is not None else "none",
-            self.mode,
-        )
+        peak: int | None = report.peak if report is not None else None
+        logged = False
+        if report is None and outcome != "lost" and (outcome != "ok" or not self.children_report or _events_on(req)):
+            found = self._finished_in_child(req)
+            if found is not None:
+                peak, logged = found.peak, self.children_report
+        if not logged and not (outcome == "ok" and self.children_report):
+            log_finished(req.name, req.id, outcome, peak, spec, self.mode)
         req.send_event(
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
         )
+
+    def _finished_in_child(self, req: Any) -> Any:
+        pid = req.worker_pid
+        index = self.enforcer.table.index_of(pid) if pid is not None else None
+        return None if index is None else self.enforcer.table.finished(index, req.id)
 
     def watch_kills(self, hub: Any) -> None:
         """Have the worker's event loop fail killed tasks as soon as the monitor announces them."""

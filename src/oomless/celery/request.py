@@ -102,15 +102,20 @@ class GovernedRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         gov = governor.current
-        try:
-            call = from_header(self._request_dict.get(HEADER))
-            default = gov.settings.default_memory if gov else None
-            spec = resolve(call, getattr(self._task, "_oomless_spec", None), default)
-            if gov is not None:
-                gov.check_feasible(self.name, self.id, spec)
-        except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
-            self._oomless_error = exc
-            return
+        header = self._request_dict.get(HEADER)
+        spec = gov.task_specs.get(self.name) if gov is not None and header is None else None
+        if spec is None:
+            try:
+                call = from_header(header)
+                default = gov.settings.default_memory if gov else None
+                spec = resolve(call, getattr(self._task, "_oomless_spec", None), default)
+                if gov is not None:
+                    gov.check_feasible(self.name, self.id, spec)
+            except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
+                self._oomless_error = exc
+                return
+            if gov is not None and header is None:
+                gov.task_specs[self.name] = spec  # feasible: the same for every message without a header
         self._oomless_spec = spec
         self._request_dict[SPEC_KEY] = [spec.request, spec.limit]
 

@@ -68,13 +68,13 @@ class Enforcer:
     def __init__(self, table: SlotTable) -> None:
         self.table = table
         self._reports: _Bounded = _Bounded(4096)
-        self._peaks: _Bounded = _Bounded(4096)
         self._thread: threading.Thread | None = None
         self.monitor_tid: int | None = None  # native thread id, for CPU accounting
         self._stopping = threading.Event()
         # pool-child half: what the running task started from
         self._baseline = 0
         self._limit: int | None = None
+        self._seq = -1  # slot row sequence number the running task started at
         self.own = OwnMemory()  # the pool child's own /proc files
         # The monitor thread writes a killed task's id here; the worker's event
         # loop reads it and fails the task at once (see celery.governor).
@@ -144,10 +144,6 @@ class Enforcer:
         """The report for ``task_id`` if the governor killed it (each report is claimed once)."""
         return self._reports.pop(task_id, None)
 
-    def sampled_peak(self, task_id: str) -> int | None:
-        """A peak the monitor observed for ``task_id`` (descendants included), if any."""
-        return self._peaks.pop(task_id, None)
-
     # -- pool child -----------------------------------------------------------
     def child_init(self, index: int, pid: int) -> None:
         """Called in a newly born pool child, before it runs any task."""
@@ -157,14 +153,21 @@ class Enforcer:
         """Called in the pool child right before the task's code runs."""
         self._limit = spec.limit
         self._baseline = self.measure_baseline(index, pid)
-        self.table.start(
+        self._seq = self.table.start(
             index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index)
         )
         self.arm(index, spec.limit)
 
     def task_end(self, index: int, pid: int, task_id: str) -> int:
-        """Called in the pool child after the task; returns the task's peak (bytes)."""
+        """Called in the pool child after the task; returns the task's peak (bytes).
+
+        The child measures itself; a watchdog monitor that saw the task's whole
+        tree (subprocesses too) higher publishes that peak in the slot row.
+        """
         peak = max(0, self.measure_peak(index, pid) - self._baseline)
+        tree = self.table.tree_peak(index, self._seq)
+        if tree is not None and tree > peak:
+            peak = tree
         self.disarm(index)
         self.table.finish(index, pid, task_id, peak, self._limit)
         return peak

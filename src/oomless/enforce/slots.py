@@ -27,7 +27,11 @@ _HEAD = struct.Struct(f"<QqqqqqqQ{_ID}s")
 _DONE = struct.Struct(f"<{_ID}sqq")
 _RING = 8
 _SPINS = 10_000  # a write takes about a microsecond; a dead writer never finishes
-_ROW = _HEAD.size + 8 + _RING * _DONE.size
+# start seq of the running task, peak of its whole tree as the watchdog saw it
+# (written by the main process's monitor only, read by the child at task end)
+_TREE = struct.Struct("<Qq")
+_TREE_OFF = _HEAD.size + 8 + _RING * _DONE.size
+_ROW = _TREE_OFF + _TREE.size
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,8 @@ class SlotTable:
         baseline: int,
         start_ns: int,
         oom_kills: int = 0,
-    ) -> None:
-        """Mark the row running ``task_id`` (call before the task's code runs)."""
+    ) -> int:
+        """Mark the row running ``task_id`` (call before the task's code runs); returns the row's new seq."""
         seq = self._begin(index)
         _HEAD.pack_into(
             self._mem,
@@ -102,6 +106,7 @@ class SlotTable:
             task_id.encode()[:_ID],
         )
         self._end(index, seq)
+        return seq + 1
 
     def finish(self, index: int, pid: int, task_id: str, peak: int, limit: int | None) -> None:
         """Mark the row idle and remember ``peak`` of ``task_id`` in the row's ring."""
@@ -170,6 +175,18 @@ class SlotTable:
             if raw_id.rstrip(b"\0") == want:
                 return Finished(task_id, peak, _opt(limit))
         return None
+
+    # -- the watchdog's view of a task's whole tree ---------------------------
+    def publish_tree_peak(self, index: int, seq: int, peak: int) -> None:
+        """Monitor side: the tree of the task that started at row sequence ``seq`` peaked at ``peak``."""
+        # Two aligned 8-byte stores; the reader matches seq, and only the
+        # task's own start changes seq, so a torn read pairs values of one task.
+        _TREE.pack_into(self._mem, index * _ROW + _TREE_OFF, seq, peak)
+
+    def tree_peak(self, index: int, seq: int) -> int | None:
+        """Child side: the monitor's peak for the task that started at ``seq``, if it published one."""
+        got, peak = _TREE.unpack_from(self._mem, index * _ROW + _TREE_OFF)
+        return peak if got == seq else None
 
     def index_of(self, pid: int) -> int | None:
         for index in range(self.size):

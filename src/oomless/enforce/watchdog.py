@@ -113,8 +113,6 @@ class WatchdogEnforcer(Enforcer):
                     # The slot started or finished a task since the last poll.
                     state = table.read(index)
                     seen[index] = state.seq
-                    if tree is not None and running[index]:
-                        self._peaks.put(tree.state.task_id, tree.peak)
                     running[index] = state.running
                     if tree is not None and (tree.state.pid != state.pid or tree.root_start is None):
                         self._drop(index)
@@ -140,6 +138,9 @@ class WatchdogEnforcer(Enforcer):
                     continue
                 if used > tree.peak:
                     tree.peak = used
+                    if tree.members:
+                        # Only a tree sees more than the child's own high-water mark.
+                        table.publish_tree_peak(index, tree.state.seq, used)
                 limit = tree.state.limit
                 if limit is not None and used > limit:
                     self._kill(index, tree, used)

@@ -151,15 +151,19 @@ class SlotGroups:
         # Control files take each write whole; offsets mean nothing (pwrite: ESPIPE).
         os.write(self._fd(index, name, os.O_WRONLY), str(value).encode())
 
-    def _stat(self, index: int, key: bytes) -> int:
-        """One ``key value`` line of the slot's memory.stat (0 when absent)."""
+    def _stat(self, index: int, *keys: bytes) -> list[int]:
+        """Values of ``key value`` lines of the slot's memory.stat (0 when absent), read once."""
         data = b"\n" + os.pread(self._fd(index, "memory.stat", os.O_RDONLY), 65536, 0)
-        at = data.find(b"\n" + key + b" ")
-        if at < 0:
-            return 0
-        start = at + len(key) + 2
-        end = data.find(b"\n", start)
-        return int(data[start : end if end >= 0 else None])
+        values = []
+        for key in keys:
+            at = data.find(b"\n" + key + b" ")
+            if at < 0:
+                values.append(0)
+                continue
+            start = at + len(key) + 2
+            end = data.find(b"\n", start)
+            values.append(int(data[start : end if end >= 0 else None]))
+        return values
 
     def close_files(self) -> None:
         for fd in self._fds.values():
@@ -272,8 +276,8 @@ class SlotGroupsV1(SlotGroups):
     def usage(self, index: int) -> int:
         used = int(self._get(index, "memory.usage_in_bytes"))
         # tmpfs and shared memory sit in "cache" but cannot be reclaimed.
-        reclaimable = self._stat(index, b"total_cache") - self._stat(index, b"total_shmem")
-        return max(0, used - reclaimable)
+        cache, shmem = self._stat(index, b"total_cache", b"total_shmem")
+        return max(0, used - (cache - shmem))
 
     def reset_peak(self, index: int) -> None:
         self._set(index, "memory.max_usage_in_bytes", 0)
@@ -324,7 +328,8 @@ class SlotGroupsV2(SlotGroups):
 
     def usage(self, index: int) -> int:
         used = int(self._get(index, "memory.current"))
-        return max(0, used - (self._stat(index, b"file") - self._stat(index, b"shmem")))
+        file, shmem = self._stat(index, b"file", b"shmem")
+        return max(0, used - (file - shmem))
 
     def _peak_fd(self, index: int) -> int:
         # Writing memory.peak resets it only for reads through the *same* file
