@@ -289,3 +289,92 @@ def test_fake_tree_detect_of_a_v1_memory_line_for_a_missing_group_is_version_1_a
     host = detect(str(fake))
     assert (host.version, host.usable) == (1, False)
     assert "is not writable" in host.reason
+
+
+# -- delegation: the "no internal processes" rule -----------------------------
+#
+# A fake tree records writes but cannot refuse them as the kernel would (EBUSY
+# for "+memory" on a group with processes); these tests check the order of the
+# moves and writes oomless makes, and v2_delegation_problem's verdicts.
+
+ME = 4242  # stands for the worker main process's PID in the fake files
+
+
+@pytest.fixture
+def delegated(tmp_path):
+    """A fake delegated worker group holding only the worker, memory not yet enabled for children."""
+    parent = tmp_path / "worker.service"
+    _fake_group(parent, cgroup__procs=f"{ME}\n")
+    yield parent
+
+
+def _make_base(parent):
+    # mkdir in a real cgroupfs creates the control files; the fake must be told.
+    base = parent / "oomless-1-2"
+    _fake_group(base)
+    _fake_group(base / SlotGroupsV2.LEAF)
+    for index in range(2):
+        _fake_group(base / f"slot-{index}")
+    return base
+
+
+def test_fake_tree_v2_create_moves_the_worker_into_its_leaf_before_enabling_memory_on_its_group(delegated):
+    base = _make_base(delegated)
+    groups = SlotGroupsV2(str(base))
+    groups.create(2, me=ME)
+    assert _control(base / "worker" / "cgroup.procs") == str(ME)
+    assert _control(delegated / "cgroup.subtree_control") == "+memory"
+    assert _control(base / "cgroup.subtree_control") == "+memory"
+    groups.close_files()
+
+
+def test_fake_tree_v2_create_leaves_a_group_that_already_delegates_memory_alone(delegated):
+    (delegated / "cgroup.subtree_control").write_text("memory\n")
+    (delegated / "cgroup.procs").write_text("")
+    base = _make_base(delegated)
+    groups = SlotGroupsV2(str(base))
+    groups.create(2, me=ME)
+    assert _control(base / "worker" / "cgroup.procs") == ""  # not moved: it is not in that group
+    assert _control(delegated / "cgroup.subtree_control") == "memory\n"  # untouched
+    groups.close_files()
+
+
+def test_fake_tree_v2_remove_lifts_what_it_enabled_and_moves_the_worker_back(delegated):
+    base = _make_base(delegated)
+    groups = SlotGroupsV2(str(base))
+    groups.create(2, me=ME)
+    groups.close_files()
+    # rmdir of an empty cgroup works in cgroupfs; the fake's slot dirs must be emptied for it.
+    for sub in ("slot-0", "slot-1"):
+        for f in (base / sub).iterdir():
+            f.unlink()
+    with pytest.raises(OSError, match="could not remove"):
+        groups.remove(kill=False)  # the fake leaf still holds its files: rmdir refuses
+    assert not (base / "slot-0").exists() and not (base / "slot-1").exists()
+    assert _control(delegated / "cgroup.subtree_control") == "-memory"
+    assert _control(base / "cgroup.subtree_control") == "-memory"
+    assert _control(delegated / "cgroup.procs") == str(ME)
+
+
+def test_fake_tree_v2_delegation_problem_is_none_for_a_group_holding_only_this_process(delegated):
+    from oomless.linux.cgroup import v2_delegation_problem
+
+    assert v2_delegation_problem(str(delegated), me=ME) is None
+
+
+def test_fake_tree_v2_delegation_problem_names_other_processes_and_the_fix(delegated):
+    from oomless.linux.cgroup import v2_delegation_problem
+
+    (delegated / "cgroup.procs").write_text(f"{ME}\n17\n")
+    problem = v2_delegation_problem(str(delegated), me=ME)
+    assert problem is not None
+    assert "holds other processes besides this one (17)" in problem
+    assert "no internal processes" in problem and "Delegate=yes" in problem
+
+
+def test_fake_tree_v2_delegation_problem_ignores_processes_when_memory_is_already_delegated(delegated):
+    from oomless.linux.cgroup import v2_delegation_problem
+
+    (delegated / "cgroup.procs").write_text("17\n")
+    (delegated / "cgroup.subtree_control").write_text("memory\n")
+    assert v2_delegation_problem(str(delegated), me=ME) is None

@@ -11,6 +11,7 @@ warm shutdown are still enforced) and, as a fallback, at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 from typing import Any
 
@@ -77,7 +78,16 @@ class GovernorStep(bootsteps.StartStopStep):
                 raise EnforcementUnavailable(
                     f"oomless_enforcement={choice.mode} could not prepare slots: {exc}"
                 ) from exc
-            raise
+            # auto: the host looked usable but the kernel said no; say so and fall back.
+            try:
+                enforcer.stop()
+            except OSError as cleanup:
+                logger.warning("oomless: could not remove partly made slot cgroups: %s", cleanup)
+            host = dataclasses.replace(host, writable=False, reason=f"cgroup slots could not be made: {exc}")
+            choice = choose_mode(settings.enforcement, host, pool_name, isolating)
+            choice = dataclasses.replace(choice, warning=choice.warning or f"cgroup mode unavailable: {exc}")
+            enforcer = make_enforcer(choice, table, host, settings.poll_interval)
+            enforcer.prepare()
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
         logger.info(

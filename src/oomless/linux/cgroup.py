@@ -114,11 +114,41 @@ def detect(proc_cgroup: str = "/proc/self/cgroup") -> CgroupHost:
     return CgroupHost(2, path, True, limit, f"cgroup v2 group {path} is delegated and writable")
 
 
-def v2_delegation_problem(path: str) -> str | None:
-    """Why slot groups cannot be made below the v2 group ``path``, or ``None`` if they can."""
+def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
+    """Why slot groups cannot be made below the v2 group ``path``, or ``None`` if they can.
+
+    The "no internal processes" rule: a group that enables the memory
+    controller for its children may hold no processes itself.  The worker moves
+    itself into a leaf of its own (``<base>/worker``) to satisfy it, which
+    works only when it is the group's only process, or when the controller is
+    already enabled there (the group is then empty of processes already).
+    """
     if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK):
         return f"cgroup v2 group {path} is not delegated to this user (not writable)"
+    if "memory" in _words(os.path.join(path, "cgroup.subtree_control")):
+        return None
+    me = os.getpid() if me is None else me
+    others = [p for p in _pids(os.path.join(path, "cgroup.procs")) if p != me]
+    if others:
+        shown = ", ".join(map(str, others[:5])) + (" …" if len(others) > 5 else "")
+        return (
+            f"cgroup v2 group {path} holds other processes besides this one ({shown}), so the memory "
+            f"controller cannot be enabled for slot groups below it (cgroup v2 \"no internal processes\" rule); "
+            f"run the worker alone in a delegated group (systemd: Delegate=yes; a container with its own cgroup)"
+        )
     return None
+
+
+def _words(path: str) -> list[str]:
+    try:
+        with open(path) as fh:
+            return fh.read().split()
+    except OSError:
+        return []
+
+
+def _pids(path: str) -> list[int]:
+    return [int(p) for p in _words(path) if p.isdigit()]
 
 
 def _write(path: str, value: str | int) -> None:
@@ -203,6 +233,17 @@ class SlotGroups:
         Returns the PIDs killed.  Members are ours by construction: a process
         is only ever in a slot group because a pool child joined it at birth.
         """
+        killed = self._remove_slots(kill, attempts)
+        try:
+            os.rmdir(self.base)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # Members we cannot see (another PID namespace) or that would not die.
+            raise OSError(exc.errno, f"could not remove {self.base}: {exc.strerror}") from None
+        return killed
+
+    def _remove_slots(self, kill: bool, attempts: int) -> list[int]:
         from .kill import kill_pids
 
         self.close_files()
@@ -223,13 +264,6 @@ class SlotGroups:
                     if exc.errno != errno.EBUSY:
                         raise
                     select.select([], [], [], 0.02)
-        try:
-            os.rmdir(self.base)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            # Members we cannot see (another PID namespace) or that would not die.
-            raise OSError(exc.errno, f"could not remove {self.base}: {exc.strerror}") from None
         return killed
 
     def _release(self, index: int) -> None:
@@ -306,14 +340,83 @@ class SlotGroupsV1(SlotGroups):
 
 
 class SlotGroupsV2(SlotGroups):
-    """Slot groups on a delegated cgroup v2 subtree."""
+    """Slot groups on a delegated cgroup v2 subtree.
+
+    Layout below the worker's group ``W``::
+
+        W/                         memory enabled for children (by oomless if it was not)
+          oomless-<pid>-<start>/   base: memory enabled for children, no processes
+            worker/                the worker main process (a leaf: "no internal processes")
+            slot-<i>/              one pool child and its subprocesses
+
+    The worker moves itself into ``worker/`` before enabling the controller on
+    ``W`` (which must then be empty of processes).  On removal it moves back
+    to ``W`` when it enabled the controller there itself; otherwise the empty
+    ``worker/`` leaf stays until the next start removes it as stale (or
+    systemd removes the unit's group).
+    """
 
     version = 2
+    LEAF = "worker"
 
-    def create(self, count: int) -> None:
-        os.makedirs(self.base, exist_ok=True)
+    def __init__(self, base: str) -> None:
+        super().__init__(base)
+        self.parent = os.path.dirname(base)
+        self._enabled_parent = False
+        self._moved: int | None = None
+
+    def create(self, count: int, me: int | None = None) -> None:
+        me = os.getpid() if me is None else me
+        leaf = os.path.join(self.base, self.LEAF)
+        os.makedirs(leaf, exist_ok=True)
+        if "memory" not in _words(os.path.join(self.parent, "cgroup.subtree_control")):
+            if me in _pids(os.path.join(self.parent, "cgroup.procs")):
+                _write(os.path.join(leaf, "cgroup.procs"), me)
+                self._moved = me
+            try:
+                _write(os.path.join(self.parent, "cgroup.subtree_control"), "+memory")
+            except OSError as exc:
+                self._move_back()
+                raise OSError(
+                    exc.errno,
+                    f"could not enable the memory controller below {self.parent}: {exc.strerror} "
+                    f"(cgroup v2 allows it only in a group without processes of its own)",
+                ) from None
+            self._enabled_parent = True
         _write(os.path.join(self.base, "cgroup.subtree_control"), "+memory")
         super().create(count)
+
+    def remove(self, kill: bool = True, attempts: int = 50) -> list[int]:
+        killed = self._remove_slots(kill, attempts)
+        leaf = os.path.join(self.base, self.LEAF)
+        if self._enabled_parent:
+            # Lift what we enabled, then the parent may hold processes again.
+            for group in (self.base, self.parent):
+                try:
+                    _write(os.path.join(group, "cgroup.subtree_control"), "-memory")
+                except OSError:
+                    break
+            else:
+                self._enabled_parent = False
+                self._move_back()
+        for path in (leaf, self.base):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if path == leaf and exc.errno == errno.EBUSY and self._moved is not None:
+                    return killed  # we still live in it; the next start removes it
+                raise OSError(exc.errno, f"could not remove {path}: {exc.strerror}") from None
+        return killed
+
+    def _move_back(self) -> None:
+        if self._moved is not None:
+            try:
+                _write(os.path.join(self.parent, "cgroup.procs"), self._moved)
+                self._moved = None
+            except OSError:
+                pass
 
     def _prepare_slot(self, index: int) -> None:
         path = self.slot_dir(index)
