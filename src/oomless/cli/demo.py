@@ -372,8 +372,8 @@ def _table(rows: list[Row], mode: str) -> Table:
     table = Table(
         title=f"oomless demo: governed worker, enforcement {mode}",
         title_justify="left",
-        caption="time: from the task's start to its result being stored (for a killed task this includes Celery "
-        "noticing that its pool child died)",
+        caption="time: from the task's start to its result being stored (for a runaway: its allocation up to the "
+        "limit, the kill, and the stored failure)",
         caption_justify="left",
     )
     table.add_column("task", no_wrap=True)
