@@ -30,7 +30,7 @@ from .request import governed_request_cls
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["GovernorStep", "task_spec"]
+__all__ = ["GovernorStep", "isolating_pool", "task_spec"]
 
 
 def task_spec(task: Any) -> Memory | None:
@@ -41,7 +41,8 @@ def task_spec(task: Any) -> Memory | None:
         raise InvalidMemorySpec(f"{exc} (in the declaration of task {task.name})") from None
 
 
-def _isolating_pool(pool_cls: Any) -> tuple[str, bool]:
+def isolating_pool(pool_cls: Any) -> tuple[str, bool]:
+    """The pool's short name, and whether it runs each task in a child process of its own (prefork or a subclass)."""
     from celery.concurrency.prefork import TaskPool as PreforkPool
 
     cls = symbol_by_name(pool_cls) if isinstance(pool_cls, str) else pool_cls
@@ -63,7 +64,7 @@ class GovernorStep(bootsteps.StartStopStep):
         app = w.app
         host = cgroup.detect()
         settings = load_settings(app.conf, host, self.memory_budget)
-        pool_name, isolating = _isolating_pool(w.pool_cls)
+        pool_name, isolating = isolating_pool(w.pool_cls)
         choice = choose_mode(settings.enforcement, host, pool_name, isolating)
         for task in app.tasks.values():
             task._oomless_spec = task_spec(task)

@@ -74,12 +74,14 @@ class Governor:
         """The task's one log line (unless its pool child wrote it) and its memory event."""
         spec: Memory = req._oomless_spec
         peak: int | None = report.peak if report is not None else None
-        logged = False
+        found = None
         if report is None and outcome != "lost" and (outcome != "ok" or not self.children_report or _events_on(req)):
             found = self._finished_in_child(req)
             if found is not None:
-                peak, logged = found.peak, self.children_report
-        if not logged and not (outcome == "ok" and self.children_report):
+                peak = found.peak
+        # A pool child logs every task it finishes; a killed or lost one never finishes.
+        child_logged = self.children_report and report is None and (outcome == "ok" or found is not None)
+        if not child_logged:
             log_finished(req.name, req.id, outcome, peak, spec, self.mode)
         req.send_event(
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode

@@ -489,8 +489,7 @@ def _remove_stale_cgroups(run: Run) -> None:
     prefix = f"oomless-{run.worker.pid}-{run.worker_start}"
     for stale in cgroup.stale_groups(host.path):
         if os.path.basename(stale) == prefix:
-            groups = cgroup.SlotGroupsV1(stale) if host.version == 1 else cgroup.SlotGroupsV2(stale)
-            groups.remove(kill=True)
+            cgroup.slot_groups(host.version, stale).remove(kill=True)
             run.notes.append(f"removed slot cgroups {stale} the worker left behind")
 
 

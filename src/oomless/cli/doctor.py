@@ -139,15 +139,16 @@ def diagnose(
 
 
 def _isolates(pool_name: str) -> bool:
-    """Whether the pool runs each task in a child process of its own (prefork or a subclass)."""
+    """Whether the pool named ``pool_name`` runs each task in a child process of its own."""
     from celery.concurrency import get_implementation
-    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    from ..celery.bootstep import isolating_pool
 
     try:
         cls = get_implementation(pool_name)
     except (ImportError, AttributeError, ValueError):
         return False
-    return isinstance(cls, type) and issubclass(cls, PreforkPool)
+    return isolating_pool(cls)[1]
 
 
 def _tasks(app: Any, budget: int, task_spec: Any) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ class CgroupEnforcer(Enforcer):
         assert host.path is not None
         self.host = host
         base = os.path.join(host.path, cgroup.group_name(worker_pid))
-        self.groups: cgroup.SlotGroups = (cgroup.SlotGroupsV1 if host.version == 1 else cgroup.SlotGroupsV2)(base)
+        self.groups = cgroup.slot_groups(host.version, base)
         self._eventfds: dict[int, int] = {}
         self._wake_r, self._wake_w = -1, -1
 

@@ -151,6 +151,22 @@ def _pids(path: str) -> list[int]:
     return [int(p) for p in _words(path) if p.isdigit()]
 
 
+def _rmdir(path: str) -> None:
+    """Remove an empty group; one that is gone already is fine."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        # Members we cannot see (another PID namespace) or that would not die.
+        raise OSError(exc.errno, f"could not remove {path}: {exc.strerror}") from None
+
+
+def slot_groups(version: int | None, base: str) -> SlotGroups:
+    """The slot groups of a base group on cgroup ``version`` (1 or 2)."""
+    return SlotGroupsV1(base) if version == 1 else SlotGroupsV2(base)
+
+
 def _write(path: str, value: str | int) -> None:
     with open(path, "w") as fh:
         fh.write(str(value))
@@ -234,13 +250,7 @@ class SlotGroups:
         is only ever in a slot group because a pool child joined it at birth.
         """
         killed = self._remove_slots(kill, attempts)
-        try:
-            os.rmdir(self.base)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            # Members we cannot see (another PID namespace) or that would not die.
-            raise OSError(exc.errno, f"could not remove {self.base}: {exc.strerror}") from None
+        _rmdir(self.base)
         return killed
 
     def _remove_slots(self, kill: bool, attempts: int) -> list[int]:
@@ -399,15 +409,13 @@ class SlotGroupsV2(SlotGroups):
             else:
                 self._enabled_parent = False
                 self._move_back()
-        for path in (leaf, self.base):
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if path == leaf and exc.errno == errno.EBUSY and self._moved is not None:
-                    return killed  # we still live in it; the next start removes it
-                raise OSError(exc.errno, f"could not remove {path}: {exc.strerror}") from None
+        try:
+            _rmdir(leaf)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and self._moved is not None:
+                return killed  # we still live in it; the next start removes it
+            raise
+        _rmdir(self.base)
         return killed
 
     def _move_back(self) -> None:
