@@ -15,6 +15,7 @@ from .errors import (
     MemoryLimitExceeded,
     OomlessError,
 )
+from .escalate import Escalate
 from .spec import Memory
 from .units import format_size, parse_size
 
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "install",
     "Memory",
+    "Escalate",
     "MemoryLimitExceeded",
     "InvalidMemorySpec",
     "InfeasibleMemoryRequest",
