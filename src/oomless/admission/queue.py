@@ -62,7 +62,6 @@ class Admission:
             raise ValueError(f"budget {budget} and slots {slots} must be positive")
         self.budget = budget
         self.slots = slots
-        self.free_slots = slots
         self.backfill_window = backfill_window
         self.give_back_after = give_back_after
         self.reserved = 0
@@ -71,6 +70,11 @@ class Admission:
         self._seq = 0
 
     # -- what the worker asks --------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        """Slots not taken by a running task (negative after the pool shrank under them)."""
+        return self.slots - len(self.running)
+
     @property
     def free(self) -> int:
         """Bytes of the budget not reserved by running tasks."""
@@ -104,21 +108,15 @@ class Admission:
         return self.drain(now)
 
     def finish(self, key: Hashable, now: float) -> list[Hashable]:
-        """A running task ended (its memory is free); returns the keys that start now."""
+        """A running task ended (its slot and memory are free); returns the keys that start now."""
         request = self.running.pop(key, None)
         if request is not None:
             self.reserved -= request
         return self.drain(now)
 
-    def release_slot(self, now: float) -> list[Hashable]:
-        """A pool slot became free; returns the keys that start now."""
-        self.free_slots = min(self.free_slots + 1, self.slots)
-        return self.drain(now)
-
     def resize(self, slots: int, now: float) -> list[Hashable]:
         """The pool grew or shrank (autoscale)."""
-        self.free_slots += slots - self.slots
-        self.slots = slots
+        self.slots = max(0, slots)
         return self.drain(now)
 
     def forget(self, key: Hashable) -> bool:
@@ -156,6 +154,5 @@ class Admission:
         return out
 
     def _start(self, key: Hashable, request: int) -> None:
-        self.free_slots -= 1
         self.reserved += request
         self.running[key] = request

@@ -18,6 +18,7 @@ from typing import Any
 from celery import bootsteps, signals
 from celery.utils.imports import symbol_by_name
 
+from ..admission import Admission
 from ..enforce.modes import choose_mode, make_enforcer
 from ..enforce.slots import SlotTable
 from ..errors import EnforcementUnavailable, InvalidMemorySpec
@@ -26,6 +27,7 @@ from ..spec import Memory
 from ..units import format_size
 from . import governor
 from .config import load_settings
+from .gate import MemoryGate, install_gate
 from .request import governed_request_cls
 
 logger = logging.getLogger("oomless")
@@ -54,7 +56,9 @@ class GovernorStep(bootsteps.StartStopStep):
     """Governs the worker's memory (see :mod:`oomless`)."""
 
     label = "oomless"
-    requires = ("celery.worker.components:Hub",)
+    # After the Pool step's create (its semaphore becomes the admission gate),
+    # before its start (the pool forks after the slots exist).
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, memory_budget: str | None = None, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -91,6 +95,7 @@ class GovernorStep(bootsteps.StartStopStep):
             enforcer.prepare()
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
+        gov.gate = self._gate(w, gov)
         logger.info(
             "oomless: governing %d slots; budget %s (%s); enforcement %s (%s)",
             size,
@@ -105,12 +110,44 @@ class GovernorStep(bootsteps.StartStopStep):
         atexit.register(gov.shutdown)
         return gov
 
+    @staticmethod
+    def _gate(w: Any, gov: governor.Governor) -> MemoryGate | None:
+        """The admission gate in place of Celery's slot semaphore, when the pool uses one."""
+        settings = gov.settings
+        uses_semaphore = getattr(w, "semaphore", None) is not None and w.process_task == w._process_task_sem
+        if not settings.admission or not uses_semaphore:
+            logger.info(
+                "oomless: admission by memory is off (%s)",
+                "oomless_admission=False" if not settings.admission else "this pool does not use Celery's semaphore",
+            )
+            return None
+        slots = int(w.min_concurrency or w.concurrency or 1)
+        adm = Admission(
+            settings.budget.bytes, slots, settings.backfill_window, settings.give_back_after
+        )
+        driver = w.app.connection_for_read().transport.driver_type
+        gate = MemoryGate(adm, settings.max_waiting or slots, higher_priority_first=driver == "amqp", refuse=gov.refuse)
+        install_gate(w, gate)
+        logger.info(
+            "oomless: admission by memory: %d slots, budget %s; at most %d waiting that cannot fit; "
+            "backfill window %g s; give back after %s",
+            slots, format_size(adm.budget), gate.max_waiting, adm.backfill_window,
+            f"{adm.give_back_after:g} s" if adm.give_back_after else "never",
+        )
+        return gate
+
     def start(self, w: Any) -> None:
         gov = governor.current
         if gov is not None:
             gov.enforcer.start()
-            if getattr(w, "hub", None) is not None:
-                gov.watch_kills(w.hub)
+
+    def register_with_event_loop(self, w: Any, hub: Any) -> None:
+        """On every (re)connection: the kill notices and the gate's timer join the event loop."""
+        gov = governor.current
+        if gov is not None:
+            gov.watch_kills(hub)
+            if gov.gate is not None:
+                gov.gate.register(hub, w.consumer)
 
     def stop(self, w: Any) -> None:
         """Nothing: enforcement must outlive the pool's drain (see module docstring)."""

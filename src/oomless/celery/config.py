@@ -9,6 +9,20 @@ key                        default     meaning
                                        accounted, not limited)
 ``oomless_enforcement``    ``"auto"``  ``auto`` | ``cgroup`` | ``watchdog`` | ``off``
 ``oomless_poll_interval``  ``0.005``   watchdog poll interval, seconds
+``oomless_admission``      ``True``    start a task only when its request fits
+                                       (False: Celery's own slot semaphore)
+``oomless_max_waiting``    pool size   tasks that cannot fit held before the worker
+                                       stops fetching
+``oomless_backfill_window`` ``60``     seconds a task that cannot fit lets smaller
+                                       ones pass before it blocks them
+``oomless_give_back_after`` ``30``     seconds a task that cannot fit waits here
+                                       before it goes back to the broker (0: never)
+``oomless_infeasible``     ``"fail"``  ``fail`` | ``queue:<name>``: a request larger
+                                       than the budget fails, or goes to that queue
+``oomless_max_evictions``  ``3``       times a task is requeued after an eviction
+                                       for node pressure before it fails
+``oomless_eviction_margin`` ``100MiB`` evict when less than this is available to
+                                       the worker (its cgroup, or the machine)
 =========================  ==========  ==============================================
 
 The worker option ``--memory-budget`` overrides ``oomless_budget``.
@@ -24,6 +38,7 @@ from ..errors import InvalidMemorySpec
 from ..linux import proc
 from ..linux.cgroup import CgroupHost
 from ..spec import Memory
+from ..units import parse_size
 
 __all__ = ["Settings", "load_settings"]
 
@@ -34,6 +49,13 @@ class Settings:
     default_memory: Memory | None
     enforcement: str
     poll_interval: float
+    admission: bool = True
+    max_waiting: int | None = None  # None: the pool size
+    backfill_window: float = 60.0
+    give_back_after: float | None = 30.0
+    infeasible_queue: str | None = None
+    max_evictions: int = 3
+    eviction_margin: int = 100 * 2**20
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -56,4 +78,62 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
     interval = float(_conf(conf, "oomless_poll_interval", 0.005))
     if not 0.0005 <= interval <= 1:
         raise ValueError(f"oomless_poll_interval={interval} s is outside 0.0005–1 s")
-    return Settings(budget, default, str(_conf(conf, "oomless_enforcement", "auto")), interval)
+    return Settings(
+        budget,
+        default,
+        str(_conf(conf, "oomless_enforcement", "auto")),
+        interval,
+        admission=_flag(conf, "oomless_admission", True),
+        max_waiting=_count(conf, "oomless_max_waiting", None, low=1),
+        backfill_window=_seconds(conf, "oomless_backfill_window", 60.0),
+        give_back_after=_seconds(conf, "oomless_give_back_after", 30.0) or None,
+        infeasible_queue=_infeasible(conf.get("oomless_infeasible")),
+        max_evictions=_count(conf, "oomless_max_evictions", 3, low=0) or 0,
+        eviction_margin=parse_size(_conf(conf, "oomless_eviction_margin", "100MiB"), "oomless_eviction_margin"),
+    )
+
+
+def _flag(conf: Any, key: str, default: bool) -> bool:
+    value = _conf(conf, key, default)
+    if isinstance(value, str):
+        if value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{key}={value!r} is not a yes/no value; use True or False")
+
+
+def _count(conf: Any, key: str, default: int | None, low: int) -> int | None:
+    value = _conf(conf, key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ValueError(f"{key}={value!r} is not a whole number")
+    if int(value) < low:
+        raise ValueError(f"{key}={value} must be at least {low}")
+    return int(value)
+
+
+def _seconds(conf: Any, key: str, default: float) -> float:
+    value = _conf(conf, key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not a number of seconds") from None
+    if not 0 <= seconds < 10**7:
+        raise ValueError(f"{key}={seconds} s is outside 0–10,000,000 s")
+    return seconds
+
+
+def _infeasible(value: Any) -> str | None:
+    """``oomless_infeasible``: ``"fail"`` (None) or ``"queue:<name>"`` (the queue name)."""
+    if value is None or value == "fail":
+        return None
+    if isinstance(value, str) and value.startswith("queue:") and value[6:].strip():
+        return value[6:].strip()
+    raise ValueError(
+        f"oomless_infeasible={value!r} is not understood; use 'fail' or 'queue:<name>' "
+        f"(the queue a worker with a larger budget consumes)"
+    )

@@ -7,7 +7,7 @@ pool forks (pool children inherit it and use only the enforcer's child half).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..enforce.base import Enforcer, KillReport
 from ..enforce.modes import Choice
@@ -15,6 +15,9 @@ from ..errors import InfeasibleMemoryRequest
 from ..spec import Memory
 from ..units import format_size
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .gate import MemoryGate
 
 logger = logging.getLogger("oomless")
 
@@ -58,6 +61,8 @@ class Governor:
         self.enforcer = enforcer
         self.budget = settings.budget.bytes
         self._stopped = False
+        #: the admission gate, when the pool uses Celery's slot semaphore (prefork)
+        self.gate: MemoryGate | None = None
         #: task name -> its spec when the message carries none (most messages)
         self.task_specs: dict[str, Memory] = {}
 
@@ -91,6 +96,10 @@ class Governor:
         pid = req.worker_pid
         index = self.enforcer.table.index_of(pid) if pid is not None else None
         return None if index is None else self.enforcer.table.finished(index, req.id)
+
+    def refuse(self, req: Any) -> None:
+        """The gate's answer to a request refused before it starts (malformed or infeasible spec)."""
+        req._oomless_refuse()
 
     def watch_kills(self, hub: Any) -> None:
         """Have the worker's event loop fail killed tasks as soon as the monitor announces them."""

@@ -36,7 +36,9 @@ from kombu.utils.encoding import safe_repr
 from ..enforce.base import KillReport
 from ..errors import InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
+from ..units import format_size
 from . import governor
+from .republish import REROUTED, header_int, republish
 
 logger = logging.getLogger("oomless")
 
@@ -66,11 +68,22 @@ def _wrap_execute(method: Any) -> Any:
     @functools.wraps(method)
     def execute_using_pool(self: GovernedRequest, pool: Any, **kwargs: Any) -> Any:
         if self._oomless_error is not None:
-            self._oomless_refuse(self._oomless_error)
+            self._oomless_refuse()
             raise _RefusedBeforeStart(self.id)
-        return method(self, pool, **kwargs)
+        try:
+            return method(self, pool, **kwargs)
+        except BaseException:  # revoked or expired at the last moment, or the pool said no
+            _finished(self)
+            raise
 
     return execute_using_pool
+
+
+def _finished(req: GovernedRequest) -> None:
+    """Free the request's slot and memory in the admission gate (if there is one)."""
+    gov = governor.current
+    if gov is not None and gov.gate is not None:
+        gov.gate.finish(req)
 
 
 def _wrap_success(method: Any) -> Any:
@@ -78,8 +91,11 @@ def _wrap_success(method: Any) -> Any:
     def on_success(self: GovernedRequest, failed__retval__runtime: Any, **kwargs: Any) -> Any:
         result = method(self, failed__retval__runtime, **kwargs)
         gov = governor.current
-        if gov is not None and not failed__retval__runtime[0]:
-            gov.finished(self, "ok")
+        if gov is not None:
+            if not failed__retval__runtime[0]:
+                gov.finished(self, "ok")
+            if gov.gate is not None:
+                gov.gate.finish(self)
         return result
 
     return on_success
@@ -122,8 +138,34 @@ class GovernedRequest(Request):
     execute_using_pool = _wrap_execute(Request.execute_using_pool)
     on_success = _wrap_success(Request.on_success)
 
-    def _oomless_refuse(self, exc: BaseException) -> None:
-        """Fail the task before it starts: result stored, event sent, message acked."""
+    def acknowledge(self) -> None:
+        if not self.acknowledged:
+            super().acknowledge()
+            _acknowledged()
+
+    def reject(self, requeue: bool = False) -> None:
+        if not self.acknowledged:
+            super().reject(requeue)
+            _acknowledged()
+
+    def _oomless_refuse(self) -> None:
+        """Refuse the task before it starts: re-route it when it is infeasible and a queue is
+        configured for that, else fail it (result stored, event sent, message acked)."""
+        exc = self._oomless_error
+        assert exc is not None
+        gov = governor.current
+        queue = gov.settings.infeasible_queue if gov is not None else None
+        if isinstance(exc, InfeasibleMemoryRequest) and queue and not header_int(self, REROUTED):
+            try:
+                republish(self, {REROUTED: 1}, queue=queue)
+            except Exception as pub:
+                logger.error("oomless: could not re-route %s[%s] to queue %s: %s", self.name, self.id, queue, pub)
+            else:
+                logger.warning(
+                    "oomless: %s[%s] needs %s, more than this worker's budget of %s; re-routed to queue %r",
+                    self.name, self.id, format_size(exc.limit), format_size(exc.budget), queue,
+                )
+                return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
         task_ready(self)
         self.task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
@@ -148,18 +190,32 @@ class GovernedRequest(Request):
         if report is not None:
             logger.error("oomless: %s", exc_info.exception)
             gov.finished(self, "memory-killed", report)
-            # Not a WorkerLostError: Celery stores the failure and acks (or
-            # drops) the message instead of requeueing it.
-            return super().on_failure(exc_info, send_failed_event, return_ok=False)
-        result = super().on_failure(exc_info, send_failed_event, return_ok)
-        if isinstance(exc, WorkerLostError):
-            outcome = "lost"
-        elif isinstance(exc, Retry):
-            outcome = "retry"
-        else:
-            outcome = "failed"
-        gov.finished(self, outcome)
-        return result
+            try:
+                # Not a WorkerLostError: Celery stores the failure and acks (or
+                # drops) the message instead of requeueing it.
+                return super().on_failure(exc_info, send_failed_event, return_ok=False)
+            finally:
+                if gov.gate is not None:
+                    gov.gate.finish(self)
+        try:
+            result = super().on_failure(exc_info, send_failed_event, return_ok)
+            if isinstance(exc, WorkerLostError):
+                outcome = "lost"
+            elif isinstance(exc, Retry):
+                outcome = "retry"
+            else:
+                outcome = "failed"
+            gov.finished(self, outcome)
+            return result
+        finally:
+            if gov.gate is not None:
+                gov.gate.finish(self)
+
+
+def _acknowledged() -> None:
+    gov = governor.current
+    if gov is not None and gov.gate is not None and gov.gate.stopped:
+        gov.gate.acknowledged()
 
 
 @functools.cache

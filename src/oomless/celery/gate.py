@@ -1,0 +1,252 @@
+"""The admission gate: Celery's slot semaphore, made memory-aware.
+
+Celery's prefork worker hands every task it will run to
+``WorkController._process_task_sem``, which waits on a
+``LaxBoundedSemaphore(concurrency)`` before it sends the task to the pool;
+billiard releases that semaphore whenever a job ends or a pool process exits.
+:class:`MemoryGate` takes that semaphore's place (same interface), so a task
+starts only when a slot is free *and* its request fits the budget left.  The
+decisions are :class:`oomless.admission.Admission`'s; this module adds the
+clock, the logging, and the three things the broker needs:
+
+* **no hoarding**: when ``max_waiting`` tasks wait that cannot fit, the gate
+  takes prefetch back from Celery's QoS so the broker sends nothing more
+  until they start (with early acks and late acks alike);
+* **give back**: a task that cannot fit and has waited ``give_back_after``
+  seconds is republished (with its age) and acknowledged, so a worker with
+  room may run it; the gate then fetches nothing until a task here ends or
+  another ``give_back_after`` passes, so the message is not simply taken back;
+* **reconcile**: once a second, a task the gate still counts as running that
+  Celery no longer holds is released (a safety net; every normal end calls
+  :meth:`MemoryGate.finish`).
+
+Celery touch points, checked against Celery 5.5, 5.6 and 5.7: the
+``Pool`` bootstep's ``create`` stores its semaphore in ``w.semaphore``,
+``w._quick_acquire``, ``w._quick_release`` and the pool's ``options``; the
+bootstep replaces all four in :func:`install_gate`, before the pool starts.
+Only pools that use that semaphore (prefork) get a gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kombu.asynchronous.semaphore import LaxBoundedSemaphore
+
+from ..admission import Admission
+from ..units import format_size
+from .republish import WAITED, header_float, republish
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["MemoryGate", "install_gate"]
+
+
+def _request(req: Any) -> int:
+    return req._oomless_spec.request or 0
+
+
+class MemoryGate(LaxBoundedSemaphore):
+    """Admits a task to the pool when a slot is free and its memory request fits."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        max_waiting: int,
+        higher_priority_first: bool,
+        refuse: Callable[[Any], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Not LaxBoundedSemaphore.__init__: value and initial_value are views of the ledger here.
+        self.adm = admission
+        self.max_waiting = max_waiting
+        self._sign = -1 if higher_priority_first else 1
+        self._refuse = refuse
+        self._clock = clock
+        self._callbacks: dict[Any, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
+        self._hub: Any = None
+        self._consumer: Any = None
+        self._drain_scheduled = False
+        self._held_back = 0  # prefetch taken back from Celery's QoS while not fetching
+        self.stopped = False  # not fetching
+        self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
+
+    # -- LaxBoundedSemaphore's interface, as Celery and billiard use it -------
+    @property
+    def value(self) -> int:  # type: ignore[override]
+        return self.adm.free_slots
+
+    @property
+    def initial_value(self) -> int:  # type: ignore[override]
+        return self.adm.slots
+
+    def acquire(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        req = args[0]
+        if getattr(req, "_oomless_error", None) is not None:
+            self._refuse(req)  # never takes a slot; failed or re-routed
+            return False
+        now = self._clock()
+        request = _request(req)
+        priority = req.delivery_info.get("priority") or 0
+        if not isinstance(priority, int):
+            priority = 0
+        started = self.adm.submit(req, request, now, self._sign * priority, header_float(req, WAITED))
+        if started == [req]:
+            if request and logger.isEnabledFor(logging.DEBUG):
+                logger.debug("oomless: admitted %s[%s]: %s", req.name, req.id, self._numbers(request))
+            callback(*args, **kwargs)
+            return True
+        self._callbacks[req] = (callback, args, kwargs)
+        if req not in started:
+            why = "no free slot" if request <= self.adm.free else "its request does not fit"
+            logger.info("oomless: %s[%s] waits (%s): %s", req.name, req.id, why, self._numbers(request))
+        self._start(started, now)
+        self._fetch_control(now)
+        return req in started
+
+    def release(self) -> None:
+        """billiard: a job ended or a pool process exited.  Slots follow :meth:`finish`; just look again."""
+        if self.adm.waiting:
+            self._schedule_drain()
+
+    def grow(self, n: int = 1) -> None:
+        self._start(self.adm.resize(self.adm.slots + n, self._clock()), self._clock())
+
+    def shrink(self, n: int = 1) -> None:
+        self.adm.resize(self.adm.slots - n, self._clock())
+
+    def clear(self) -> None:
+        """Celery, on losing the broker connection: waiting messages return to the broker by themselves."""
+        self.adm.waiting.clear()
+        self._callbacks.clear()
+        self._held_back, self.stopped = 0, False  # Celery builds a new QoS object on reconnect
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryGate slots {self.adm.free_slots}/{self.adm.slots} free, memory "
+            f"{format_size(self.adm.free)}/{format_size(self.adm.budget)} free, {len(self.adm.waiting)} waiting>"
+        )
+
+    # -- oomless ----------------------------------------------------------------
+    def finish(self, req: Any) -> None:
+        """``req`` ended (or never ran): free its slot and memory, start what now fits."""
+        now = self._clock()
+        if req in self.adm.running:
+            self._quiet_until = 0.0  # memory freed here: worth fetching again
+            self._start(self.adm.finish(req, now), now)
+            self._fetch_control(now)
+        elif self.adm.forget(req):
+            self._callbacks.pop(req, None)
+            self._fetch_control(now)
+
+    def register(self, hub: Any, consumer: Any) -> None:
+        """Called on every (re)connection of the worker's event loop."""
+        self._hub = hub
+        self._consumer = consumer
+        self._held_back, self.stopped = 0, False
+        hub.call_repeatedly(1.0, self.tick)
+
+    def tick(self) -> None:
+        """Once a second: reconcile with Celery, give back what waited too long, fetch or not."""
+        from celery.worker.state import reserved_requests
+
+        now = self._clock()
+        gone = [req for req in self._running() if req not in reserved_requests]
+        for req in gone:
+            logger.warning("oomless: %s[%s] ended without telling the gate; its slot and memory are freed",
+                           req.name, req.id)
+            self.finish(req)
+        for waiting in self.adm.give_back(now):
+            self._give_back(waiting.key, now - waiting.since)
+        self._fetch_control(now)
+
+    def _give_back(self, req: Any, waited: float) -> None:
+        self._callbacks.pop(req, None)
+        try:
+            republish(req, {WAITED: round(waited, 3)}, event="task-rejected")
+        except Exception as exc:  # the broker said no: keep it here, it still counts as waiting
+            logger.warning("oomless: could not give %s[%s] back to the broker: %s", req.name, req.id, exc)
+            self.adm.submit(req, _request(req), self._clock(), 0, waited)
+            return
+        self._quiet_until = self._clock() + (self.adm.give_back_after or 0)
+        logger.info(
+            "oomless: gave %s[%s] back to the broker after %.1f s: %s",
+            req.name, req.id, waited, self._numbers(_request(req)),
+        )
+
+    def _running(self) -> list[Any]:
+        """The requests running (the ledger's keys are Celery requests)."""
+        return list(self.adm.running)
+
+    def _schedule_drain(self) -> None:
+        if self._hub is None:
+            self._drain()
+        elif not self._drain_scheduled:
+            self._drain_scheduled = True
+            # After the job's own end (billiard releases the slot before the
+            # result reaches Request.on_success), so its memory is free too.
+            self._hub.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        now = self._clock()
+        self._start(self.adm.drain(now), now)
+
+    def _start(self, started: list[Any], now: float) -> None:
+        for req in started:
+            entry = self._callbacks.pop(req, None)
+            if entry is None:
+                continue  # admitted at submit; its caller runs it
+            callback, args, kwargs = entry
+            logger.info("oomless: admitted %s[%s] after waiting: %s", req.name, req.id, self._numbers(_request(req)))
+            callback(*args, **kwargs)
+
+    def _numbers(self, request: int) -> str:
+        adm = self.adm
+        return (
+            f"request {format_size(request)}, free {format_size(adm.free)} of {format_size(adm.budget)}, "
+            f"{adm.free_slots} of {adm.slots} slots free, {len(adm.waiting)} waiting"
+        )
+
+    # -- fetching -----------------------------------------------------------------
+    def _fetch_control(self, now: float) -> None:
+        """Stop the broker sending more while enough tasks wait that cannot fit (or just after a give-back)."""
+        qos = getattr(self._consumer, "qos", None)
+        if qos is None:
+            return
+        stop = bool(self.adm.waiting) and (self.adm.blocked() >= self.max_waiting or now < self._quiet_until)
+        if stop and not self.stopped:
+            self.stopped = True
+            # Prefetch down to what we hold unacknowledged: the broker sends nothing more.
+            held = len(self.adm.waiting) + sum(1 for r in self._running() if not r.acknowledged)
+            self._take_back(qos, getattr(self._consumer, "initial_prefetch_count", qos.value) - held)
+            logger.info("oomless: stopped fetching: %d waiting cannot fit (%s)", self.adm.blocked(), self._numbers(0))
+        elif not stop and self.stopped:
+            self.stopped = False
+            if self._held_back:
+                qos.increment_eventually(self._held_back)
+                self._held_back = 0
+            logger.info("oomless: fetching again: %s", self._numbers(0))
+
+    def _take_back(self, qos: Any, n: int) -> None:
+        if n > 0:
+            before = qos.value
+            qos.decrement_eventually(n)  # never below 1 (0 would mean "no limit")
+            self._held_back += before - qos.value
+
+    def acknowledged(self) -> None:
+        """One of our messages was acked or rejected while not fetching: keep prefetch at what we hold."""
+        qos = getattr(self._consumer, "qos", None)
+        if qos is not None:
+            self._take_back(qos, 1)
+
+
+def install_gate(w: Any, gate: MemoryGate) -> None:
+    """Put ``gate`` where the Pool bootstep put Celery's semaphore (see the module docstring)."""
+    w.semaphore = gate
+    w._quick_acquire = gate.acquire
+    w._quick_release = gate.release
+    w.pool.options["semaphore"] = gate
