@@ -42,25 +42,36 @@ class MemoryLimitExceeded(OomlessError):
     """A task's process tree went over its memory limit and was killed.
 
     Attributes ``limit`` and ``peak`` are bytes; ``mode`` is the enforcement
-    mode that caught it ("cgroup" or "watchdog").
+    mode that caught it ("cgroup" or "watchdog"); ``tried`` lists the limits of
+    every attempt under an escalation policy (empty without one).
     """
 
-    def __init__(self, task_name: str, task_id: str, limit: int, peak: int, mode: str = "") -> None:
-        super().__init__(task_name, task_id, int(limit), int(peak), mode)
+    def __init__(
+        self, task_name: str, task_id: str, limit: int, peak: int, mode: str = "", tried: list[int] | tuple = ()
+    ) -> None:
+        super().__init__(task_name, task_id, int(limit), int(peak), mode, [int(t) for t in tried])
 
     task_name = property(lambda self: self.args[0])
     task_id = property(lambda self: self.args[1])
     limit = property(lambda self: self.args[2])
     peak = property(lambda self: self.args[3])
     mode = property(lambda self: self.args[4])
+    tried = property(lambda self: self.args[5])
 
     def __str__(self) -> str:
         how = f" by the {self.mode} enforcer" if self.mode else ""
-        return (
+        text = (
             f"{_task_ref(self.task_name, self.task_id)} exceeded its memory limit of "
             f"{format_size(self.limit)} (peak {format_size(self.peak)}); its process tree was "
-            f"killed{how}. Raise memory= on the task or on this call if it really needs more."
+            f"killed{how}."
         )
+        if len(self.tried) > 1:
+            limits = ", ".join(format_size(t) for t in self.tried)
+            return (
+                f"{text} All {len(self.tried)} attempts were killed at their limits ({limits}); this was "
+                f"the last its memory_retry policy allows. Raise memory= or the policy's max."
+            )
+        return f"{text} Raise memory= on the task or on this call if it really needs more."
 
 
 class InfeasibleMemoryRequest(OomlessError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,11 +50,11 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         # Pool children lead their own process groups; make sure none outlived the worker.
-        _kill_leftovers(self.env["OOMLESS_TEST_QUEUE"])
+        _kill_leftovers(self.env["OOMLESS_TEST_WORKER"])
         return self.proc.returncode
 
 
-def _kill_leftovers(queue: str) -> None:
+def _kill_leftovers(worker_id: str) -> None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -61,7 +62,7 @@ def _kill_leftovers(queue: str) -> None:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if f"OOMLESS_TEST_QUEUE={queue}".encode() in environ:
+        if f"OOMLESS_TEST_WORKER={worker_id}".encode() in environ:
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
@@ -76,20 +77,25 @@ def start_worker(
     concurrency: int = 2,
     extra: tuple[str, ...] = (),
     wait_ready: bool = True,
+    conf: dict | None = None,
+    queue: str | None = None,
 ) -> Worker:
-    queue = f"oomless-test-{uuid.uuid4().hex[:8]}"
+    """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one."""
+    queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
         os.environ,
         OOMLESS_TEST_BROKER=broker,
         OOMLESS_TEST_BACKEND=backend,
         OOMLESS_TEST_QUEUE=queue,
+        OOMLESS_TEST_WORKER=uuid.uuid4().hex,
         OOMLESS_TEST_MODE=mode,
+        OOMLESS_TEST_CONF=json.dumps(conf or {}),
         PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
     log = tmp / f"worker-{queue}.log"
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker_app", "worker",
-        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{queue}@%h", "--without-gossip",
+        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{uuid.uuid4().hex[:6]}-{queue}@%h", "--without-gossip",
         "--without-mingle", *extra,
     ]
     with open(log, "w") as fh:

@@ -7,6 +7,7 @@ OOMLESS_TEST_QUEUE, OOMLESS_TEST_MODE.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         broker_connection_retry_on_startup=True,
         oomless_enforcement=mode,
     )
+    app.conf.update(json.loads(os.environ.get("OOMLESS_TEST_CONF", "{}")))
     oomless.install(app)
 
     @app.task(name="t.hog", memory="256MiB")
@@ -55,6 +57,25 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
     def sleeper(seconds: float) -> int:
         time.sleep(seconds)
         return os.getpid()
+
+    @app.task(name="t.hold", bind=True)
+    def hold(self, seconds: float, mb: int = 0) -> dict:
+        """Hold ``mb`` MiB for ``seconds``; say when it ran and where."""
+        start = time.time()
+        data = [bytearray(8 * MiB) for _ in range(mb // 8)]
+        time.sleep(seconds)
+        del data
+        return {"start": start, "end": time.time(), "pid": os.getpid(), "worker": self.request.hostname}
+
+    @app.task(
+        name="t.escalating",
+        memory="128MiB",
+        memory_retry=oomless.Escalate(factor=2, max="1GiB", attempts=3),
+    )
+    def escalating(mb: int) -> int:
+        """Allocate ``mb`` MiB: more than the first limit, so it needs escalation."""
+        chunks = [bytearray(8 * MiB) for _ in range(mb // 8)]
+        return len(chunks) * 8
 
     @app.task(name="t.whoami")
     def whoami() -> dict:

@@ -217,13 +217,16 @@ class MemoryGate(LaxBoundedSemaphore):
         qos = getattr(self._consumer, "qos", None)
         if qos is None:
             return
-        stop = bool(self.adm.waiting) and (self.adm.blocked() >= self.max_waiting or now < self._quiet_until)
+        stop = now < self._quiet_until or (bool(self.adm.waiting) and self.adm.blocked() >= self.max_waiting)
         if stop and not self.stopped:
             self.stopped = True
             # Prefetch down to what we hold unacknowledged: the broker sends nothing more.
             held = len(self.adm.waiting) + sum(1 for r in self._running() if not r.acknowledged)
             self._take_back(qos, getattr(self._consumer, "initial_prefetch_count", qos.value) - held)
-            logger.info("oomless: stopped fetching: %d waiting cannot fit (%s)", self.adm.blocked(), self._numbers(0))
+            why = (
+                "just gave a task back" if now < self._quiet_until else f"{self.adm.blocked()} waiting cannot fit"
+            )
+            logger.info("oomless: stopped fetching: %s (%s)", why, self._numbers(0))
         elif not stop and self.stopped:
             self.stopped = False
             if self._held_back:

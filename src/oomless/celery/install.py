@@ -8,6 +8,8 @@ from typing import Any
 import click
 from celery import Celery, signals
 
+from ..errors import InvalidMemorySpec
+from ..escalate import Escalate
 from ..spec import Memory
 from .bootstep import GovernorStep
 from .child import on_process_init, on_task_postrun, on_task_prerun
@@ -35,6 +37,8 @@ def install(app: Celery) -> Celery:
     * ``@app.task(memory="2GiB")`` / ``memory=oomless.Memory(request=…, limit=…)``:
       validated right here, at decoration time;
     * ``task.apply_async(..., memory=…)`` / ``sig.set(memory=…)``: per-call override;
+    * ``@app.task(memory="1GiB", memory_retry=oomless.Escalate(factor=2, max="8GiB", attempts=3))``:
+      a memory-killed attempt is retried with more memory;
     * ``celery -A proj worker --memory-budget 6GiB``: the worker's budget.
 
     Returns ``app``.  Call it once, right after creating the app.
@@ -58,6 +62,11 @@ def install(app: Celery) -> Celery:
     def task(*args: Any, **opts: Any) -> Any:
         if "memory" in opts:
             Memory.coerce(opts["memory"], what="memory= of @app.task")
+        retry = opts.get("memory_retry")
+        if retry is not None and not isinstance(retry, Escalate):
+            raise InvalidMemorySpec(
+                f"memory_retry={retry!r} is not a policy; use oomless.Escalate(factor=2, max='8GiB', attempts=3)"
+            )
         return decorate(*args, **opts)
 
     app.task = task  # type: ignore[method-assign]

@@ -35,10 +35,11 @@ from kombu.utils.encoding import safe_repr
 
 from ..enforce.base import KillReport
 from ..errors import InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
+from ..escalate import Escalate
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
 from . import governor
-from .republish import REROUTED, header_int, republish
+from .republish import ATTEMPT, REROUTED, TRIED, header_int, republish
 
 logger = logging.getLogger("oomless")
 
@@ -61,7 +62,16 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
 
 def memory_exceeded_einfo(req: Any, report: KillReport) -> ExceptionInfo:
     """The failure a governor kill turns into, as Celery's error callbacks expect it."""
-    return _einfo(MemoryLimitExceeded(req.name, req.id, report.limit, report.peak, report.mode))
+    return _einfo(MemoryLimitExceeded(req.name, req.id, report.limit, report.peak, report.mode, _tried(req, report)))
+
+
+def _tried(req: Any, report: KillReport) -> list[int]:
+    """Limits of this task's earlier memory-killed attempts (from the message) and of this one."""
+    if not isinstance(getattr(req.task, "memory_retry", None), Escalate):
+        return []
+    raw = req._request_dict.get(TRIED)
+    earlier = raw[:64] if isinstance(raw, list) else []
+    return [t for t in earlier if isinstance(t, int) and not isinstance(t, bool) and t > 0] + [report.limit]
 
 
 def _wrap_execute(method: Any) -> Any:
@@ -148,6 +158,31 @@ class GovernedRequest(Request):
             super().reject(requeue)
             _acknowledged()
 
+    def _oomless_escalate(self, report: KillReport) -> bool:
+        """Republish a memory-killed task with more memory if its ``memory_retry`` policy says so."""
+        policy = getattr(self.task, "memory_retry", None)
+        if not isinstance(policy, Escalate):
+            return False
+        attempt = header_int(self, ATTEMPT, 1, high=1000) or 1
+        nxt = policy.after(self._oomless_spec, attempt)
+        if nxt is None:
+            return False
+        exc = MemoryLimitExceeded(self.name, self.id, report.limit, report.peak, report.mode)
+        try:
+            republish(self, {HEADER: nxt.to_header(), ATTEMPT: attempt + 1, TRIED: _tried(self, report)})
+        except Exception as pub:
+            logger.error("oomless: could not republish %s[%s] with more memory: %s", self.name, self.id, pub)
+            return False
+        logger.warning(
+            "oomless: %s[%s] was killed at its memory limit of %s (peak %s); retrying with %s "
+            "(attempt %d of at most %d, %s)",
+            self.name, self.id, format_size(report.limit), format_size(report.peak), nxt,
+            attempt + 1, policy.attempts, policy,
+        )
+        self.task.backend.mark_as_retry(self.id, exc, request=self._context)
+        self.send_event("task-retried", exception=safe_repr(exc), traceback=None)
+        return True
+
     def _oomless_refuse(self) -> None:
         """Refuse the task before it starts: re-route it when it is infeasible and a queue is
         configured for that, else fail it (result stored, event sent, message acked)."""
@@ -155,7 +190,8 @@ class GovernedRequest(Request):
         assert exc is not None
         gov = governor.current
         queue = gov.settings.infeasible_queue if gov is not None else None
-        if isinstance(exc, InfeasibleMemoryRequest) and queue and not header_int(self, REROUTED):
+        came_from = (self.delivery_info or {}).get("routing_key")
+        if isinstance(exc, InfeasibleMemoryRequest) and queue and queue != came_from and not header_int(self, REROUTED):
             try:
                 republish(self, {REROUTED: 1}, queue=queue)
             except Exception as pub:
@@ -188,9 +224,12 @@ class GovernedRequest(Request):
             if report is not None:
                 exc_info = memory_exceeded_einfo(self, report)
         if report is not None:
-            logger.error("oomless: %s", exc_info.exception)
             gov.finished(self, "memory-killed", report)
             try:
+                if self._oomless_escalate(report):
+                    return None
+                exc_info = memory_exceeded_einfo(self, report)
+                logger.error("oomless: %s", exc_info.exception)
                 # Not a WorkerLostError: Celery stores the failure and acks (or
                 # drops) the message instead of requeueing it.
                 return super().on_failure(exc_info, send_failed_event, return_ok=False)

@@ -1,0 +1,154 @@
+"""Admission by memory with real workers and brokers: packing, bounded backfill, give-back,
+re-routing of infeasible requests, escalation on retry.
+
+Task durations here are sleeps of a second or two; the assertions are about
+order and overlap (which task ran beside which), never about speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from celery.result import AsyncResult
+
+import oomless
+
+from .harness import start_worker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from worker_app import make_app  # noqa: E402
+
+MiB, GiB = 2**20, 2**30
+
+
+def _overlap(runs: list[dict]) -> int:
+    """The most tasks that ran at the same moment."""
+    edges = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.fixture
+def worker(tmp_path, redis_url):
+    """Start governed workers on demand; stop them (and close their apps) afterwards."""
+    started = []
+
+    def start(budget: str = "1GiB", concurrency: int = 4, conf: dict | None = None, **kwargs):
+        w = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", concurrency=concurrency,
+                         extra=("--memory-budget", budget, *kwargs.pop("extra", ())), conf=conf, **kwargs)
+        w.app = make_app(redis_url, redis_url, w.queue, "watchdog")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+        w.app.close()
+
+
+def test_tasks_start_only_when_their_request_fits_the_budget_left(worker):
+    w = worker(budget="1GiB", concurrency=4)
+    hold = w.app.tasks["t.hold"]
+    big = [hold.apply_async((1.5,), memory="400MiB") for _ in range(4)]
+    runs = [r.get(timeout=30) for r in big]
+    assert _overlap(runs) == 2  # 2 × 400 MiB fit in 1 GiB, 3 do not; 4 slots were free
+    text = w.text()
+    assert "waits (its request does not fit): request 400.0 MiB, free 224.0 MiB of 1.0 GiB" in text
+    assert "admitted t.hold[" in text and "after waiting" in text
+    small = [hold.apply_async((1.5,), memory="200MiB") for _ in range(4)]
+    assert _overlap([r.get(timeout=30) for r in small]) == 4  # memory allows 5; the pool has 4 slots
+
+
+def test_backfill_lets_small_tasks_pass_a_large_one_for_at_most_the_window(worker):
+    w = worker(budget="1000MiB", concurrency=4, conf={"oomless_backfill_window": 1.0})
+    hold = w.app.tasks["t.hold"]
+    a = hold.apply_async((3.0,), memory="600MiB")
+    time.sleep(0.5)  # A first, so B is the one that waits
+    b = hold.apply_async((0.5,), memory="700MiB")
+    smalls = [hold.apply_async((1.0,), memory="350MiB") for _ in range(6)]
+    ra, rb = a.get(timeout=60), b.get(timeout=60)
+    rs = [s.get(timeout=60) for s in smalls]
+    before_b = [s for s in rs if s["start"] < rb["start"]]
+    assert before_b, "no small task backfilled while B waited"
+    # B arrived about 0.5 s after A started and became a barrier 1 s later:
+    # no small task started after that, and B started as soon as A ended.
+    barrier = ra["start"] + 0.5 + 1.0
+    assert all(s["start"] < barrier + 0.3 for s in before_b), (ra, rb, before_b)
+    assert rb["start"] - ra["end"] < 0.5
+    # Without the window, small tasks would have kept 350 MiB busy beside A and
+    # then beside each other, and B (700 MiB of 1000) would have waited for all six.
+    assert rb["start"] < max(s["end"] for s in rs)
+
+
+def test_an_infeasible_request_goes_to_the_queue_for_bigger_workers(worker):
+    big = worker(budget="3GiB", concurrency=1)
+    small = worker(budget="1GiB", concurrency=2, conf={"oomless_infeasible": f"queue:{big.queue}"})
+    result = small.app.tasks["t.hold"].apply_async((0.1,), memory="2GiB")
+    assert big.queue in result.get(timeout=30)["worker"]  # the big worker's node name has its queue
+    text = small.wait_for("re-routed to queue")
+    assert f"needs 2.0 GiB, more than this worker's budget of 1.0 GiB; re-routed to queue '{big.queue}'" in text
+    assert f"t.hold[{result.id}]" in big.wait_for(f"t.hold[{result.id}] ok")
+
+
+def test_an_infeasible_request_is_re_routed_only_once(worker):
+    """The worker it was sent to is too small as well: it fails there, it does not travel on."""
+    first = worker(budget="1GiB", concurrency=1)
+    bigq = f"{first.queue}-big"
+    first.stop()
+    first = worker(budget="1GiB", concurrency=1, conf={"oomless_infeasible": f"queue:{bigq}"})
+    second = worker(budget="1GiB", concurrency=1, conf={"oomless_infeasible": f"queue:{bigq}-huge"},
+                    extra=("-Q", bigq))
+    r = first.app.tasks["t.hold"].apply_async((0.1,), memory="2GiB")
+    with pytest.raises(oomless.InfeasibleMemoryRequest, match="more than this worker's whole budget of 1.0 GiB"):
+        r.get(timeout=30)
+    assert "re-routed to queue" in first.text()
+    assert "re-routed" not in second.text() and f"refused t.hold[{r.id}]" in second.text()
+
+
+def test_an_infeasible_request_is_not_re_routed_to_the_queue_it_came_from(worker):
+    first = worker(budget="1GiB", concurrency=1)
+    first.stop()
+    w = worker(budget="1GiB", concurrency=1, conf={"oomless_infeasible": f"queue:{first.queue}"},
+               queue=first.queue)
+    r = w.app.tasks["t.hold"].apply_async((0.1,), memory="2GiB")
+    with pytest.raises(oomless.InfeasibleMemoryRequest):
+        r.get(timeout=30)
+    assert "re-routed" not in w.text()
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_escalation_retries_a_memory_killed_task_with_twice_the_memory(tmp_path, redis_url, mode):
+    w = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "2GiB"))
+    app = make_app(redis_url, redis_url, w.queue, mode)
+    try:
+        escalating = app.tasks["t.escalating"]
+        assert escalating.delay(300).get(timeout=60) == 296  # 128 MiB killed, 256 killed, 512 ok
+        text = w.text()
+        assert "was killed at its memory limit of 128.0 MiB" in text
+        assert "retrying with 256.0 MiB (attempt 2 of at most 3" in text
+        assert "retrying with 512.0 MiB (attempt 3 of at most 3" in text
+        final = escalating.delay(700)
+        with pytest.raises(oomless.MemoryLimitExceeded) as err:
+            final.get(timeout=60)
+        exc = err.value
+        assert exc.limit == 512 * MiB and exc.tried == [128 * MiB, 256 * MiB, 512 * MiB]
+        assert "All 3 attempts were killed at their limits (128.0 MiB, 256.0 MiB, 512.0 MiB)" in str(exc)
+        assert AsyncResult(final.id, app=app).state == "FAILURE"
+    finally:
+        w.stop()
+        app.close()
+
+
+def test_a_task_without_a_policy_is_not_retried(worker):
+    w = worker(budget="1GiB", concurrency=2)
+    r = w.app.tasks["t.hog"].delay(400)
+    with pytest.raises(oomless.MemoryLimitExceeded) as err:
+        r.get(timeout=30)
+    assert err.value.tried == []
+    assert "retrying" not in w.text()
