@@ -10,6 +10,7 @@ See README.md and docs/ for the guide.
 
 from .errors import (
     EnforcementUnavailable,
+    EvictedForMemoryPressure,
     InfeasibleMemoryRequest,
     InvalidMemorySpec,
     MemoryLimitExceeded,
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidMemorySpec",
     "InfeasibleMemoryRequest",
     "EnforcementUnavailable",
+    "EvictedForMemoryPressure",
     "OomlessError",
     "parse_size",
     "format_size",

@@ -16,6 +16,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "InfeasibleMemoryRequest",
     "EnforcementUnavailable",
+    "EvictedForMemoryPressure",
 ]
 
 
@@ -91,6 +92,33 @@ class InfeasibleMemoryRequest(OomlessError):
             f"{format_size(self.limit)}, more than this worker's whole budget of "
             f"{format_size(self.budget)}; it can never run here. Lower memory= on the task, "
             f"or route it to a worker with a larger budget (--memory-budget / oomless_budget)."
+        )
+
+
+class EvictedForMemoryPressure(OomlessError):
+    """A task was evicted for node memory pressure more often than ``oomless_max_evictions`` allows.
+
+    It stayed within its own limit; the worker's tasks together ran out of
+    memory and it was the one most over its request.
+    """
+
+    def __init__(self, task_name: str, task_id: str, used: int, request: int, evictions: int, why: str = "") -> None:
+        super().__init__(task_name, task_id, int(used), int(request), int(evictions), why)
+
+    task_name = property(lambda self: self.args[0])
+    task_id = property(lambda self: self.args[1])
+    used = property(lambda self: self.args[2])
+    request = property(lambda self: self.args[3])
+    evictions = property(lambda self: self.args[4])
+    why = property(lambda self: self.args[5])
+
+    def __str__(self) -> str:
+        why = f" ({self.why})" if self.why else ""
+        return (
+            f"{_task_ref(self.task_name, self.task_id)} was evicted for node memory pressure{why}: it used "
+            f"{format_size(self.used)} against a request of {format_size(self.request)}, and has now been "
+            f"evicted {self.evictions} time(s). It stayed within its limit; give it a request closer to "
+            f"what it uses so the worker can pack it honestly (or raise oomless_max_evictions)."
         )
 
 

@@ -152,3 +152,43 @@ def test_a_task_without_a_policy_is_not_retried(worker):
         r.get(timeout=30)
     assert err.value.tried == []
     assert "retrying" not in w.text()
+
+
+OVERCOMMIT = {"request": "300MiB", "limit": "900MiB"}
+STEADY = {"request": "400MiB", "limit": "450MiB"}
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_under_node_pressure_the_task_most_over_its_request_is_evicted_and_requeued(tmp_path, redis_url, mode):
+    """Two tasks each request 300 MiB of a 1 GiB budget but may use 900: together they outgrow it."""
+    w = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "1GiB"))
+    app = make_app(redis_url, redis_url, w.queue, mode)
+    try:
+        grow = app.tasks["t.grow"]
+        steady = grow.apply_async((400, 0.2, 3.0), memory=STEADY)  # within its request
+        time.sleep(0.4)
+        greedy = grow.apply_async((704, 0.5, 0.2), memory=OVERCOMMIT)  # 400 MiB over its request
+        assert steady.get(timeout=60)["end"] > 0
+        assert greedy.get(timeout=60)["end"] > 0  # requeued, then ran once memory was free
+        text = w.text()
+        assert f"t.grow[{greedy.id}] evicted for node memory pressure (its tasks use " in text
+        assert "more than the budget of 1.0 GiB); it used" in text and "not counted as a failure" in text
+        assert "requeued with a request of" in text
+        assert f"t.grow[{steady.id}] evicted" not in text
+        assert "MemoryLimitExceeded" not in text and "exceeded its memory limit" not in text
+    finally:
+        w.stop()
+        app.close()
+
+
+def test_a_task_evicted_more_often_than_allowed_fails_without_blame(worker):
+    w = worker(budget="1GiB", concurrency=2, conf={"oomless_max_evictions": 0})
+    grow = w.app.tasks["t.grow"]
+    steady = grow.apply_async((400, 0.2, 3.0), memory=STEADY)
+    time.sleep(0.4)
+    greedy = grow.apply_async((704, 0.5, 0.2), memory=OVERCOMMIT)
+    with pytest.raises(oomless.EvictedForMemoryPressure) as err:
+        greedy.get(timeout=60)
+    assert err.value.request == 300 * MiB and err.value.evictions == 1
+    assert "It stayed within its limit" in str(err.value)
+    assert steady.get(timeout=60)["end"] > 0

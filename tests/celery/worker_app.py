@@ -67,6 +67,16 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         del data
         return {"start": start, "end": time.time(), "pid": os.getpid(), "worker": self.request.hostname}
 
+    @app.task(name="t.grow", bind=True)
+    def grow(self, mb: int, seconds: float, hold: float = 0.0) -> dict:
+        """Grow to ``mb`` MiB evenly over ``seconds``, then hold it ``hold`` seconds."""
+        start, data = time.time(), []
+        for _ in range(mb // 32):
+            data.append(bytearray(32 * MiB))
+            time.sleep(seconds / max(1, mb // 32))
+        time.sleep(hold)
+        return {"start": start, "end": time.time(), "pid": os.getpid(), "worker": self.request.hostname}
+
     @app.task(
         name="t.escalating",
         memory="128MiB",

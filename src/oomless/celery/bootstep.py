@@ -96,6 +96,8 @@ class GovernorStep(bootsteps.StartStopStep):
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
         gov.gate = self._gate(w, gov)
+        if gov.gate is not None:
+            enforcer.configure_pressure(settings.budget.bytes, settings.eviction_margin, host)
         logger.info(
             "oomless: governing %d slots; budget %s (%s); enforcement %s (%s)",
             size,

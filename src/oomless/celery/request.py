@@ -34,12 +34,12 @@ from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr
 
 from ..enforce.base import KillReport
-from ..errors import InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
+from ..errors import EvictedForMemoryPressure, InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
 from ..escalate import Escalate
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
 from . import governor
-from .republish import ATTEMPT, REROUTED, TRIED, header_int, republish
+from .republish import ATTEMPT, EVICTIONS, REROUTED, TRIED, header_int, republish
 
 logger = logging.getLogger("oomless")
 
@@ -62,6 +62,9 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
 
 def memory_exceeded_einfo(req: Any, report: KillReport) -> ExceptionInfo:
     """The failure a governor kill turns into, as Celery's error callbacks expect it."""
+    if report.reason == "evicted":
+        evictions = header_int(req, EVICTIONS) + 1
+        return _einfo(EvictedForMemoryPressure(req.name, req.id, report.peak, report.request, evictions, report.detail))
     return _einfo(MemoryLimitExceeded(req.name, req.id, report.limit, report.peak, report.mode, _tried(req, report)))
 
 
@@ -158,6 +161,43 @@ class GovernedRequest(Request):
             super().reject(requeue)
             _acknowledged()
 
+    def _oomless_evicted(self, report: KillReport, send_failed_event: bool) -> Any:
+        """Requeue a task evicted for node memory pressure (it broke no limit), a bounded number of times."""
+        gov = governor.current
+        assert gov is not None
+        gov.finished(self, "evicted", report)
+        try:
+            done = header_int(self, EVICTIONS)
+            if done < gov.settings.max_evictions:
+                # Next time, reserve what it was seen to use, so admission packs it honestly.
+                spec = self._oomless_spec
+                request = max(report.request, report.peak)
+                if spec.limit is not None:
+                    request = min(request, spec.limit)
+                bumped = Memory(request=request, limit=spec.limit)
+                try:
+                    republish(self, {EVICTIONS: done + 1, HEADER: bumped.to_header()})
+                except Exception as pub:
+                    logger.error("oomless: could not requeue evicted %s[%s]: %s", self.name, self.id, pub)
+                else:
+                    logger.warning(
+                        "oomless: %s[%s] evicted for node memory pressure (%s); it used %s against a request "
+                        "of %s; requeued with a request of %s (eviction %d of at most %d; not counted as a failure)",
+                        self.name, self.id, report.detail, format_size(report.peak), format_size(report.request),
+                        format_size(request), done + 1, gov.settings.max_evictions,
+                    )
+                    exc = EvictedForMemoryPressure(self.name, self.id, report.peak, report.request, done + 1,
+                                                   report.detail)
+                    self.task.backend.mark_as_retry(self.id, exc, request=self._context)
+                    self.send_event("task-retried", exception=safe_repr(exc), traceback=None)
+                    return None
+            exc_info = memory_exceeded_einfo(self, report)
+            logger.error("oomless: %s", exc_info.exception)
+            return super().on_failure(exc_info, send_failed_event, return_ok=False)
+        finally:
+            if gov.gate is not None:
+                gov.gate.finish(self)
+
     def _oomless_escalate(self, report: KillReport) -> bool:
         """Republish a memory-killed task with more memory if its ``memory_retry`` policy says so."""
         policy = getattr(self.task, "memory_retry", None)
@@ -218,11 +258,11 @@ class GovernedRequest(Request):
         if gov is None:
             return super().on_failure(exc_info, send_failed_event, return_ok)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
-        report = self._oomless_kill if isinstance(exc, MemoryLimitExceeded) else None
+        report = self._oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
         if isinstance(exc, WorkerLostError):
             report = gov.enforcer.claim_kill(self.id, self.worker_pid)
-            if report is not None:
-                exc_info = memory_exceeded_einfo(self, report)
+        if report is not None and report.reason == "evicted":
+            return self._oomless_evicted(report, send_failed_event)
         if report is not None:
             gov.finished(self, "memory-killed", report)
             try:

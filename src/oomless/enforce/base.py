@@ -25,9 +25,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..admission.eviction import Use, choose_victim, pressure
+from ..linux import cgroup, proc
+from ..linux.cgroup import CgroupHost
 from ..linux.proc import OwnMemory
 from ..spec import Memory
-from .slots import SlotTable
+from ..units import format_size
+from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 
@@ -41,10 +45,13 @@ class KillReport:
     task_id: str
     pid: int
     limit: int
-    peak: int
+    peak: int  # for an eviction: what the task used when it was evicted
     mode: str
     killed: tuple[int, ...] = field(default=())
     at: float = field(default_factory=time.time)
+    reason: str = "limit"  # "limit": over its own limit; "evicted": node memory pressure
+    request: int = 0
+    detail: str = ""  # for an eviction: the pressure, in words
 
 
 class _Bounded(OrderedDict):
@@ -64,6 +71,10 @@ class Enforcer:
     """Base of the enforcement modes; ``mode`` names it in logs, events and errors."""
 
     mode = "off"
+    #: Eviction for node memory pressure (see :mod:`oomless.admission.eviction`); off until configured.
+    budget: int | None = None
+    eviction_margin = 0
+    _group: tuple[int, str, int] | None = None  # (cgroup version, path, limit) of the worker
 
     def __init__(self, table: SlotTable) -> None:
         self.table = table
@@ -112,6 +123,45 @@ class Enforcer:
                 os.close(fd)
             except OSError:
                 pass
+
+    def configure_pressure(self, budget: int, margin: int, host: CgroupHost | None = None) -> None:
+        """Evict a task when the running tasks together use more than ``budget``, or when less than
+        ``margin`` is available to the worker (its own memory cgroup, when limited, or the machine)."""
+        self.budget, self.eviction_margin = budget, margin
+        if host is not None and host.version and host.path and host.limit:
+            self._group = (host.version, host.path, host.limit)
+
+    def available(self) -> int:
+        """Bytes the worker can still get: the machine's MemAvailable, or less if its cgroup is limited."""
+        free = proc.mem_available()
+        if self._group is not None:
+            version, path, limit = self._group
+            used = cgroup.working_set(version, path)
+            if used is not None:
+                free = min(free, limit - used)
+        return free
+
+    def pressure(self, uses: list[Use], check_available: bool) -> tuple[Use, str] | None:
+        """The task to evict and why, or ``None`` (monitor thread)."""
+        if self.budget is None or not uses:
+            return None
+        total = sum(max(0, u.used) for u in uses)
+        why = pressure(total, self.budget, self.available() if check_available else None, self.eviction_margin)
+        if why is None:
+            return None
+        victim = choose_victim(uses)
+        return None if victim is None else (victim, why)
+
+    def eviction_report(self, state: SlotState, victim: Use, why: str, killed: tuple[int, ...] = ()) -> KillReport:
+        logger.warning(
+            "oomless: evicting %s for node memory pressure: %s; it uses %s against a request of %s, "
+            "the most over its request",
+            state.task_id, why, format_size(victim.used), format_size(victim.request),
+        )
+        return KillReport(
+            state.task_id, state.pid, state.limit or 0, victim.used, self.mode, killed,
+            reason="evicted", request=victim.request, detail=why,
+        )
 
     def file_report(self, report: KillReport) -> None:
         """Record why a task is about to be killed (call *before* signalling it)."""

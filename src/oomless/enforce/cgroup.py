@@ -18,11 +18,13 @@ kernel reclaims that cache before it would ever reach the limit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
 import time
 
+from ..admission.eviction import Use
 from ..linux import cgroup
 from ..linux.kill import kill_pids
 from .base import Enforcer, KillReport
@@ -72,9 +74,11 @@ class CgroupEnforcer(Enforcer):
         for efd in self._eventfds:
             poller.register(efd, select.EPOLLIN)
         poller.register(self._wake_r, select.EPOLLIN)
+        timeout = -1.0 if self.budget is None else 0.1
+        checks = 0
         try:
             while not self._stopping.is_set():
-                for fd, _ in poller.poll():
+                for fd, _ in poller.poll(timeout):
                     if fd == self._wake_r:
                         return
                     try:
@@ -84,14 +88,48 @@ class CgroupEnforcer(Enforcer):
                     index = self._eventfds[fd]
                     if isinstance(self.groups, cgroup.SlotGroupsV1) and self.groups.under_oom(index):
                         self._kill_slot(index)
+                if self.budget is not None:
+                    checks += 1
+                    timeout = self._check_pressure(checks)
         finally:
             poller.close()
 
-    def _kill_slot(self, index: int) -> None:
+    def _check_pressure(self, checks: int) -> float:
+        """Evict if the running tasks together are over the budget; returns the next poll timeout.
+
+        Polls every 10 ms while a running task may grow past its request
+        (overcommit: no limit, or a limit above the request), every 100 ms
+        otherwise (only the memory available to the worker can then run short).
+        """
+        uses, states, overcommit = [], {}, False
+        for index in range(self.table.size):
+            state = self.table.read(index)
+            if not state.running:
+                continue
+            try:
+                used = self.groups.usage(index) - state.baseline
+            except OSError:
+                continue
+            request = state.request or 0
+            overcommit = overcommit or state.limit is None or state.limit > request
+            uses.append(Use(index, request, used, state.start_ns))
+            states[index] = state
+        found = self.pressure(uses, check_available=not overcommit or checks % 10 == 0)
+        if found is not None:
+            victim, why = found
+            index = int(victim.key)  # type: ignore[call-overload]
+            self._kill_slot(index, self.eviction_report(states[index], victim, why))
+        return 0.01 if overcommit else 0.1
+
+    def _kill_slot(self, index: int, eviction: KillReport | None = None) -> None:
         state = self.table.read(index)
         peak = max(0, self.groups.peak(index) - state.baseline)
         members = self.groups.procs(index)
-        if state.running and state.limit is not None:
+        if eviction is not None:
+            if eviction.task_id != state.task_id:
+                return  # the task ended meanwhile
+            self.file_report(dataclasses.replace(eviction, killed=tuple(members)))
+        elif state.running and state.limit is not None:
             self.file_report(KillReport(state.task_id, state.pid, state.limit, peak, self.mode, tuple(members)))
         else:
             logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
@@ -102,7 +140,7 @@ class CgroupEnforcer(Enforcer):
             members = self.groups.procs(index)
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
-        if state.running and state.limit is not None:
+        if state.running and (state.limit is not None or eviction is not None):
             self.announce_kill(state.task_id)
 
     def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:

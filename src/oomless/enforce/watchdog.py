@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+from ..admission.eviction import Use
 from ..linux import proc
 from ..linux.kill import kill_tree
 from .base import Enforcer, KillReport
@@ -103,9 +104,11 @@ class WatchdogEnforcer(Enforcer):
         seen = [-1] * table.size  # row sequence number at the last look
         running = [False] * table.size
         tick = 0
+        evicting = self.budget is not None
         while not wait(self.interval):
             tick += 1
             full = tick % self.rescan == 0
+            uses: list[Use] = []
             for index in range(table.size):
                 seq = table.seq(index)
                 tree = trees.get(index)
@@ -145,16 +148,28 @@ class WatchdogEnforcer(Enforcer):
                 if limit is not None and used > limit:
                     self._kill(index, tree, used)
                     running[index] = False
+                elif evicting:
+                    uses.append(Use(index, tree.state.request or 0, used, tree.state.start_ns))
+            if evicting and uses:
+                found = self.pressure(uses, check_available=tick % 20 == 0)  # the machine-wide check: every 0.1 s
+                if found is not None:
+                    victim, why = found
+                    index = int(victim.key)  # type: ignore[call-overload]
+                    tree = trees[index]
+                    self._kill(index, tree, victim.used, self.eviction_report(tree.state, victim, why))
+                    running[index] = False
         for index in list(trees):
             self._drop(index)
 
     def _drop(self, index: int) -> None:
         self._trees.pop(index).close()
 
-    def _kill(self, index: int, tree: _Tree, used: int) -> None:
+    def _kill(self, index: int, tree: _Tree, used: int, report: KillReport | None = None) -> None:
         state = tree.state
-        assert state.limit is not None
-        self.file_report(KillReport(state.task_id, state.pid, state.limit, used, self.mode))
+        if report is None:
+            assert state.limit is not None
+            report = KillReport(state.task_id, state.pid, state.limit, used, self.mode)
+        self.file_report(report)
         killed = kill_tree(state.pid, tree.root_start)
         if killed:
             self.announce_kill(state.task_id)

@@ -68,6 +68,28 @@ def _read_int(path: str) -> int | None:
     return None if value >= UNLIMITED else value
 
 
+def working_set(version: int, path: str) -> int | None:
+    """Bytes charged to the memory cgroup at ``path`` (and below) that are not reclaimable
+    page cache, or ``None`` when it cannot be read.  Opens the files each call: for checks a
+    few times a second, not for the hot loop."""
+    usage_file, cache_key, shmem_key = (
+        ("memory.usage_in_bytes", "total_cache", "total_shmem") if version == 1 else ("memory.current", "file", "shmem")
+    )
+    used = _read_int(os.path.join(path, usage_file))
+    if used is None:
+        return None
+    stats: dict[str, int] = {}
+    try:
+        with open(os.path.join(path, "memory.stat")) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key in (cache_key, shmem_key):
+                    stats[key] = int(value)
+    except (OSError, ValueError):
+        return None
+    return max(0, used - (stats.get(cache_key, 0) - stats.get(shmem_key, 0)))
+
+
 def _limit_up(path: str, root: str, filename: str) -> int | None:
     """Smallest limit on ``path`` or any ancestor up to the mount ``root``."""
     best: int | None = None

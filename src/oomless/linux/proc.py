@@ -192,6 +192,15 @@ def mem_total() -> int:
     raise LookupError("/proc/meminfo has no MemTotal line")
 
 
+def mem_available() -> int:
+    """Memory the kernel can still hand out without swapping (``MemAvailable``), in bytes."""
+    with open("/proc/meminfo", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise LookupError("/proc/meminfo has no MemAvailable line")
+
+
 def set_oom_score_adj(value: int, pid: int | str = "self") -> None:
     """Make ``pid`` a likelier (positive) or less likely (negative) OOM-killer victim."""
     with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
