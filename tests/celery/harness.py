@@ -22,6 +22,7 @@ class Worker:
     env: dict
     queue: str
     ready: bool = field(default=False)
+    node: str = ""  # the worker's node name up to "@" (what a task's request.hostname starts with)
 
     @property
     def pid(self) -> int:
@@ -92,15 +93,16 @@ def start_worker(
         OOMLESS_TEST_CONF=json.dumps(conf or {}),
         PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
-    log = tmp / f"worker-{queue}.log"
+    node = f"{uuid.uuid4().hex[:6]}-{queue}"
+    log = tmp / f"worker-{node}.log"
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker_app", "worker",
-        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{uuid.uuid4().hex[:6]}-{queue}@%h", "--without-gossip",
+        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{node}@%h", "--without-gossip",
         "--without-mingle", *extra,
     ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = Worker(proc, log, env, queue)
+    worker = Worker(proc, log, env, queue, node=node)
     if wait_ready:
         worker.wait_for("ready.")
         worker.ready = True

@@ -72,6 +72,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._drain_scheduled = False
         self._held_back = 0  # prefetch taken back from Celery's QoS while not fetching
         self.stopped = False  # not fetching
+        self._fetch_said = -1e9  # when "stopped fetching" was last logged at INFO
         self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
 
     # -- LaxBoundedSemaphore's interface, as Celery and billiard use it -------
@@ -204,47 +205,59 @@ class MemoryGate(LaxBoundedSemaphore):
             logger.info("oomless: admitted %s[%s] after waiting: %s", req.name, req.id, self._numbers(_request(req)))
             callback(*args, **kwargs)
 
-    def _numbers(self, request: int) -> str:
+    def _numbers(self, request: int | None) -> str:
         adm = self.adm
         return (
-            f"request {format_size(request)}, free {format_size(adm.free)} of {format_size(adm.budget)}, "
+            ("" if request is None else f"request {format_size(request)}, ")
+            + f"free {format_size(adm.free)} of {format_size(adm.budget)}, "
             f"{adm.free_slots} of {adm.slots} slots free, {len(adm.waiting)} waiting"
         )
 
     # -- fetching -----------------------------------------------------------------
     def _fetch_control(self, now: float) -> None:
-        """Stop the broker sending more while enough tasks wait that cannot fit (or just after a give-back)."""
+        """Keep what the broker may still send within ``max_waiting`` while tasks wait for memory.
+
+        While nothing waits, Celery's own prefetch applies untouched.  While
+        tasks wait, prefetch is held at what the worker holds unacknowledged
+        plus the room left for waiting tasks that cannot fit (none just after a
+        give-back), so a burst cannot arrive when the room opens.
+        """
         qos = getattr(self._consumer, "qos", None)
         if qos is None:
             return
-        stop = now < self._quiet_until or (bool(self.adm.waiting) and self.adm.blocked() >= self.max_waiting)
-        if stop and not self.stopped:
-            self.stopped = True
-            # Prefetch down to what we hold unacknowledged: the broker sends nothing more.
+        quiet = now < self._quiet_until
+        if not self.adm.waiting and not quiet:
+            want = 0
+            stop = False
+        else:
+            blocked = self.adm.blocked()
+            room = 0 if quiet else max(0, self.max_waiting - blocked)
+            stop = room == 0
             held = len(self.adm.waiting) + sum(1 for r in self._running() if not r.acknowledged)
-            self._take_back(qos, getattr(self._consumer, "initial_prefetch_count", qos.value) - held)
-            why = (
-                "just gave a task back" if now < self._quiet_until else f"{self.adm.blocked()} waiting cannot fit"
-            )
-            logger.info("oomless: stopped fetching: %s (%s)", why, self._numbers(0))
-        elif not stop and self.stopped:
-            self.stopped = False
-            if self._held_back:
-                qos.increment_eventually(self._held_back)
-                self._held_back = 0
-            logger.info("oomless: fetching again: %s", self._numbers(0))
-
-    def _take_back(self, qos: Any, n: int) -> None:
-        if n > 0:
+            base = qos.value + self._held_back  # what Celery's own prefetch is now
+            want = max(0, base - max(1, held + room))
+        if want > self._held_back:
             before = qos.value
-            qos.decrement_eventually(n)  # never below 1 (0 would mean "no limit")
+            qos.decrement_eventually(want - self._held_back)  # never below 1 (0 would mean "no limit")
             self._held_back += before - qos.value
+        elif want < self._held_back:
+            before = qos.value
+            qos.increment_eventually(self._held_back - want)
+            self._held_back -= qos.value - before
+        if stop != self.stopped:
+            self.stopped = stop
+            # Under steady pressure this flips once per task: say so at most every 10 s.
+            level = logging.INFO if now - self._fetch_said >= 10 else logging.DEBUG
+            if stop:
+                why = "just gave a task back" if quiet else f"{self.adm.blocked()} waiting cannot fit"
+                logger.log(level, "oomless: stopped fetching: %s (%s)", why, self._numbers(None))
+                self._fetch_said = now if level == logging.INFO else self._fetch_said
+            else:
+                logger.log(level, "oomless: fetching again: %s", self._numbers(None))
 
     def acknowledged(self) -> None:
-        """One of our messages was acked or rejected while not fetching: keep prefetch at what we hold."""
-        qos = getattr(self._consumer, "qos", None)
-        if qos is not None:
-            self._take_back(qos, 1)
+        """One of our messages was acked or rejected while tasks wait: the room changed."""
+        self._fetch_control(self._clock())
 
 
 def install_gate(w: Any, gate: MemoryGate) -> None:

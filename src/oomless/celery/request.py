@@ -293,7 +293,7 @@ class GovernedRequest(Request):
 
 def _acknowledged() -> None:
     gov = governor.current
-    if gov is not None and gov.gate is not None and gov.gate.stopped:
+    if gov is not None and gov.gate is not None and (gov.gate.adm.waiting or gov.gate.stopped):
         gov.gate.acknowledged()
 
 
