@@ -30,6 +30,7 @@ if os.environ.get("OOMLESS_BENCH_GOVERNED") == "1":
     import oomless
 
     oomless.install(app)
+    app.conf.update({k: float(v) for k, v in os.environ.items() if k.startswith("oomless_")})
 _counter = None
 
 

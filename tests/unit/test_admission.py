@@ -39,7 +39,8 @@ def simulate(slots: int, window: float, tasks: list[tuple[float, int, float]], b
         if kind == 1:
             ahead[i] = len(adm.waiting)
             try:
-                started = adm.submit(i, tasks[i][1] * unit, now)
+                # kind: tasks of a size share a duration estimate, which is often wrong here
+                started = adm.submit(i, tasks[i][1] * unit, now, kind=tasks[i][1])
             except Infeasible:
                 infeasible.add(i)
                 started = []
@@ -136,6 +137,22 @@ def test_a_smaller_task_backfills_while_a_larger_one_cannot_fit():
     assert adm.submit("big2", 5 * MiB, 0.0) == []
     assert adm.submit("small", 2 * MiB, 0.0) == ["small"]  # fits in the 3 MiB left
     assert adm.blocked() == 1 and adm.free == MiB
+
+
+def test_with_durations_known_only_tasks_that_end_before_the_reservation_or_fit_beside_it_backfill():
+    adm = Admission(8 * MiB, slots=8, backfill_window=100)
+    for kind, took in (("short", 1.0), ("long", 10.0), ("big", 5.0)):  # durations seen earlier
+        adm.submit(kind, MiB, 0.0, kind=kind)
+        adm.finish(kind, took)
+    assert adm.estimates == {"short": 1.0, "long": 10.0, "big": 5.0}
+    now = 20.0
+    assert adm.submit("big1", 5 * MiB, now, kind="big") == ["big1"]  # ends at 25
+    assert adm.submit("big2", 6 * MiB, now, kind="big") == []  # reserved for 25, 2 MiB spare then
+    assert adm.submit("long", 3 * MiB, now, kind="long") == []  # would still run at 25 and not fit beside
+    assert adm.submit("unknown", 3 * MiB, now, kind="new") == []  # no estimate: cannot promise to end in time
+    assert adm.submit("short", 3 * MiB, now, kind="short") == ["short"]  # ends at 21: passes
+    assert adm.finish("short", 21.0) == []
+    assert adm.submit("small", 2 * MiB, 21.0, kind="long") == ["small"]  # runs past 25, but fits beside big2
 
 
 def test_a_task_waiting_longer_than_the_window_stops_backfill_behind_it():

@@ -46,6 +46,7 @@ class Waiting:
     request: int = field(compare=False)
     since: float = field(compare=False)  # when it started waiting, counting waits on other workers
     here: float = field(compare=False)  # when it arrived at this worker
+    kind: Hashable = field(default=None, compare=False)  # tasks of a kind take about as long
 
 
 class Admission:
@@ -68,6 +69,9 @@ class Admission:
         self.running: dict[Hashable, int] = {}
         self.waiting: list[Waiting] = []
         self._seq = 0
+        self._runs: dict[Hashable, tuple[float, Hashable]] = {}  # key -> (start, kind)
+        #: kind -> how long its tasks take here (moving average of what was seen)
+        self.estimates: dict[Hashable, float] = {}
 
     # -- what the worker asks --------------------------------------------------
     @property
@@ -90,11 +94,14 @@ class Admission:
         return max((now - w.since for w in self.waiting), default=0.0)
 
     # -- events ---------------------------------------------------------------
-    def submit(self, key: Hashable, request: int, now: float, priority: int = 0, waited: float = 0.0) -> list[Hashable]:
+    def submit(
+        self, key: Hashable, request: int, now: float, priority: int = 0, waited: float = 0.0, kind: Hashable = None
+    ) -> list[Hashable]:
         """A task arrives; returns the keys that start now (this one, or none).
 
         ``priority`` is a sort key, lower first.  ``waited`` is how long it
-        already waited on other workers (it keeps its age).  Raises
+        already waited on other workers (it keeps its age).  ``kind`` groups
+        tasks that take about as long (e.g. task name and request).  Raises
         :class:`Infeasible` when ``request`` is larger than the budget.
         """
         if request > self.budget:
@@ -102,9 +109,9 @@ class Admission:
         self._seq += 1
         # Fast path: nothing waits, a slot is free and it fits.
         if not self.waiting and self.free_slots > 0 and request <= self.free:
-            self._start(key, request)
+            self._start(key, request, now, kind)
             return [key]
-        bisect.insort(self.waiting, Waiting((priority, self._seq), key, request, now - max(0.0, waited), now))
+        bisect.insort(self.waiting, Waiting((priority, self._seq), key, request, now - max(0.0, waited), now, kind))
         return self.drain(now)
 
     def finish(self, key: Hashable, now: float) -> list[Hashable]:
@@ -112,6 +119,11 @@ class Admission:
         request = self.running.pop(key, None)
         if request is not None:
             self.reserved -= request
+            start, kind = self._runs.pop(key)
+            if kind is not None:
+                took = max(0.0, now - start)
+                seen = self.estimates.get(kind)
+                self.estimates[kind] = took if seen is None else (seen + took) / 2
         return self.drain(now)
 
     def resize(self, slots: int, now: float) -> list[Hashable]:
@@ -128,20 +140,59 @@ class Admission:
         return False
 
     def drain(self, now: float) -> list[Hashable]:
-        """Start what may start, in order; backfill until a barrier."""
+        """Start what may start, in order; backfill (EASY-style) until a barrier.
+
+        The first task that cannot fit gets a reservation: the moment the
+        running tasks will have freed enough for it, by the durations seen for
+        their kinds.  A task behind it may start now only if it is expected to
+        end before then, or fits beside it at that moment.  Without estimates
+        for every running task there is no reservation and any task that fits
+        may pass; the backfill window bounds both cases.
+        """
         started: list[Hashable] = []
+        shadow: tuple[float, int] | None = None  # (when the first blocked task can start, memory spare then)
+        blocked = False
         i = 0
         while i < len(self.waiting) and self.free_slots > 0:
             w = self.waiting[i]
-            if w.request <= self.free:
+            if w.request <= self.free and (shadow is None or self._keeps_reservation(w, now, shadow)):
+                if shadow is not None and not self._ends_before(w, now, shadow[0]):
+                    shadow = (shadow[0], shadow[1] - w.request)
                 del self.waiting[i]
-                self._start(w.key, w.request)
+                self._start(w.key, w.request, now, w.kind)
                 started.append(w.key)
                 continue
-            if now - w.since >= self.backfill_window:
-                break  # a barrier: nothing behind it may start before it
+            if w.request > self.free:
+                if now - w.since >= self.backfill_window:
+                    break  # a barrier: nothing behind it may start before it
+                if not blocked:
+                    blocked = True
+                    shadow = self._shadow(w.request, now)
             i += 1
         return started
+
+    def _ends_before(self, w: Waiting, now: float, when: float) -> bool:
+        took = self.estimates.get(w.kind) if w.kind is not None else None
+        return took is not None and now + took <= when
+
+    def _keeps_reservation(self, w: Waiting, now: float, shadow: tuple[float, int]) -> bool:
+        return self._ends_before(w, now, shadow[0]) or w.request <= shadow[1]
+
+    def _shadow(self, need: int, now: float) -> tuple[float, int] | None:
+        """When ``need`` bytes will be free, and how much more is spare then (``None``: unknown)."""
+        ends = []
+        for key, request in self.running.items():
+            start, kind = self._runs[key]
+            took = self.estimates.get(kind) if kind is not None else None
+            if took is None:
+                return None
+            ends.append((max(now, start + took), request))
+        free = self.free
+        for end, request in sorted(ends, key=lambda e: e[0]):
+            free += request
+            if free >= need:
+                return end, free - need
+        return None
 
     def give_back(self, now: float) -> list[Waiting]:
         """Remove and return the waiting tasks that cannot fit and waited ``give_back_after`` here."""
@@ -153,6 +204,7 @@ class Admission:
             self.waiting = [w for w in self.waiting if w not in out]
         return out
 
-    def _start(self, key: Hashable, request: int) -> None:
+    def _start(self, key: Hashable, request: int, now: float, kind: Hashable) -> None:
         self.reserved += request
         self.running[key] = request
+        self._runs[key] = (now, kind)

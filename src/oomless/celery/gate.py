@@ -94,7 +94,9 @@ class MemoryGate(LaxBoundedSemaphore):
         priority = req.delivery_info.get("priority") or 0
         if not isinstance(priority, int):
             priority = 0
-        started = self.adm.submit(req, request, now, self._sign * priority, header_float(req, WAITED))
+        started = self.adm.submit(
+            req, request, now, self._sign * priority, header_float(req, WAITED), kind=(req.name, request)
+        )
         if started == [req]:
             if request and logger.isEnabledFor(logging.DEBUG):
                 logger.debug("oomless: admitted %s[%s]: %s", req.name, req.id, self._numbers(request))
