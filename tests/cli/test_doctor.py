@@ -132,3 +132,27 @@ def test_doctor_warns_when_the_budget_is_more_than_the_machine_has():
     assert result.returncode == 0
     assert line(result.stdout, "budget") == "64.0 TiB (--memory-budget=64TiB)"
     assert "warning: --memory-budget=64TiB is more than the machine memory" in result.stdout
+
+
+def test_doctor_says_tasks_are_packed_by_request_and_evicted_under_pressure(tmp_path):
+    (tmp_path / "admapp.py").write_text(textwrap.dedent("""
+        from celery import Celery
+        import oomless
+
+        app = Celery("admapp", broker="memory://")
+        app.conf.update(oomless_backfill_window=20, oomless_give_back_after=0, oomless_infeasible="queue:big")
+        oomless.install(app)
+    """))
+    result = doctor("-A", "admapp:app", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "admission").startswith("on: a task starts when a slot is free and its request fits")
+    assert "backfill window 20 s; give back after never" in result.stdout
+    assert "infeasible requests go to queue 'big' (once)" in result.stdout
+    assert line(result.stdout, "eviction").startswith("on: the task most over its request is requeued (at most 3")
+
+
+def test_doctor_says_admission_is_off_on_the_solo_pool():
+    result = doctor("--pool", "solo", "--json")
+    report = json.loads(result.stdout)
+    assert report["admission"]["on"] is False and "prefork only" in report["admission"]["reason"]
+    assert report["admission"]["eviction"] is False

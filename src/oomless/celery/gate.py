@@ -167,13 +167,14 @@ class MemoryGate(LaxBoundedSemaphore):
         self._fetch_control(now)
 
     def _give_back(self, req: Any, waited: float) -> None:
-        self._callbacks.pop(req, None)
         try:
             republish(req, {WAITED: round(waited, 3)}, event="task-rejected")
-        except Exception as exc:  # the broker said no: keep it here, it still counts as waiting
+        except Exception as exc:  # the broker said no: keep it here, it still waits
             logger.warning("oomless: could not give %s[%s] back to the broker: %s", req.name, req.id, exc)
-            self.adm.submit(req, _request(req), self._clock(), 0, waited)
+            now = self._clock()
+            self._start(self.adm.submit(req, _request(req), now, 0, waited, kind=(req.name, _request(req))), now)
             return
+        self._callbacks.pop(req, None)
         self._quiet_until = self._clock() + (self.adm.give_back_after or 0)
         logger.info(
             "oomless: gave %s[%s] back to the broker after %.1f s: %s",

@@ -131,11 +131,34 @@ def diagnose(
         report["mode"].update(chosen=choice.mode, reason=choice.reason, warning=choice.warning)
         if choice.warning:
             report["warnings"].append(choice.warning)
+        report["admission"] = _admission(settings, isolating, choice.mode)
     except _Invalid as exc:
         report["error"] = str(exc)
         return report
     report["ok"] = True
     return report
+
+
+def _admission(settings: Any, isolating: bool, mode: str) -> dict[str, Any]:
+    """Whether tasks are packed by their requests, and with which bounds (see docs/guide.md §3)."""
+    on = settings.admission and isolating
+    why = (
+        "oomless_admission=False" if not settings.admission
+        else "the pool does not use Celery's slot semaphore (prefork only)" if not isolating
+        else "a task starts when a slot is free and its request fits the budget left"
+    )
+    return {
+        "on": on,
+        "reason": why,
+        "max_waiting": settings.max_waiting,
+        "backfill_window": settings.backfill_window,
+        "give_back_after": settings.give_back_after,
+        "infeasible_queue": settings.infeasible_queue,
+        # eviction needs the monitor thread of an enforcing mode
+        "eviction": on and mode in ("cgroup", "watchdog"),
+        "max_evictions": settings.max_evictions,
+        "eviction_margin": settings.eviction_margin,
+    }
 
 
 def _isolates(pool_name: str) -> bool:
@@ -242,6 +265,21 @@ def _print(report: dict[str, Any]) -> None:
     if "budget" in report:
         budget = report["budget"]
         lines.append(("budget", f"{format_size(budget['bytes'])} ({budget['source']})"))
+    if "admission" in report:
+        adm = report["admission"]
+        if adm["on"]:
+            lines.append(("admission", f"on: {adm['reason']}; at most {adm['max_waiting'] or 'pool size'} waiting "
+                          f"that cannot fit; backfill window {adm['backfill_window']:g} s; give back after "
+                          + (f"{adm['give_back_after']:g} s" if adm["give_back_after"] else "never")))
+            lines.append(("", "infeasible requests " + (f"go to queue {adm['infeasible_queue']!r} (once)"
+                                                          if adm["infeasible_queue"] else "fail at once")))
+            lines.append(("eviction", f"on: the task most over its request is requeued (at most "
+                          f"{adm['max_evictions']} times) when tasks outgrow the budget or less than "
+                          f"{format_size(adm['eviction_margin'])} is available" if adm["eviction"]
+                          else "off: needs an enforcing mode (cgroup or watchdog)"))
+        else:
+            lines.append(("admission", f"off: {adm['reason']}; tasks start by slot only, as in vanilla Celery"))
+    if "budget" in report:
         default = report["default_memory"]
         lines.append(("default", "tasks without memory= are accounted, not limited (oomless_default_memory unset)"
                       if default is None else
