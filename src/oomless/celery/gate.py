@@ -12,8 +12,9 @@ clock, the logging, and the three things the broker needs:
 * **no hoarding**: when ``max_waiting`` tasks wait that cannot fit, the gate
   takes prefetch back from Celery's QoS so the broker sends nothing more
   until they start (with early acks and late acks alike);
-* **give back**: a task that cannot fit and has waited ``give_back_after``
-  seconds is republished (with its age) and acknowledged, so a worker with
+* **give back**: a task that cannot fit beyond ``max_waiting`` (RabbitMQ
+  pushes messages before the stop takes effect), or that has waited
+  ``give_back_after`` seconds, is republished (with its age) and acknowledged, so a worker with
   room may run it; the gate then fetches nothing until a task here ends or
   another ``give_back_after`` passes, so the message is not simply taken back;
 * **reconcile**: once a second, a task the gate still counts as running that
@@ -107,8 +108,17 @@ class MemoryGate(LaxBoundedSemaphore):
             why = "no free slot" if request <= self.adm.free else "its request does not fit"
             logger.info("oomless: %s[%s] waits (%s): %s", req.name, req.id, why, self._numbers(request))
         self._start(started, now)
+        self._trim(now)
         self._fetch_control(now)
         return req in started
+
+    def _trim(self, now: float) -> None:
+        """Give back at once what cannot fit beyond ``max_waiting`` (RabbitMQ pushes ahead of the stop)."""
+        free = self.adm.free
+        blocked = [w for w in self.adm.waiting if w.request > free]
+        for w in blocked[self.max_waiting:]:
+            self.adm.forget(w.key)
+            self._give_back(w.key, now - w.since)
 
     def release(self) -> None:
         """billiard: a job ended or a pool process exited.  Slots follow :meth:`finish`; just look again."""
