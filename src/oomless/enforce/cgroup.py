@@ -97,9 +97,10 @@ class CgroupEnforcer(Enforcer):
     def _check_pressure(self, checks: int) -> float:
         """Evict if the running tasks together are over the budget; returns the next poll timeout.
 
-        Polls every 10 ms while a running task may grow past its request
-        (overcommit: no limit, or a limit above the request), every 100 ms
-        otherwise (only the memory available to the worker can then run short).
+        Polls every 10 ms while a running task that declared a request may
+        grow past it (no limit, or a limit above the request), every 100 ms
+        otherwise (tasks without any spec, and the memory available to the
+        worker).
         """
         uses, states, overcommit = [], {}, False
         for index in range(self.table.size):
@@ -111,7 +112,9 @@ class CgroupEnforcer(Enforcer):
             except OSError:
                 continue
             request = state.request or 0
-            overcommit = overcommit or state.limit is None or state.limit > request
+            # A task that declared a request it may outgrow; tasks with no spec at all are
+            # checked at the slower pace, so plain Celery tasks pay (almost) nothing.
+            overcommit = overcommit or (state.request is not None and (state.limit is None or state.limit > request))
             uses.append(Use(index, request, used, state.start_ns))
             states[index] = state
         found = self.pressure(uses, check_available=not overcommit or checks % 10 == 0)

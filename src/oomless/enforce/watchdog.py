@@ -42,7 +42,7 @@ class _Tree:
     almost nothing.
     """
 
-    __slots__ = ("state", "root", "root_start", "members", "peak")
+    __slots__ = ("state", "root", "root_start", "members", "peak", "peak_now")
 
     def __init__(self, state: SlotState) -> None:
         self.state = state
@@ -50,6 +50,7 @@ class _Tree:
         self.root_start = proc.start_time(state.pid)
         self.members: dict[int, proc.StatmReader] = {}
         self.peak = 0
+        self.peak_now = 0  # usage at the last poll
         self.discover(full=True)
 
     def discover(self, full: bool) -> None:
@@ -108,7 +109,7 @@ class WatchdogEnforcer(Enforcer):
         while not wait(self.interval):
             tick += 1
             full = tick % self.rescan == 0
-            uses: list[Use] = []
+            total = 0
             for index in range(table.size):
                 seq = table.seq(index)
                 tree = trees.get(index)
@@ -135,6 +136,7 @@ class WatchdogEnforcer(Enforcer):
                 else:
                     tree.discover(full)
                 used = tree.usage()
+                tree.peak_now = used or 0
                 if used is None:
                     self._drop(index)
                     running[index] = False
@@ -148,10 +150,15 @@ class WatchdogEnforcer(Enforcer):
                 if limit is not None and used > limit:
                     self._kill(index, tree, used)
                     running[index] = False
-                elif evicting:
-                    uses.append(Use(index, tree.state.request or 0, used, tree.state.start_ns))
-            if evicting and uses:
-                found = self.pressure(uses, check_available=tick % 20 == 0)  # the machine-wide check: every 0.1 s
+                else:
+                    total += max(0, used)
+            # Cheap test every poll; the machine-wide one every 0.1 s; details only when needed.
+            if evicting and total and (total > self.budget or tick % 20 == 0):  # type: ignore[operator]
+                uses = [
+                    Use(i, t.state.request or 0, t.peak_now, t.state.start_ns)
+                    for i, t in trees.items() if running[i]
+                ]
+                found = self.pressure(uses, check_available=tick % 20 == 0)
                 if found is not None:
                     victim, why = found
                     index = int(victim.key)  # type: ignore[call-overload]
