@@ -186,14 +186,11 @@ class GovernedRequest(Request):
                         self.name, self.id, report.detail, format_size(report.peak), format_size(report.request),
                         format_size(request), done + 1, gov.settings.max_evictions,
                     )
-                    exc = EvictedForMemoryPressure(self.name, self.id, report.peak, report.request, done + 1,
-                                                   report.detail)
-                    self.task.backend.mark_as_retry(self.id, exc, request=self._context)
-                    self.send_event("task-retried", exception=safe_repr(exc), traceback=None)
+                    self._oomless_retried(EvictedForMemoryPressure(
+                        self.name, self.id, report.peak, report.request, done + 1, report.detail
+                    ))
                     return None
-            exc_info = memory_exceeded_einfo(self, report)
-            logger.error("oomless: %s", exc_info.exception)
-            return super().on_failure(exc_info, send_failed_event, return_ok=False)
+            return self._oomless_fail(report, send_failed_event)
         finally:
             if gov.gate is not None:
                 gov.gate.finish(self)
@@ -219,9 +216,20 @@ class GovernedRequest(Request):
             self.name, self.id, format_size(report.limit), format_size(report.peak), nxt,
             attempt + 1, policy.attempts, policy,
         )
+        self._oomless_retried(exc)
+        return True
+
+    def _oomless_retried(self, exc: BaseException) -> None:
+        """The message was republished: the result backend and the events say RETRY, with why."""
         self.task.backend.mark_as_retry(self.id, exc, request=self._context)
         self.send_event("task-retried", exception=safe_repr(exc), traceback=None)
-        return True
+
+    def _oomless_fail(self, report: KillReport, send_failed_event: bool) -> Any:
+        """The final failure of a governor kill.  Not a WorkerLostError: Celery stores the
+        failure and acks (or drops) the message instead of requeueing it."""
+        exc_info = memory_exceeded_einfo(self, report)
+        logger.error("oomless: %s", exc_info.exception)
+        return super().on_failure(exc_info, send_failed_event, return_ok=False)
 
     def _oomless_refuse(self) -> None:
         """Refuse the task before it starts: re-route it when it is infeasible and a queue is
@@ -268,11 +276,7 @@ class GovernedRequest(Request):
             try:
                 if self._oomless_escalate(report):
                     return None
-                exc_info = memory_exceeded_einfo(self, report)
-                logger.error("oomless: %s", exc_info.exception)
-                # Not a WorkerLostError: Celery stores the failure and acks (or
-                # drops) the message instead of requeueing it.
-                return super().on_failure(exc_info, send_failed_event, return_ok=False)
+                return self._oomless_fail(report, send_failed_event)
             finally:
                 if gov.gate is not None:
                     gov.gate.finish(self)
