@@ -39,10 +39,12 @@ def worker(tmp_path, redis_url):
     """Start governed workers on demand; stop them (and close their apps) afterwards."""
     started = []
 
-    def start(budget: str = "1GiB", concurrency: int = 4, conf: dict | None = None, **kwargs):
-        w = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", concurrency=concurrency,
+    def start(budget: str = "1GiB", concurrency: int = 4, conf: dict | None = None, mode: str = "watchdog",
+              broker: str | None = None, **kwargs):
+        broker = broker or redis_url
+        w = start_worker(tmp_path, broker, redis_url, mode=mode, concurrency=concurrency,
                          extra=("--memory-budget", budget, *kwargs.pop("extra", ())), conf=conf, **kwargs)
-        w.app = make_app(redis_url, redis_url, w.queue, "watchdog")
+        w.app = make_app(broker, redis_url, w.queue, mode)
         started.append(w)
         return w
 
@@ -123,26 +125,22 @@ def test_an_infeasible_request_is_not_re_routed_to_the_queue_it_came_from(worker
 
 
 @pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
-def test_escalation_retries_a_memory_killed_task_with_twice_the_memory(tmp_path, redis_url, mode):
-    w = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "2GiB"))
-    app = make_app(redis_url, redis_url, w.queue, mode)
-    try:
-        escalating = app.tasks["t.escalating"]
-        assert escalating.delay(300).get(timeout=60) == 296  # 128 MiB killed, 256 killed, 512 ok
-        text = w.text()
-        assert "was killed at its memory limit of 128.0 MiB" in text
-        assert "retrying with 256.0 MiB (attempt 2 of at most 3" in text
-        assert "retrying with 512.0 MiB (attempt 3 of at most 3" in text
-        final = escalating.delay(700)
-        with pytest.raises(oomless.MemoryLimitExceeded) as err:
-            final.get(timeout=60)
-        exc = err.value
-        assert exc.limit == 512 * MiB and exc.tried == [128 * MiB, 256 * MiB, 512 * MiB]
-        assert "All 3 attempts were killed at their limits (128.0 MiB, 256.0 MiB, 512.0 MiB)" in str(exc)
-        assert AsyncResult(final.id, app=app).state == "FAILURE"
-    finally:
-        w.stop()
-        app.close()
+def test_escalation_retries_a_memory_killed_task_with_twice_the_memory(worker, mode):
+    w = worker(budget="2GiB", concurrency=2, mode=mode)
+    app = w.app
+    escalating = app.tasks["t.escalating"]
+    assert escalating.delay(300).get(timeout=60) == 296  # 128 MiB killed, 256 killed, 512 ok
+    text = w.text()
+    assert "was killed at its memory limit of 128.0 MiB" in text
+    assert "retrying with 256.0 MiB (attempt 2 of at most 3" in text
+    assert "retrying with 512.0 MiB (attempt 3 of at most 3" in text
+    final = escalating.delay(700)
+    with pytest.raises(oomless.MemoryLimitExceeded) as err:
+        final.get(timeout=60)
+    exc = err.value
+    assert exc.limit == 512 * MiB and exc.tried == [128 * MiB, 256 * MiB, 512 * MiB]
+    assert "All 3 attempts were killed at their limits (128.0 MiB, 256.0 MiB, 512.0 MiB)" in str(exc)
+    assert AsyncResult(final.id, app=app).state == "FAILURE"
 
 
 def test_a_task_without_a_policy_is_not_retried(worker):
@@ -159,26 +157,22 @@ STEADY = {"request": "400MiB", "limit": "450MiB"}
 
 
 @pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
-def test_under_node_pressure_the_task_most_over_its_request_is_evicted_and_requeued(tmp_path, redis_url, mode):
+def test_under_node_pressure_the_task_most_over_its_request_is_evicted_and_requeued(worker, mode):
     """Two tasks each request 300 MiB of a 1 GiB budget but may use 900: together they outgrow it."""
-    w = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "1GiB"))
-    app = make_app(redis_url, redis_url, w.queue, mode)
-    try:
-        grow = app.tasks["t.grow"]
-        steady = grow.apply_async((400, 0.2, 3.0), memory=STEADY)  # within its request
-        time.sleep(0.4)
-        greedy = grow.apply_async((704, 0.5, 0.2), memory=OVERCOMMIT)  # 400 MiB over its request
-        assert steady.get(timeout=60)["end"] > 0
-        assert greedy.get(timeout=60)["end"] > 0  # requeued, then ran once memory was free
-        text = w.text()
-        assert f"t.grow[{greedy.id}] evicted for node memory pressure (its tasks use " in text
-        assert "more than the budget of 1.0 GiB); it used" in text and "not counted as a failure" in text
-        assert "requeued with a request of" in text
-        assert f"t.grow[{steady.id}] evicted" not in text
-        assert "MemoryLimitExceeded" not in text and "exceeded its memory limit" not in text
-    finally:
-        w.stop()
-        app.close()
+    w = worker(budget="1GiB", concurrency=2, mode=mode)
+    app = w.app
+    grow = app.tasks["t.grow"]
+    steady = grow.apply_async((400, 0.2, 3.0), memory=STEADY)  # within its request
+    time.sleep(0.4)
+    greedy = grow.apply_async((704, 0.5, 0.2), memory=OVERCOMMIT)  # 400 MiB over its request
+    assert steady.get(timeout=60)["end"] > 0
+    assert greedy.get(timeout=60)["end"] > 0  # requeued, then ran once memory was free
+    text = w.text()
+    assert f"t.grow[{greedy.id}] evicted for node memory pressure (its tasks use " in text
+    assert "more than the budget of 1.0 GiB); it used" in text and "not counted as a failure" in text
+    assert "requeued with a request of" in text
+    assert f"t.grow[{steady.id}] evicted" not in text
+    assert "MemoryLimitExceeded" not in text and "exceeded its memory limit" not in text
 
 
 def test_a_task_evicted_more_often_than_allowed_fails_without_blame(worker):
@@ -214,29 +208,24 @@ def test_two_workers_share_a_mixed_workload_and_a_task_that_cannot_fit_is_given_
 
 
 @pytest.mark.parametrize("broker_name", ["redis", "rabbitmq"])
-def test_a_worker_stops_fetching_while_enough_tasks_wait_that_cannot_fit(tmp_path, redis_url, broker_name, request):
+def test_a_worker_stops_fetching_while_enough_tasks_wait_that_cannot_fit(worker, redis_url, broker_name, request):
     """Prefetch would let it take 16 messages; it holds the running one and 2 waiting, no more."""
     broker = request.getfixturevalue("rabbitmq_url") if broker_name == "rabbitmq" else redis_url
     conf = {"oomless_max_waiting": 2, "worker_prefetch_multiplier": 4}
-    w = start_worker(tmp_path, broker, redis_url, mode="watchdog", concurrency=4, conf=conf,
-                     extra=("--memory-budget", "1GiB"))
-    app = make_app(broker, redis_url, w.queue, "watchdog")
-    try:
-        hold = app.tasks["t.hold"]
-        first = hold.apply_async((5.0,), memory="800MiB")
-        w.wait_for(f"t.hold[{first.id}] received")
-        rest = [hold.apply_async((0.2,), memory="800MiB") for _ in range(10)]
-        w.wait_for("stopped fetching: 2 waiting cannot fit")
-        time.sleep(0.3)
-        held = w.text().count("] received") - w.text().count(" back to the broker after ")
-        time.sleep(1.0)
-        assert not first.ready()
-        text = w.text()
-        # RabbitMQ pushes ahead of the stop: what it sent beyond the room went straight back.
-        assert text.count("] received") - text.count(" back to the broker after ") == held <= 1 + 2, text[-3000:]
-        for r in [first, *rest]:
-            r.get(timeout=60)
-        # all eleven ran: it fetched again as room opened
-    finally:
-        w.stop()
-        app.close()
+    w = worker(budget="1GiB", concurrency=4, conf=conf, broker=broker)
+    app = w.app
+    hold = app.tasks["t.hold"]
+    first = hold.apply_async((5.0,), memory="800MiB")
+    w.wait_for(f"t.hold[{first.id}] received")
+    rest = [hold.apply_async((0.2,), memory="800MiB") for _ in range(10)]
+    w.wait_for("stopped fetching: 2 waiting cannot fit")
+    time.sleep(0.3)
+    held = w.text().count("] received") - w.text().count(" back to the broker after ")
+    time.sleep(1.0)
+    assert not first.ready()
+    text = w.text()
+    # RabbitMQ pushes ahead of the stop: what it sent beyond the room went straight back.
+    assert text.count("] received") - text.count(" back to the broker after ") == held <= 1 + 2, text[-3000:]
+    for r in [first, *rest]:
+        r.get(timeout=60)
+    # all eleven ran: it fetched again as room opened

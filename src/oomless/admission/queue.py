@@ -84,10 +84,14 @@ class Admission:
         """Bytes of the budget not reserved by running tasks."""
         return self.budget - self.reserved
 
+    def cannot_fit(self) -> list[Waiting]:
+        """The waiting tasks that cannot fit in the memory free now, in order."""
+        free = self.free
+        return [w for w in self.waiting if w.request > free]
+
     def blocked(self) -> int:
         """How many waiting tasks cannot fit in the memory free now."""
-        free = self.free
-        return sum(1 for w in self.waiting if w.request > free)
+        return len(self.cannot_fit())
 
     def oldest_wait(self, now: float) -> float:
         """Seconds the longest-waiting task has waited (0 when none waits)."""
@@ -198,8 +202,7 @@ class Admission:
         """Remove and return the waiting tasks that cannot fit and waited ``give_back_after`` here."""
         if self.give_back_after is None or not self.waiting:
             return []
-        free = self.free
-        out = [w for w in self.waiting if w.request > free and now - w.here >= self.give_back_after]
+        out = [w for w in self.cannot_fit() if now - w.here >= self.give_back_after]
         if out:
             self.waiting = [w for w in self.waiting if w not in out]
         return out

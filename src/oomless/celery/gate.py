@@ -114,9 +114,7 @@ class MemoryGate(LaxBoundedSemaphore):
 
     def _trim(self, now: float) -> None:
         """Give back at once what cannot fit beyond ``max_waiting`` (RabbitMQ pushes ahead of the stop)."""
-        free = self.adm.free
-        blocked = [w for w in self.adm.waiting if w.request > free]
-        for w in blocked[self.max_waiting:]:
+        for w in self.adm.cannot_fit()[self.max_waiting:]:
             self.adm.forget(w.key)
             self._give_back(w.key, now - w.since)
 
