@@ -191,3 +191,17 @@ def test_pages_shared_with_the_worker_are_not_charged_to_a_task(governed):
     peak_bytes = float(value) * {"B": 1, "KiB": 2**10, "MiB": 2**20}[unit]
     assert child_rss > 20 * MiB
     assert peak_bytes < 8 * MiB, f"a task that allocates nothing was charged {peak}"
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["exec", "fork"])
+def test_a_task_scoped_to_its_subprocesses_outlives_their_kill_and_decides_its_outcome(governed, fork):
+    # memory_scope="subprocesses" (Airflow's supervisor): the subprocess over the
+    # limit dies, the task's own process lives on and sees the SIGKILL.
+    spared = governed.app.tasks["t.spared"]
+    got = spared.delay(1024, fork).get(timeout=60)
+    assert got["returncode"] == -9
+    assert _alive(got["pid"])
+    line = governed.wait_for("] memory-killed: peak")
+    assert "limit 256.0 MiB" in line
+    # A fork without exec shares its parent's pages: they are not charged to it twice.
+    assert spared.delay(64, fork).get(timeout=30)["returncode"] == 0

@@ -53,6 +53,27 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         subprocess.run([sys.executable, "-c", code], check=True)
         return mb
 
+    @app.task(name="t.spared", memory="256MiB", memory_scope="subprocesses")
+    def spared(mb: int, fork: bool = False) -> dict:
+        """Like an Airflow supervisor: run the work (``mb`` MiB) in a child process, survive its kill,
+        and report how it ended.  ``fork``: a fork without exec (as Airflow's task runner), else exec."""
+        if fork:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    x = [bytearray(8 * MiB) for _ in range(mb // 8)]
+                    time.sleep(0.2)
+                    del x
+                finally:
+                    os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        else:
+            code = subprocess.run(
+                [sys.executable, "-c", f"x = [bytearray(8 << 20) for _ in range({mb // 8})]"]
+            ).returncode
+        return {"returncode": code, "pid": os.getpid()}
+
     @app.task(name="t.sleeper", memory="64MiB")
     def sleeper(seconds: float) -> int:
         time.sleep(seconds)

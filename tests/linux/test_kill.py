@@ -145,6 +145,15 @@ def test_kill_tree_leaves_no_orphans(tree):
     assert _wait_gone(members) == []
 
 
+def test_kill_tree_sparing_the_root_kills_every_descendant_and_leaves_the_root_running(tree):
+    root, members = tree
+    killed = kill_tree(root.pid, members[root.pid], spare_root=True)
+    assert sorted(killed) == sorted(pid for pid in members if pid != root.pid)
+    others = {pid: start for pid, start in members.items() if pid != root.pid}
+    assert _wait_gone(others) == []
+    assert _state(root.pid) in ("S", "R")  # neither killed nor left stopped
+
+
 def test_kill_tree_with_a_wrong_start_time_signals_nothing(tree):
     root, members = tree
     assert kill_tree(root.pid, members[root.pid] + 1) == []

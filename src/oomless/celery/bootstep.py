@@ -95,6 +95,10 @@ class GovernorStep(bootsteps.StartStopStep):
             enforcer.prepare()
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
+        for path in settings.plugins:
+            plugin = symbol_by_name(path)()
+            plugin.setup(app, gov)
+            gov.add_plugin(plugin)
         gov.gate = self._gate(w, gov)
         if gov.gate is not None:
             enforcer.configure_pressure(settings.budget.bytes, settings.eviction_margin, host)

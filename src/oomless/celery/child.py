@@ -20,7 +20,12 @@ from .request import SPEC_KEY
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["CHILD_OOM_SCORE_ADJ", "on_process_init", "on_task_prerun", "on_task_postrun"]
+__all__ = ["CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "on_process_init", "on_task_prerun", "on_task_postrun"]
+
+#: ``memory_scope`` of a task whose own process survives a kill: only its
+#: subprocesses die (Airflow's supervisor runs the task in a child process and
+#: reports the try's failure itself).
+SUBPROCESSES = "subprocesses"
 
 #: oom_score_adj of pool children: if the kernel ever has to kill inside the
 #: worker's cgroup, it picks a task (a pool child or its subprocess), not the
@@ -63,7 +68,7 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     assert gov is not None
     raw = task.request.get(SPEC_KEY)
     _spec = Memory(raw[0], raw[1]) if raw else Memory()
-    gov.enforcer.task_start(_slot, os.getpid(), task_id, _spec)
+    gov.enforcer.task_start(_slot, os.getpid(), task_id, _spec, getattr(task, "memory_scope", None) == SUBPROCESSES)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:

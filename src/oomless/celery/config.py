@@ -23,6 +23,8 @@ key                        default     meaning
                                        for node pressure before it fails
 ``oomless_eviction_margin`` ``100MiB`` evict when less than this is available to
                                        the worker (its cgroup, or the machine)
+``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
+                                       classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
 
 The worker option ``--memory-budget`` overrides ``oomless_budget``.
@@ -56,6 +58,7 @@ class Settings:
     infeasible_queue: str | None = None
     max_evictions: int = 3
     eviction_margin: int = 100 * 2**20
+    plugins: tuple[str, ...] = ()
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -90,7 +93,17 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         infeasible_queue=_infeasible(conf.get("oomless_infeasible")),
         max_evictions=_count(conf, "oomless_max_evictions", 3, low=0) or 0,
         eviction_margin=parse_size(_conf(conf, "oomless_eviction_margin", "100MiB"), "oomless_eviction_margin"),
+        plugins=_names(conf, "oomless_plugins"),
     )
+
+
+def _names(conf: Any, key: str) -> tuple[str, ...]:
+    value = _conf(conf, key, ())
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}={value!r} is not a list of import paths")
+    return tuple(value)
 
 
 def _flag(conf: Any, key: str, default: bool) -> bool:

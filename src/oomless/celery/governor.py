@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["Governor", "current", "EVENT"]
+__all__ = ["Governor", "Plugin", "current", "EVENT"]
 
 #: Celery event sent when a task ends, with its memory figures.
 EVENT = "task-memory"
@@ -49,6 +49,32 @@ def _events_on(req: Any) -> bool:
     return bool(eventer is not None and eventer.enabled and req.task.send_events)
 
 
+class Plugin:
+    """Hooks through which an integration (Airflow) follows the governed worker's decisions.
+
+    Named in ``oomless_plugins`` (import paths); every hook is optional and must
+    not raise.  ``setup`` runs in the main process before the pool forks.
+    """
+
+    def setup(self, app: Any, governor: Governor) -> None:
+        """The worker is being built (its tasks exist; the pool has not forked)."""
+
+    def received(self, req: Any) -> None:
+        """A governed request was created (main thread), its spec resolved."""
+
+    def before_kill(self, report: KillReport) -> None:
+        """The monitor thread is about to kill ``report.task_id`` (quick, no network I/O)."""
+
+    def killed(self, req: Any, report: KillReport) -> None:
+        """A kill that spared the task's own process happened (event loop)."""
+
+    def refused(self, req: Any, exc: BaseException) -> None:
+        """``req`` was refused before it started (malformed or infeasible spec)."""
+
+    def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
+        """``req`` ended (ok, failed, memory-killed, evicted, lost, retry)."""
+
+
 class Governor:
     """State and decisions of one governed worker (main process)."""
 
@@ -65,6 +91,11 @@ class Governor:
         self.gate: MemoryGate | None = None
         #: task name -> its spec when the message carries none (most messages)
         self.task_specs: dict[str, Memory] = {}
+        self.plugins: list[Plugin] = []
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        self.plugins.append(plugin)
+        self.enforcer.before_kill.append(plugin.before_kill)
 
     @property
     def mode(self) -> str:
@@ -91,6 +122,8 @@ class Governor:
         req.send_event(
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
         )
+        for plugin in self.plugins:
+            plugin.ended(req, outcome, report)
 
     def _finished_in_child(self, req: Any) -> Any:
         pid = req.worker_pid
@@ -123,7 +156,15 @@ class Governor:
         for task_id in self.enforcer.killed_task_ids():
             req = next((r for r in active_requests if r.id == task_id), None)
             job = req._apply_result() if req is not None and req._apply_result is not None else None
-            if req is None or job is None or job.ready() or not getattr(job, "_accepted", False):
+            if req is None:
+                continue
+            peek = self.enforcer.peek_kill(task_id)
+            if peek is not None and peek.spared:
+                # Only the task's subprocesses died: the task goes on and ends by itself.
+                for plugin in self.plugins:
+                    plugin.killed(req, peek)
+                continue
+            if job is None or job.ready() or not getattr(job, "_accepted", False):
                 continue
             report = self.enforcer.claim_kill(task_id, req.worker_pid)
             if report is None:

@@ -106,12 +106,18 @@ def _wrap_success(method: Any) -> Any:
         gov = governor.current
         if gov is not None:
             if not failed__retval__runtime[0]:
-                gov.finished(self, "ok")
+                # memory_scope="subprocesses": the task outlived the kill of its subprocesses.
+                spared = gov.enforcer.take_spared(self.id)
+                gov.finished(self, _spared_outcome(spared) if spared else "ok", spared)
             if gov.gate is not None:
                 gov.gate.finish(self)
         return result
 
     return on_success
+
+
+def _spared_outcome(report: KillReport) -> str:
+    return "evicted" if report.reason == "evicted" else "memory-killed"
 
 
 class GovernedRequest(Request):
@@ -147,6 +153,9 @@ class GovernedRequest(Request):
                 gov.task_specs[self.name] = spec  # feasible: the same for every message without a header
         self._oomless_spec = spec
         self._request_dict[SPEC_KEY] = [spec.request, spec.limit]
+        if gov is not None:
+            for plugin in gov.plugins:
+                plugin.received(self)
 
     execute_using_pool = _wrap_execute(Request.execute_using_pool)
     on_success = _wrap_success(Request.on_success)
@@ -251,6 +260,9 @@ class GovernedRequest(Request):
                 )
                 return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
+        if gov is not None:
+            for plugin in gov.plugins:
+                plugin.refused(self, exc)
         task_ready(self)
         self.task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
         einfo = _einfo(exc)
@@ -282,13 +294,15 @@ class GovernedRequest(Request):
                     gov.gate.finish(self)
         try:
             result = super().on_failure(exc_info, send_failed_event, return_ok)
+            spared = None
             if isinstance(exc, WorkerLostError):
                 outcome = "lost"
             elif isinstance(exc, Retry):
                 outcome = "retry"
             else:
-                outcome = "failed"
-            gov.finished(self, outcome)
+                spared = gov.enforcer.take_spared(self.id)
+                outcome = _spared_outcome(spared) if spared else "failed"
+            gov.finished(self, outcome, spared)
             return result
         finally:
             if gov.gate is not None:

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..admission.eviction import Use, choose_victim, pressure
@@ -52,6 +53,7 @@ class KillReport:
     reason: str = "limit"  # "limit": over its own limit; "evicted": node memory pressure
     request: int = 0
     detail: str = ""  # for an eviction: the pressure, in words
+    spared: bool = False  # the pool child was spared; only its subprocesses were killed
 
 
 class _Bounded(OrderedDict):
@@ -79,6 +81,8 @@ class Enforcer:
     def __init__(self, table: SlotTable) -> None:
         self.table = table
         self._reports: _Bounded = _Bounded(4096)
+        #: called with each report right before its kill (see :meth:`file_report`)
+        self.before_kill: list[Callable[[KillReport], None]] = []
         self._thread: threading.Thread | None = None
         self.monitor_tid: int | None = None  # native thread id, for CPU accounting
         self._stopping = threading.Event()
@@ -160,12 +164,25 @@ class Enforcer:
         )
         return KillReport(
             state.task_id, state.pid, state.limit or 0, victim.used, self.mode, killed,
-            reason="evicted", request=victim.request, detail=why,
+            reason="evicted", request=victim.request, detail=why, spared=state.spare_root,
         )
 
     def file_report(self, report: KillReport) -> None:
-        """Record why a task is about to be killed (call *before* signalling it)."""
+        """Record why a task is about to be killed (call *before* signalling it), and tell
+        the :attr:`before_kill` hooks (monitor thread; they must be quick and never raise)."""
         self._reports.put(report.task_id, report)
+        for hook in self.before_kill:
+            try:
+                hook(report)
+            except Exception:
+                logger.exception("oomless: a before-kill hook failed for task %s", report.task_id)
+
+    def take_spared(self, task_id: str) -> KillReport | None:
+        """Claim the report of a kill that spared the task's own process (its subprocesses died)."""
+        report = self._reports.get(task_id)
+        if report is None or not report.spared:
+            return None
+        return self._reports.pop(task_id, None)
 
     def announce_kill(self, task_id: str) -> None:
         """Tell the worker's event loop that ``task_id`` was killed (call *after* signalling)."""
@@ -199,12 +216,17 @@ class Enforcer:
         """Called in a newly born pool child, before it runs any task."""
         self.table.set_pid(index, pid)
 
-    def task_start(self, index: int, pid: int, task_id: str, spec: Memory) -> None:
-        """Called in the pool child right before the task's code runs."""
+    def task_start(self, index: int, pid: int, task_id: str, spec: Memory, spare_root: bool = False) -> None:
+        """Called in the pool child right before the task's code runs.
+
+        ``spare_root``: on a breach kill only the child's subprocesses (the task's
+        ``memory_scope="subprocesses"``), so the task itself sees them die.
+        """
         self._limit = spec.limit
         self._baseline = self.measure_baseline(index, pid)
         self._seq = self.table.start(
-            index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index)
+            index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index),
+            spare_root,
         )
         self.arm(index, spec.limit)
 

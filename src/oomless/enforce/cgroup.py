@@ -127,20 +127,28 @@ class CgroupEnforcer(Enforcer):
     def _kill_slot(self, index: int, eviction: KillReport | None = None) -> None:
         state = self.table.read(index)
         peak = max(0, self.groups.peak(index) - state.baseline)
-        members = self.groups.procs(index)
+        # A task with memory_scope="subprocesses" keeps its pool child (Airflow's supervisor).
+        spare = state.pid if state.running and state.spare_root else None
+        members = [pid for pid in self.groups.procs(index) if pid != spare]
+        if spare is not None and not members:
+            spare, members = None, self.groups.procs(index)  # the child itself is over: nothing else to kill
         if eviction is not None:
             if eviction.task_id != state.task_id:
                 return  # the task ended meanwhile
-            self.file_report(dataclasses.replace(eviction, killed=tuple(members)))
+            self.file_report(dataclasses.replace(eviction, killed=tuple(members), spared=spare is not None))
         elif state.running and state.limit is not None:
-            self.file_report(KillReport(state.task_id, state.pid, state.limit, peak, self.mode, tuple(members)))
+            self.file_report(KillReport(
+                state.task_id, state.pid, state.limit, peak, self.mode, tuple(members), spared=spare is not None
+            ))
         else:
             logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
         deadline = time.monotonic() + 5
         while members and time.monotonic() < deadline:
             kill_pids(members)
             time.sleep(0.005)
-            members = self.groups.procs(index)
+            if spare is not None and self.table.seq(index) != state.seq:
+                break  # the spared child finished that task; what it starts now is not ours to kill
+            members = [pid for pid in self.groups.procs(index) if pid != spare]
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
         if state.running and (state.limit is not None or eviction is not None):

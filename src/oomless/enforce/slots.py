@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 __all__ = ["SlotTable", "SlotState", "Finished"]
 
-IDLE, RUNNING = 0, 1
+#: Row states.  RUNNING_SPARE: running a task whose own process must survive a
+#: kill (only its subprocesses die; Airflow's supervisor, see ``memory_scope``).
+IDLE, RUNNING, RUNNING_SPARE = 0, 1, 2
 _ID = 48  # Celery task ids are 36-character UUIDs; custom ids are cut to this length.
 
 # seq, pid, state, limit, request, baseline, start_ns, oom_kills, task_id
@@ -47,6 +49,7 @@ class SlotState:
     baseline: int
     start_ns: int
     oom_kills: int
+    spare_root: bool = False  # kill only the pool child's subprocesses, never the child itself
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class SlotTable:
         baseline: int,
         start_ns: int,
         oom_kills: int = 0,
+        spare_root: bool = False,
     ) -> int:
         """Mark the row running ``task_id`` (call before the task's code runs); returns the row's new seq."""
         seq = self._begin(index)
@@ -97,7 +101,7 @@ class SlotTable:
             index * _ROW,
             seq,
             pid,
-            RUNNING,
+            RUNNING_SPARE if spare_root else RUNNING,
             -1 if limit is None else limit,
             -1 if request is None else request,
             baseline,
@@ -148,7 +152,7 @@ class SlotTable:
         return SlotState(
             seq,
             pid,
-            state == RUNNING,
+            state in (RUNNING, RUNNING_SPARE),
             # A custom id cut at _ID bytes may end inside a UTF-8 character: drop that fragment.
             raw_id.rstrip(b"\0").decode(errors="ignore"),
             _opt(limit),
@@ -156,6 +160,7 @@ class SlotTable:
             baseline,
             start_ns,
             oom_kills,
+            state == RUNNING_SPARE,
         )
 
     def finished(self, index: int, task_id: str) -> Finished | None:

@@ -11,16 +11,20 @@ descendant (≈1.6 µs each).  New children of known members are picked up on
 every poll from the main thread's ``children`` file; children forked by other
 threads on a full rescan every ``rescan`` polls.
 
-A task's usage = (pool child RSS − its RSS at task start) + Σ descendants' RSS.
-Subtracting the start RSS removes the pages the child shares copy-on-write
-with the worker.  Not covered: descendants forked *without* exec share pages
-with the child, which RSS counts twice, so such trees are killed a little
-early, never late.  Overshoot is bounded by allocation rate × interval (about
-1.5 MiB median at 1 GB/s with 5 ms polls, see bench/RESULTS.md).
+A task's usage = (pool child RSS − its RSS at task start) + Σ (descendant RSS −
+its RSS when first seen).  Subtracting the start RSS removes the pages the
+child shares copy-on-write with the worker; subtracting a descendant's
+first-seen RSS removes what a process forked *without* exec shares with its
+parent (Airflow's task runner is such a fork of its supervisor: its RSS at
+birth is the whole Airflow worker image, which it does not own).  The price:
+a subprocess's footprint in its first poll interval (a few MiB for a freshly
+exec'd program) is not charged.  Overshoot is bounded by allocation rate ×
+interval (about 1.5 MiB median at 1 GB/s with 5 ms polls, see bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from ..admission.eviction import Use
@@ -42,13 +46,14 @@ class _Tree:
     almost nothing.
     """
 
-    __slots__ = ("state", "root", "root_start", "members", "peak", "peak_now")
+    __slots__ = ("state", "root", "root_start", "members", "born", "peak", "peak_now")
 
     def __init__(self, state: SlotState) -> None:
         self.state = state
         self.root = proc.StatmReader(state.pid)
         self.root_start = proc.start_time(state.pid)
         self.members: dict[int, proc.StatmReader] = {}
+        self.born: dict[int, int] = {}  # member pid -> its RSS when first seen
         self.peak = 0
         self.peak_now = 0  # usage at the last poll
         self.discover(full=True)
@@ -60,9 +65,11 @@ class _Tree:
             for child in list_children(todo.pop()):
                 if child not in self.members:
                     try:
-                        self.members[child] = proc.StatmReader(child)
+                        reader = proc.StatmReader(child)
                     except (FileNotFoundError, ProcessLookupError):
                         continue
+                    self.members[child] = reader
+                    self.born[child] = reader.read() or 0
                     todo.append(child)
 
     def usage(self) -> int | None:
@@ -71,14 +78,17 @@ class _Tree:
             return None
         total = own - self.state.baseline
         gone = []
+        born = self.born
         for pid, reader in self.members.items():
             value = reader.read()
             if value is None:
                 gone.append(pid)
             else:
-                total += value
+                grown = value - born[pid]
+                if grown > 0:
+                    total += grown
         for pid in gone:
-            del self.members[pid]
+            del self.members[pid], born[pid]
         return total
 
     def close(self) -> None:
@@ -175,9 +185,13 @@ class WatchdogEnforcer(Enforcer):
         state = tree.state
         if report is None:
             assert state.limit is not None
-            report = KillReport(state.task_id, state.pid, state.limit, used, self.mode)
+            report = KillReport(state.task_id, state.pid, state.limit, used, self.mode, spared=state.spare_root)
         self.file_report(report)
-        killed = kill_tree(state.pid, tree.root_start)
+        killed = kill_tree(state.pid, tree.root_start, spare_root=state.spare_root)
+        if state.spare_root and not killed:
+            # The spared pool child itself is over (it has no subprocesses): it goes too.
+            self.file_report(dataclasses.replace(report, spared=False))
+            killed = kill_tree(state.pid, tree.root_start)
         if killed:
             self.announce_kill(state.task_id)
         else:

@@ -50,11 +50,13 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def kill_tree(root: int, root_start_time: int | None) -> list[int]:
+def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) -> list[int]:
     """SIGKILL ``root`` and all its descendants; return the PIDs signalled.
 
     ``root_start_time`` (from :func:`proc.start_time`) guards against PID reuse:
     if ``root`` now names a different process, nothing is signalled.
+    ``spare_root``: kill only the descendants (an Airflow supervisor survives
+    its task runner and reports the try's failure itself).
     """
     root_fd = _pidfd(root)
     if root_fd is None:
@@ -64,7 +66,8 @@ def kill_tree(root: int, root_start_time: int | None) -> list[int]:
         if root_start_time is not None and proc.start_time(root) != root_start_time:
             return []
         held[root] = root_fd
-        _send(root_fd, signal.SIGSTOP)
+        if not spare_root:
+            _send(root_fd, signal.SIGSTOP)
         # Walk until no new member appears: each new member is stopped before
         # we look for its children, so the tree cannot grow between passes.
         changed = True
@@ -87,14 +90,17 @@ def kill_tree(root: int, root_start_time: int | None) -> list[int]:
         # died) are still in the root's process group when the pool child
         # leads one; the group cannot be recycled while the root, held by
         # a pidfd and stopped, still exists.
+        # (A spared root is not stopped: it may still fork while we walk, which
+        # is why the walk repeats until nothing new appears.)
         try:
-            if os.getpgid(root) == root:
+            if not spare_root and os.getpgid(root) == root:
                 os.killpg(root, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        for fd in held.values():
-            _send(fd, signal.SIGKILL)
-        return list(held)
+        for pid, fd in held.items():
+            if not (spare_root and pid == root):
+                _send(fd, signal.SIGKILL)
+        return [pid for pid in held if not (spare_root and pid == root)]
     finally:
         for fd in held.values():
             os.close(fd)
