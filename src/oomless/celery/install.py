@@ -15,7 +15,7 @@ from .bootstep import GovernorStep
 from .child import on_process_init, on_task_postrun, on_task_prerun
 from .publish import on_before_task_publish
 
-__all__ = ["install"]
+__all__ = ["install", "add_governor"]
 
 _signals_connected = False
 
@@ -29,6 +29,13 @@ def _connect_signals() -> None:
     signals.task_prerun.connect(on_task_prerun, weak=False)
     signals.task_postrun.connect(on_task_postrun, weak=False)
     _signals_connected = True
+
+
+def add_governor(app: Celery) -> None:
+    """The governor bootstep and its signal receivers, nothing else (for apps built by others,
+    e.g. Airflow's, from ``worker_init``: the blueprint is built right after it)."""
+    _connect_signals()
+    app.steps["worker"].add(GovernorStep)
 
 
 def install(app: Celery) -> Celery:
@@ -45,8 +52,7 @@ def install(app: Celery) -> Celery:
     """
     if getattr(app, "_oomless_installed", False):
         return app
-    _connect_signals()
-    app.steps["worker"].add(GovernorStep)
+    add_governor(app)
     app.user_options["worker"].add(
         click.Option(
             ["--memory-budget"],

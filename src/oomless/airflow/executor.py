@@ -1,0 +1,138 @@
+"""``OomlessCeleryExecutor``: the CeleryExecutor that carries each try's memory to the worker.
+
+Airflow 3 does not send ``executor_config`` to Celery workers (the
+``ExecuteTask`` workload excludes it).  This subclass reads the ``oomless``
+part when the scheduler queues a try, works out that try's memory (escalated
+after memory-killed tries, see :mod:`oomless.airflow.tries`), and puts it in
+two message headers when the try is published:
+
+* ``oomless_memory``: the spec the governed worker admits and enforces;
+* ``oomless_airflow``: try number, ``max_tries`` and the declaration, so that
+  the worker can say in the try's log what the next try gets.
+
+Tries without an ``oomless`` key are sent exactly as the CeleryExecutor sends
+them.  A malformed declaration travels as given and the worker fails that try
+with :class:`~oomless.errors.InvalidMemorySpec`, whose message reaches the
+scheduler's log and the task instance's audit log.
+
+Touch points in the provider (checked against apache-airflow 3.3.2 and
+apache-airflow-providers-celery 3.26.0): ``queue_workload`` and
+``_send_workloads_to_celery``.  Tries with a spec are published from the
+scheduler process itself (the provider's own path for a single workload),
+where the ``before_task_publish`` receiver below can add the headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.executors.workloads import ExecuteTask
+from airflow.providers.celery.executors.celery_executor import CeleryExecutor
+from celery import signals
+
+from ..errors import InvalidMemorySpec
+from ..spec import HEADER
+from .spec import AIRFLOW_HEADER, KEY, TaskMemory, TryInfo
+from .tries import count_memory_killed
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["OomlessCeleryExecutor"]
+
+#: (task instance id, try number) -> headers for the message about to be published.
+_pending: dict[tuple[str, int], dict[str, Any]] = {}
+_lock = threading.Lock()
+
+
+def _ti_of(body: Any) -> tuple[str, int] | None:
+    """(task instance id, try number) of an ``execute_workload`` message body (protocol 2)."""
+    try:
+        ti = json.loads(body[0][0])["ti"]
+        return str(ti["id"]), int(ti["try_number"])
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+
+
+@signals.before_task_publish.connect(weak=False)
+def _add_headers(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    if not _pending or sender != "execute_workload" or headers is None:
+        return
+    key = _ti_of(body)
+    if key is None:
+        return
+    with _lock:
+        extra = _pending.pop(key, None)
+    if extra:
+        headers.update(extra)
+
+
+class OomlessCeleryExecutor(CeleryExecutor):
+    """The CeleryExecutor, plus each try's ``executor_config={"oomless": ...}`` in the message."""
+
+    def queue_workload(self, workload: Any, session: Any) -> None:
+        super().queue_workload(workload, session)
+        if isinstance(workload, ExecuteTask):
+            try:
+                self._plan(workload, session)
+            except Exception:  # never stop the scheduler over one try's memory
+                logger.exception("oomless: could not work out the memory of %s; it runs without", workload.ti.key)
+
+    def _plan(self, workload: ExecuteTask, session: Any) -> None:
+        ti = workload.ti
+        config = ti.executor_config
+        if not isinstance(config, dict) or KEY not in config:
+            return
+        key = (str(ti.id), int(ti.try_number))
+        try:
+            declared = TaskMemory.from_config(config)
+        except InvalidMemorySpec as exc:
+            logger.error("oomless: %s (task %s); the worker will fail this try", exc, ti.key)
+            raw = config[KEY]
+            with _lock:
+                _pending[key] = {HEADER: raw if isinstance(raw, (str, int, dict)) else repr(raw)}
+            return
+        assert declared is not None
+        ids = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        killed = 0
+        if declared.escalate is not None and ti.try_number > 1:
+            killed = count_memory_killed(self.celery_app.backend, ids, ti.try_number)
+        info = TryInfo(ti.try_number, self._max_tries(ti, session), killed, declared)
+        spec = declared.for_try(killed)
+        if killed:
+            logger.info(
+                "oomless: %s try %d gets %s after %d memory-killed tr%s (declared %s)",
+                ti.key, ti.try_number, spec, killed, "y" if killed == 1 else "ies", declared.base,
+            )
+        with _lock:
+            _pending[key] = {HEADER: spec.to_header(), AIRFLOW_HEADER: info.to_header()}
+            while len(_pending) > 100_000:  # tries queued but never published (revoked, or the scheduler stopped)
+                _pending.pop(next(iter(_pending)))
+
+    @staticmethod
+    def _max_tries(ti: Any, session: Any) -> int:
+        from airflow.models.taskinstance import TaskInstance
+        from sqlalchemy import select
+
+        value = session.scalar(select(TaskInstance.max_tries).where(TaskInstance.id == ti.id))
+        return int(value) if value is not None else 0
+
+    def _send_workloads_to_celery(self, workload_tuples_to_send: Sequence[Any]) -> Any:
+        if not _pending:
+            return super()._send_workloads_to_celery(workload_tuples_to_send)
+        from airflow.providers.celery.executors.celery_executor_utils import send_workload_to_executor
+
+        ours: list[Any] = []
+        others: list[Any] = []
+        for item in workload_tuples_to_send:
+            ti = getattr(item[1], "ti", None)
+            (ours if ti is not None and (str(ti.id), int(ti.try_number)) in _pending else others).append(item)
+        # Ours are published here, in the scheduler process, where _add_headers runs; the
+        # provider may publish the others from a process pool, as it does without oomless.
+        sent = [send_workload_to_executor(item) for item in ours]
+        if others:
+            sent += list(super()._send_workloads_to_celery(others))
+        return sent
