@@ -244,14 +244,18 @@ class Stack:
         got = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         return {ti["task_id"]: ti for ti in got["task_instances"]}
 
-    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict]:
-        got = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+        got = self.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries?map_index={map_index}"
+        )
         return sorted(got["task_instances"], key=lambda t: t["try_number"])
 
-    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> list[str]:
         """The events of one try's log, as the UI shows them (through the REST API)."""
         got = self.api(
-            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+            f"?full_content=true&map_index={map_index}",
         )
         content = got.get("content") or []
         return [c.get("event", "") if isinstance(c, dict) else str(c) for c in content]

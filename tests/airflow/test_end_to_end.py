@@ -1,0 +1,119 @@
+"""A real Airflow 3.3 deployment (api-server, scheduler, dag-processor, Celery worker) runs the
+example DAG ``oomless_memory_demo`` with the oomless executor and worker config, in both
+enforcement modes; everything is checked through the REST API, as a user would see it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+ (the 'airflow' extra)")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stack import Stack, _kill_marked  # noqa: E402
+
+DAG = "oomless_memory_demo"
+NEED = 320  # MiB the hungry tasks use (OOMLESS_DEMO_MIB); first limit 240 MiB, then 480 MiB
+KILLED = "oomless: this try was killed because its task process tree exceeded its memory limit of 240.0 MiB"
+
+
+@pytest.fixture(scope="module", params=["cgroup", "watchdog"])
+def run(request, tmp_path_factory, redis_url):
+    mode = request.param
+    stack = Stack(
+        tmp_path_factory.mktemp(f"airflow-{mode}"),
+        redis_url,
+        env={
+            "AIRFLOW__OOMLESS__BUDGET": "3GiB",
+            "AIRFLOW__OOMLESS__ENFORCEMENT": mode,
+            "OOMLESS_DEMO_MIB": str(NEED),
+        },
+    )
+    try:
+        stack.start()
+        stack.wait_for("worker", "ready.", 120)
+        stack.wait_dag(DAG)
+        run_id = stack.trigger(DAG)
+        stack.wait_run(DAG, run_id, 300)
+        stack.run_id, stack.mode = run_id, mode
+        stack.ti = stack.tis(DAG, run_id)
+        stack.worker_alive = stack.procs["worker"].poll() is None
+        yield stack
+    finally:
+        left = stack.stop()
+        stack.left_after_stop = left
+        assert _kill_marked(stack.marker) == [], "processes of the deployment survived its stop"
+
+
+def _log(run, task_id, try_number, map_index=-1):
+    return "\n".join(run.log(DAG, run.run_id, task_id, try_number, map_index))
+
+
+def test_the_worker_is_governed_in_the_configured_mode(run):
+    assert f"enforcement {run.mode} (" in run.text("worker")
+
+
+def test_a_well_behaved_task_succeeds_on_its_first_try_beside_the_kills(run):
+    small = run.ti["small"]
+    assert (small["state"], small["try_number"]) == ("success", 1)
+    assert "oomless: this try" not in _log(run, "small", 1)
+
+
+def test_a_task_that_declares_nothing_runs_as_before(run):
+    plain = run.ti["plain"]
+    assert (plain["state"], plain["try_number"]) == ("success", 1)
+    assert "no limit" in next(ln for ln in run.text("worker").splitlines() if "ok: peak" in ln and
+                               _celery_id(run, "plain") in ln)
+
+
+def _celery_id(run, task_id):
+    return run.tries(DAG, run.run_id, task_id)[-1].get("external_executor_id") or "?"
+
+
+@pytest.mark.parametrize("task_id", ["transform", "sort_words"])
+def test_a_task_over_its_first_limit_is_killed_and_succeeds_on_the_escalated_retry(run, task_id):
+    ti = run.ti[task_id]
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    first = _log(run, task_id, 1)
+    assert KILLED in first
+    assert "The next try (try 2) gets a limit of 480.0 MiB (× 2 per memory-killed try)." in first
+    assert "oomless: this try" not in _log(run, task_id, 2)
+    # The try history records a retried try as failed (Airflow's own bookkeeping).
+    assert [t["state"] for t in run.tries(DAG, run.run_id, task_id)] == ["failed", "success"]
+
+
+def test_only_the_map_index_over_its_limit_is_retried_with_more(run):
+    got = run.api("GET", f"/dags/{DAG}/dagRuns/{run.run_id}/taskInstances/part/listMapped")
+    by_index = {ti["map_index"]: ti for ti in got["task_instances"]}
+    assert (by_index[0]["state"], by_index[0]["try_number"]) == ("success", 1)
+    assert (by_index[1]["state"], by_index[1]["try_number"]) == ("success", 2)
+    assert KILLED in _log(run, "part", 1, map_index=1)
+
+
+def test_a_try_that_can_never_fit_fails_at_once_and_says_why(run):
+    ti = run.ti["too_big"]
+    assert (ti["state"], ti["try_number"]) == ("failed", 1)
+    text = _log(run, "too_big", 1)
+    assert "oomless: this try did not run" in text
+    assert "64.0 TiB, more than this worker's whole budget of 3.0 GiB" in text
+
+
+def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
+    assert run.worker_alive
+    worker = run.text("worker")
+    assert "WorkerLostError" not in worker
+    assert "without a heartbeat" not in run.text("scheduler")
+
+
+def test_the_worker_leaves_no_slot_cgroup_behind(run):
+    if run.mode != "cgroup":
+        pytest.skip("only cgroup mode makes slot groups")
+    run.stop()
+    marker = f"oomless-{run.procs['worker'].pid}-"
+    leftovers = [p for p in Path("/sys/fs/cgroup/memory").rglob(f"{marker}*")] if os.path.isdir(
+        "/sys/fs/cgroup/memory") else []
+    assert leftovers == []
