@@ -147,6 +147,11 @@ class Stack:
              *self.worker_args],
         )
 
+    def check_running(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.text(name)[-4000:]}")
+
     def text(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
@@ -193,9 +198,7 @@ class Stack:
                 with urllib.request.urlopen(url, timeout=2):
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                for name, proc in self.procs.items():
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.text(name)[-4000:]}")
+                self.check_running()
                 time.sleep(0.3)
         raise TimeoutError(f"{url} did not answer within {timeout} s")
 

@@ -1,0 +1,98 @@
+"""What a DAG declares, what each try gets, and what the try's log says (pure; no Airflow needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from oomless import InvalidMemorySpec, Memory
+from oomless.airflow import memory
+from oomless.airflow.messages import evicted, infeasible, killed
+from oomless.airflow.spec import TaskMemory, TryInfo
+
+MiB, GiB = 2**20, 2**30
+
+
+def test_memory_returns_an_executor_config_that_merges_with_other_keys():
+    config = {**memory("2GiB", escalate=2, max="16GiB"), "pod_override": {"x": 1}}
+    assert config == {
+        "oomless": {"request": 2 * GiB, "limit": 2 * GiB, "escalate": 2.0, "max": 16 * GiB},
+        "pod_override": {"x": 1},
+    }
+
+
+@pytest.mark.parametrize("bad", [
+    dict(memory="2 gigs"), dict(memory="2GiB", escalate=1), dict(memory="2GiB", max="1GiB"),
+    dict(escalate=2), dict(memory="1GiB", request="1GiB"),
+])
+def test_memory_validates_at_dag_definition(bad):
+    with pytest.raises(InvalidMemorySpec):
+        memory(**bad)
+
+
+def test_a_hand_written_config_with_strings_is_read():
+    assert TaskMemory.from_config({"oomless": {"memory": "4GiB"}}) == TaskMemory(Memory.coerce("4GiB"))
+    assert TaskMemory.from_config({"oomless": {"request": "1GiB", "limit": "3GiB"}}).base == Memory(GiB, 3 * GiB)
+
+
+def test_configs_without_the_key_are_not_ours():
+    assert TaskMemory.from_config(None) is None
+    assert TaskMemory.from_config({"KubernetesExecutor": {}}) is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"oomless": "2GiB"}, {"oomless": {"memroy": "2GiB"}},
+    {"oomless": {"memory": "2GiB", "limit": "3GiB"}}, {"oomless": {"memory": -1}},
+])
+def test_a_malformed_config_is_refused_with_the_value_named(bad):
+    with pytest.raises(InvalidMemorySpec) as caught:
+        TaskMemory.from_config(bad)
+    assert "oomless" in str(caught.value) or "-1" in str(caught.value)
+
+
+def test_each_memory_killed_try_multiplies_request_and_limit_up_to_max():
+    spec = TaskMemory.make(Memory(request="1GiB", limit="2GiB"), 2, "5GiB")
+    assert spec.for_try(0) == Memory(GiB, 2 * GiB)
+    assert spec.for_try(1) == Memory(2 * GiB, 4 * GiB)
+    assert spec.for_try(2) == Memory(4 * GiB, 5 * GiB)
+    assert spec.for_try(50) == Memory(5 * GiB, 5 * GiB)
+
+
+def test_without_escalate_every_try_gets_the_declared_memory():
+    assert TaskMemory(Memory.coerce("1GiB")).for_try(3) == Memory.coerce("1GiB")
+
+
+def test_try_info_from_an_untrusted_header_is_none_when_odd():
+    good = TryInfo(2, 3, 1, TaskMemory.make(Memory.coerce("1GiB"), 2, "8GiB"))
+    assert TryInfo.from_header(good.to_header()) == good
+    for bad in (None, "x", {"try": True, "max_tries": 1, "memory_killed": 0, "declared": {}},
+                {**good.to_header(), "try": -1}, {**good.to_header(), "declared": {"limit": "lots"}}):
+        assert TryInfo.from_header(bad) is None
+
+
+def test_the_kill_sentence_says_limit_peak_and_what_the_next_try_gets():
+    info = TryInfo(1, 2, 0, TaskMemory.make(Memory.coerce("240MiB"), 2, "4GiB"))
+    text = killed(info, 240 * MiB, 240 * MiB)
+    assert "exceeded its memory limit of 240.0 MiB (peak 240.0 MiB)" in text
+    assert "The next try (try 2) gets a limit of 480.0 MiB (× 2 per memory-killed try)." in text
+
+
+def test_the_kill_sentence_says_when_no_retry_is_left():
+    info = TryInfo(3, 2, 2, TaskMemory.make(Memory.coerce("1GiB"), 2))
+    assert "No retry is left (try 3 of 3)" in killed(info, 4 * GiB, 4 * GiB)
+
+
+def test_the_kill_sentence_says_when_the_cap_stops_escalation():
+    first = TryInfo(1, 3, 0, TaskMemory.make(Memory.coerce("3GiB"), 2, "4GiB"))
+    assert "a limit of 4.0 GiB (× 2 per memory-killed try, capped at max=4.0 GiB)" in killed(first, 3 * GiB, 3 * GiB)
+    second = TryInfo(2, 3, 1, TaskMemory.make(Memory.coerce("3GiB"), 2, "4GiB"))
+    assert "gets the same limit of 4.0 GiB" in killed(second, 4 * GiB, 4 * GiB)
+
+
+def test_the_kill_sentence_without_escalation_suggests_it():
+    info = TryInfo(1, 1, 0, TaskMemory(Memory.coerce("1GiB")))
+    assert "same limit of 1.0 GiB: no escalation is set" in killed(info, GiB, GiB)
+
+
+def test_eviction_and_infeasible_sentences():
+    assert "does not get more memory" in evicted(None, 600 * MiB, 300 * MiB, "its tasks use 1.0 GiB")
+    assert infeasible("it needs 64 TiB.") == "oomless: this try did not run: it needs 64 TiB."
