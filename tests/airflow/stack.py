@@ -63,7 +63,7 @@ class Stack:
         oomless: bool = True,
         env: dict[str, str] | None = None,
         worker_args: tuple[str, ...] = (),
-        worker_prefix: tuple[str, ...] = (),
+        worker_preexec: Any = None,
     ) -> None:
         self.home = home
         self.marker = uuid.uuid4().hex
@@ -71,7 +71,7 @@ class Stack:
         self.log_port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.worker_args = worker_args
-        self.worker_prefix = worker_prefix
+        self.worker_preexec = worker_preexec  # e.g. join a memory cgroup (benchmarks)
         db = redis_url.rstrip("/")
         index = int(uuid.uuid4().int % 8) + 8  # a Redis database of its own, flushed at start
         broker = f"{db}/{index}" if db.startswith("redis://") else db
@@ -115,10 +115,11 @@ class Stack:
             [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout,
         )
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    def _spawn(self, name: str, cmd: list[str], preexec_fn: Any = None) -> None:
+        log = open(self.home / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
             cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
+            preexec_fn=preexec_fn,
         )
         log.close()
 
@@ -143,8 +144,8 @@ class Stack:
     def start_worker(self) -> None:
         self._spawn(
             "worker",
-            [*self.worker_prefix, sys.executable, "-m", "airflow", "celery", "worker", "--skip-serve-logs",
-             *self.worker_args],
+            [sys.executable, "-m", "airflow", "celery", "worker", "--skip-serve-logs", *self.worker_args],
+            self.worker_preexec,
         )
 
     def check_running(self) -> None:

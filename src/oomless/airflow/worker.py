@@ -32,6 +32,8 @@ from typing import Any
 from ..celery.child import SUBPROCESSES
 from ..celery.governor import Governor, Plugin
 from ..enforce.base import KillReport
+from ..linux.cgroup import SlotGroupsV2
+from ..units import format_size
 from . import messages
 from .spec import AIRFLOW_HEADER, TryInfo
 from .tries import record_kill
@@ -79,6 +81,13 @@ class AirflowPlugin(Plugin):
             return
         task.memory_scope = SUBPROCESSES
         self._backend = app.backend
+        groups = getattr(governor.enforcer, "groups", None)
+        if isinstance(groups, SlotGroupsV2):
+            logger.warning(
+                "oomless: cgroup v2 kills a whole slot on a kernel OOM (memory.oom.group), Airflow's supervisor "
+                "included: such a try then ends by Airflow's heartbeat timeout. Set [oomless] enforcement = "
+                "watchdog on this worker to kill only the task runner."
+            )
         try:
             from airflow.configuration import conf
 
@@ -161,6 +170,7 @@ class AirflowPlugin(Plugin):
             )
         else:
             logger.warning(
-                "oomless: Airflow task %s try %d killed at its memory limit of %d bytes (peak %d); recorded",
-                "/".join(map(str, found.ids)), found.try_number, report.limit, report.peak,
+                "oomless: Airflow task %s try %d killed at its memory limit of %s (peak %s); recorded for "
+                "the escalation of its next try",
+                "/".join(map(str, found.ids)), found.try_number, format_size(report.limit), format_size(report.peak),
             )
