@@ -156,3 +156,14 @@ def test_doctor_says_admission_is_off_on_the_solo_pool():
     report = json.loads(result.stdout)
     assert report["admission"]["on"] is False and "prefork only" in report["admission"]["reason"]
     assert report["admission"]["eviction"] is False
+
+
+def test_doctor_says_how_airflow_tries_are_enforced_in_each_mode():
+    import pytest
+
+    pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+")
+    for mode, words in (("watchdog", "loses its task runner and everything below it (watchdog)"),
+                        ("off", "tries are accounted, never killed")):
+        out = doctor("--enforcement", mode).stdout
+        assert line(out, "airflow").startswith("apache-airflow 3.3")
+        assert words in out

@@ -132,6 +132,7 @@ def diagnose(
         if choice.warning:
             report["warnings"].append(choice.warning)
         report["admission"] = _admission(settings, isolating, choice.mode)
+        report["airflow"] = _airflow(choice.mode, host.version)
     except _Invalid as exc:
         report["error"] = str(exc)
         return report
@@ -159,6 +160,25 @@ def _admission(settings: Any, isolating: bool, mode: str) -> dict[str, Any]:
         "max_evictions": settings.max_evictions,
         "eviction_margin": settings.eviction_margin,
     }
+
+
+def _airflow(mode: str, cgroup_version: int | None) -> dict[str, Any] | None:
+    """Whether Airflow tries run governed here, and with which caveat (None: Airflow is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = {name: version(name) for name in ("apache-airflow", "apache-airflow-providers-celery")}
+    except PackageNotFoundError:
+        return None
+    if mode == "cgroup" and cgroup_version == 2:
+        how = ("cgroup v2 kills a whole slot on a kernel OOM, Airflow's supervisor included (the try then ends "
+               "by heartbeat timeout): set [oomless] enforcement = watchdog for Airflow workers on this host")
+    elif mode in ("cgroup", "watchdog"):
+        how = f"a try over its limit loses its task runner and everything below it ({mode}); its supervisor " \
+              "survives and Airflow fails or retries the try, with the reason in the try's log"
+    else:
+        how = "enforcement is off: tries are accounted, never killed"
+    return {"versions": found, "enforcement": how}
 
 
 def _isolates(pool_name: str) -> bool:
@@ -279,6 +299,10 @@ def _print(report: dict[str, Any]) -> None:
                           else "off: needs an enforcing mode (cgroup or watchdog)"))
         else:
             lines.append(("admission", f"off: {adm['reason']}; tasks start by slot only, as in vanilla Celery"))
+    if report.get("airflow"):
+        af = report["airflow"]
+        lines.append(("airflow", ", ".join(f"{k} {v}" for k, v in af["versions"].items()) + "; see docs/airflow.md"))
+        lines.append(("", af["enforcement"]))
     if "budget" in report:
         default = report["default_memory"]
         lines.append(("default", "tasks without memory= are accounted, not limited (oomless_default_memory unset)"
