@@ -5,7 +5,6 @@ enforcement modes; everything is checked through the REST API, as a user would s
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ def run(request, tmp_path_factory, redis_url):
         stack.run_id, stack.mode = run_id, mode
         stack.ti = stack.tis(DAG, run_id)
         stack.worker_alive = stack.procs["worker"].poll() is None
+        stack.groups_while_running = _slot_groups(stack.procs["worker"].pid)
         yield stack
     finally:
         left = stack.stop()
@@ -115,11 +115,14 @@ def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
     assert "Detected a task instance without a heartbeat" not in run.text("scheduler")
 
 
+def _slot_groups(worker_pid: int) -> list[Path]:
+    root = Path("/sys/fs/cgroup/memory")
+    return list(root.rglob(f"oomless-{worker_pid}-*")) if root.is_dir() else []
+
+
 def test_the_worker_leaves_no_slot_cgroup_behind(run):
     if run.mode != "cgroup":
         pytest.skip("only cgroup mode makes slot groups")
+    assert run.groups_while_running, "the worker's slot groups were not where the test looks"
     run.stop()
-    marker = f"oomless-{run.procs['worker'].pid}-"
-    leftovers = [p for p in Path("/sys/fs/cgroup/memory").rglob(f"{marker}*")] if os.path.isdir(
-        "/sys/fs/cgroup/memory") else []
-    assert leftovers == []
+    assert _slot_groups(run.procs["worker"].pid) == []
