@@ -43,3 +43,19 @@ def test_provider_info_is_valid_for_airflow():
     info = get_provider_info()
     jsonschema.validate(info, schema)
     assert set(info["config"]["oomless"]["options"]) >= {"budget", "enforcement", "infeasible"}
+
+
+def test_airflow_discovers_the_provider_and_its_oomless_section(tmp_path):
+    pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    env.pop("AIRFLOW__OOMLESS__BUDGET", None)
+    got = subprocess.run([sys.executable, "-m", "airflow", "config", "get-value", "oomless", "infeasible"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert got.stdout.strip().splitlines()[-1] == "fail", got.stderr[-2000:]
+    listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "list"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert "oomless" in listed.stdout
