@@ -286,7 +286,8 @@ class SlotGroups:
                 members = self.procs(index)
                 if members and kill:
                     self._release(index)
-                    killed.extend(kill_pids(members))
+                    # A killed member stays listed until its parent reaps it: count it once.
+                    killed.extend(pid for pid in kill_pids(members) if pid not in killed)
                 try:
                     os.rmdir(path)
                     break
