@@ -71,6 +71,7 @@ class AirflowPlugin(Plugin):
 
     def __init__(self) -> None:
         self._tries: OrderedDict[str, _Try] = OrderedDict()
+        self._recorded: set[str] = set()  # tasks whose kill is recorded (until they end)
         self._backend: Any = None
         self._base: str | None = None
 
@@ -140,7 +141,10 @@ class AirflowPlugin(Plugin):
             logger.warning("oomless: could not write to the log of %s try %d: %s", found.ids, found.try_number, err)
 
     def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
-        self._tries.pop(req.id, None)
+        found = self._tries.pop(req.id, None)
+        if report is not None and found is not None and req.id not in self._recorded:
+            self._record(req.id, found, report)  # the kill notice came too late to do it
+        self._recorded.discard(req.id)
 
     # -- monitor thread ---------------------------------------------------------
     def before_kill(self, report: KillReport) -> None:
@@ -159,8 +163,14 @@ class AirflowPlugin(Plugin):
     # -- event loop -------------------------------------------------------------
     def killed(self, req: Any, report: KillReport) -> None:
         found = self._tries.get(req.id)
-        if found is None or report.reason != "limit" or self._backend is None:
+        if found is not None:
+            self._record(req.id, found, report)
+
+    def _record(self, task_id: str, found: _Try, report: KillReport) -> None:
+        """Record a memory kill for the executor, once, as soon as the event loop hears of it."""
+        if report.reason != "limit" or not report.spared or self._backend is None:
             return
+        self._recorded.add(task_id)
         try:
             record_kill(self._backend, found.ids, found.try_number, report.limit, report.peak)
         except Exception as exc:

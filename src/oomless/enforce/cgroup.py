@@ -25,7 +25,7 @@ import select
 import time
 
 from ..admission.eviction import Use
-from ..linux import cgroup
+from ..linux import cgroup, proc
 from ..linux.kill import kill_pids
 from .base import Enforcer, KillReport
 from .slots import SlotTable
@@ -143,12 +143,22 @@ class CgroupEnforcer(Enforcer):
         else:
             logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
         deadline = time.monotonic() + 5
+        first = True
         while members and time.monotonic() < deadline:
             kill_pids(members)
+            if first and spare is not None:
+                # v1 (oom_kill_disable): the spared child may itself be paused at the limit, and a
+                # killed member in a non-killable wait; lifting the limit wakes them (the kernel's
+                # OOM recovery), and no one else is left to charge it before the task ends (disarm).
+                self.groups.release(index)
+            first = False
             time.sleep(0.005)
             if spare is not None and self.table.seq(index) != state.seq:
                 break  # the spared child finished that task; what it starts now is not ours to kill
-            members = [pid for pid in self.groups.procs(index) if pid != spare]
+            # A killed process stays listed until its parent reaps it; for a spared child that
+            # is the task's business (Airflow's supervisor), and waiting for it would hold up
+            # this thread and every other slot.
+            members = [pid for pid in self.groups.procs(index) if pid != spare and not proc.exited(pid)]
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
         if state.running and (state.limit is not None or eviction is not None):

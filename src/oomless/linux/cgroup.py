@@ -285,7 +285,7 @@ class SlotGroups:
             for _ in range(attempts):
                 members = self.procs(index)
                 if members and kill:
-                    self._release(index)
+                    self.release(index)
                     # A killed member stays listed until its parent reaps it: count it once.
                     killed.extend(pid for pid in kill_pids(members) if pid not in killed)
                 try:
@@ -299,7 +299,7 @@ class SlotGroups:
                     select.select([], [], [], 0.02)
         return killed
 
-    def _release(self, index: int) -> None:
+    def release(self, index: int) -> None:
         """Let paused members run again so a kill can complete (v1 oom_kill_disable)."""
 
     # -- pool child (its own slot only) -------------------------------------
@@ -331,7 +331,7 @@ class SlotGroupsV1(SlotGroups):
         _write(os.path.join(path, "memory.oom_control"), 1)
         _write(os.path.join(path, "memory.limit_in_bytes"), -1)
 
-    def _release(self, index: int) -> None:
+    def release(self, index: int) -> None:
         try:
             _write(os.path.join(self.slot_dir(index), "memory.limit_in_bytes"), -1)
         except OSError:

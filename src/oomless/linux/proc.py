@@ -123,28 +123,37 @@ def all_children(pid: int) -> list[int]:
     return found
 
 
-def start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), ``None`` if gone.
-
-    Together with the PID it names a process uniquely: a reused PID has a later start time.
-    """
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3… of ``/proc/PID/stat`` (after ``comm``), ``None`` if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    return int(data[data.rindex(b")") + 2 :].split()[19])
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), ``None`` if gone.
+
+    Together with the PID it names a process uniquely: a reused PID has a later start time.
+    """
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def parent_pid(pid: int) -> int | None:
     """Parent PID of ``pid``, ``None`` if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(data[data.rindex(b")") + 2 :].split()[1])
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` is gone or a zombie (dead, not yet reaped by its parent; it holds no memory,
+    but a cgroup still lists it until then)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in (b"Z", b"X")
 
 
 class OwnMemory:
