@@ -10,8 +10,9 @@
 * Right before the kill (monitor thread) one line goes into that try's log
   file, the file Airflow's supervisor writes and ``serve-logs`` serves: why,
   the limit, the peak, and what the next try gets.
-* Right after it, the kill is recorded for the executor (:mod:`.tries`), which
-  escalates the next try's memory.
+* Right after it (from the event loop, or when the try ends if the kill
+  notice comes later), the kill is recorded for the executor (:mod:`.tries`),
+  which escalates the next try's memory.
 * A try refused before it ran (its memory can never fit this worker) gets its
   reason in its log file as well; the scheduler fails it with the same reason.
 
