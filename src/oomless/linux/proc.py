@@ -192,22 +192,22 @@ class OwnMemory:
         os.write(self._clear_refs, b"5")
 
 
-def mem_total() -> int:
-    """Physical memory of the machine (``MemTotal``) in bytes."""
+def _meminfo(field: bytes) -> int:
     with open("/proc/meminfo", "rb") as fh:
         for line in fh:
-            if line.startswith(b"MemTotal:"):
+            if line.startswith(field + b":"):
                 return int(line.split()[1]) * 1024
-    raise LookupError("/proc/meminfo has no MemTotal line")
+    raise LookupError(f"/proc/meminfo has no {field.decode()} line")
+
+
+def mem_total() -> int:
+    """Physical memory of the machine (``MemTotal``) in bytes."""
+    return _meminfo(b"MemTotal")
 
 
 def mem_available() -> int:
     """Memory the kernel can still hand out without swapping (``MemAvailable``), in bytes."""
-    with open("/proc/meminfo", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise LookupError("/proc/meminfo has no MemAvailable line")
+    return _meminfo(b"MemAvailable")
 
 
 def set_oom_score_adj(value: int, pid: int | str = "self") -> None:
