@@ -1,0 +1,184 @@
+"""The history store: one row per task attempt, in any database SQLAlchemy 2 speaks.
+
+An SQLite file by default, PostgreSQL (or anything SQLAlchemy supports) by
+URL.  The schema carries a version in ``oomless_schema``; :meth:`Store.migrate`
+applies the steps in :data:`MIGRATIONS` that a database has not seen yet, in
+one transaction each, so that a newer oomless upgrades an older store and an
+older oomless refuses a newer one instead of writing rows it does not
+understand.
+
+What is not here: aggregation (``oomless recommend``), the report, metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+)
+
+__all__ = ["Attempt", "Store", "SCHEMA_VERSION", "default_url"]
+
+metadata = MetaData()
+
+attempts = Table(
+    "oomless_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_name", String(255), nullable=False),
+    Column("task_id", String(155), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),  # seconds since the epoch
+    Column("duration", Float),  # seconds
+    Column("request", BigInteger),  # bytes
+    Column("limit", BigInteger),
+    Column("peak_rss", BigInteger),
+    Column("peak_pss", BigInteger),
+    Column("input_size", BigInteger),
+    Column("mode", String(16)),
+    Column("worker_host", String(255)),
+    Column("worker_pid", Integer),
+    Column("dag_id", String(250)),
+    Column("af_task_id", String(250)),
+    Column("run_id", String(250)),
+    Column("map_index", Integer),
+    Column("try_number", Integer),
+    Index("oomless_attempts_by_task", "task_name", "started_at"),
+)
+
+schema = Table("oomless_schema", metadata, Column("version", Integer, nullable=False))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a task, as recorded (sizes in bytes, times in seconds)."""
+
+    task_name: str
+    task_id: str
+    outcome: str  # ok, failed, memory-killed, evicted, infeasible, lost, retry
+    started_at: float
+    duration: float | None = None
+    request: int | None = None
+    limit: int | None = None
+    peak_rss: int | None = None
+    peak_pss: int | None = None
+    input_size: int | None = None
+    mode: str | None = None
+    worker_host: str | None = None
+    worker_pid: int | None = None
+    dag_id: str | None = None
+    af_task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    try_number: int | None = None
+
+
+_COLUMNS = [f.name for f in fields(Attempt)]
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[attempts])
+
+
+#: Schema steps in order; step *n* brings a store from version *n - 1* to *n*.
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_url() -> str:
+    """``sqlite:///`` + ``$XDG_STATE_HOME/oomless/history.sqlite`` (``~/.local/state`` when unset)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return f"sqlite:///{os.path.join(base, 'oomless', 'history.sqlite')}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    # WAL: readers (report, recommend) never block the worker's writer, and a
+    # busy timeout instead of "database is locked" when two workers share a file.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    """A history database at ``url`` (created and migrated on first use)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        if self.url.startswith("sqlite:///"):
+            path = self.url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrated = False
+
+    def version(self) -> int:
+        """The schema version of the database (0: empty)."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("oomless_schema"):
+                return 0
+            return int(conn.execute(select(schema.c.version)).scalar_one_or_none() or 0)
+
+    def migrate(self) -> int:
+        """Bring the database to :data:`SCHEMA_VERSION`; returns the version it was at."""
+        with self.engine.begin() as conn:
+            if not inspect(conn).has_table("oomless_schema"):
+                metadata.create_all(conn, tables=[schema])
+            found = int(conn.execute(select(schema.c.version)).scalar_one_or_none() or 0)
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the history store at {self.engine.url.render_as_string(hide_password=True)} has schema "
+                    f"version {found}, newer than this oomless understands ({SCHEMA_VERSION}); upgrade oomless"
+                )
+            for step in MIGRATIONS[found:]:
+                step(conn)
+            if found == 0:
+                conn.execute(insert(schema).values(version=SCHEMA_VERSION))
+            elif found < SCHEMA_VERSION:
+                conn.execute(schema.update().values(version=SCHEMA_VERSION))
+        self._migrated = True
+        return found
+
+    def add(self, rows: Iterable[Attempt]) -> int:
+        """Insert ``rows`` in one transaction; returns how many."""
+        batch = [asdict(r) for r in rows]
+        if not batch:
+            return 0
+        if not self._migrated:
+            self.migrate()
+        with self.engine.begin() as conn:
+            conn.execute(insert(attempts), batch)
+        return len(batch)
+
+    def attempts(self, task_name: str | None = None) -> list[Attempt]:
+        """Recorded attempts, oldest first (all, or of one task name)."""
+        if not self._migrated:
+            self.migrate()
+        query = select(*(attempts.c[name] for name in _COLUMNS)).order_by(attempts.c.started_at, attempts.c.id)
+        if task_name is not None:
+            query = query.where(attempts.c.task_name == task_name)
+        with self.engine.connect() as conn:
+            return [Attempt(**row._asdict()) for row in conn.execute(query)]
+
+    def close(self) -> None:
+        self.engine.dispose()
