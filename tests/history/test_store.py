@@ -12,8 +12,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from oomless.history import Attempt, Recorder, Store
-from oomless.history.store import SCHEMA_VERSION
+from oomless.history import Attempt, Recorder
+from oomless.history.store import SCHEMA_VERSION, Store
 
 
 def _postgres_url() -> str | None:

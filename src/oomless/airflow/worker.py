@@ -141,6 +141,14 @@ class AirflowPlugin(Plugin):
         except Exception as err:
             logger.warning("oomless: could not write to the log of %s try %d: %s", found.ids, found.try_number, err)
 
+    def attempt_fields(self, req: Any) -> dict[str, Any]:
+        found = self._tries.get(req.id)
+        if found is None:
+            return {}
+        dag_id, run_id, task_id, map_index = found.ids
+        return {"dag_id": dag_id, "run_id": run_id, "af_task_id": task_id, "map_index": map_index,
+                "try_number": found.try_number}
+
     def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
         found = self._tries.pop(req.id, None)
         if report is not None and found is not None and req.id not in self._recorded:

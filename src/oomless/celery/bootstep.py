@@ -146,6 +146,14 @@ class GovernorStep(bootsteps.StartStopStep):
         gov = governor.current
         if gov is not None:
             gov.enforcer.start()
+            url = gov.settings.history
+            if url is not None and gov.recorder is None:
+                from ..history import Recorder
+                from ..history.store import Store
+
+                # The store is opened (and migrated) by the recorder's thread, never here.
+                gov.recorder = Recorder(lambda: Store(url))
+                logger.info("oomless: recording every attempt in %s", _redacted(url))
 
     def register_with_event_loop(self, w: Any, hub: Any) -> None:
         """On every (re)connection: the kill notices and the gate's timer join the event loop."""
@@ -160,6 +168,12 @@ class GovernorStep(bootsteps.StartStopStep):
 
     def terminate(self, w: Any) -> None:
         """Nothing, as for :meth:`stop`."""
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @signals.worker_shutdown.connect(weak=False)

@@ -23,6 +23,9 @@ key                        default     meaning
                                        for node pressure before it fails
 ``oomless_eviction_margin`` ``100MiB`` evict when less than this is available to
                                        the worker (its cgroup, or the machine)
+``oomless_history``        ``None``    record every attempt: ``"default"`` (an SQLite
+                                       file under $XDG_STATE_HOME/oomless) or an
+                                       SQLAlchemy URL; unset: not recorded
 ``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
                                        classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
@@ -59,6 +62,7 @@ class Settings:
     max_evictions: int = 3
     eviction_margin: int = 100 * 2**20
     plugins: tuple[str, ...] = ()
+    history: str | None = None  # SQLAlchemy URL of the history store
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -94,6 +98,23 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         max_evictions=_count(conf, "oomless_max_evictions", 3, low=0) or 0,
         eviction_margin=parse_size(_conf(conf, "oomless_eviction_margin", "100MiB"), "oomless_eviction_margin"),
         plugins=_names(conf, "oomless_plugins"),
+        history=_history(conf.get("oomless_history")),
+    )
+
+
+def _history(value: Any) -> str | None:
+    """``oomless_history``: unset/"off" (None), "default" (the default SQLite file) or a URL."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("default", "on"):
+        from ..history.store import default_url
+
+        return default_url()
+    if isinstance(value, str) and "://" in value:
+        return value.strip()
+    raise ValueError(
+        f"oomless_history={value!r} is not understood; use 'default' (an SQLite file), an SQLAlchemy URL "
+        f"such as 'postgresql+psycopg://user@host/db', or 'off'"
     )
 
 

@@ -7,16 +7,19 @@ pool forks (pool children inherit it and use only the enforcer's child half).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..enforce.base import Enforcer, KillReport
 from ..enforce.modes import Choice
 from ..errors import InfeasibleMemoryRequest
+from ..history.attempt import Attempt
 from ..spec import Memory
 from ..units import format_size
 from .config import Settings
 
 if TYPE_CHECKING:
+    from ..history.recorder import Recorder
     from .gate import MemoryGate
 
 logger = logging.getLogger("oomless")
@@ -74,6 +77,10 @@ class Plugin:
     def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
         """``req`` ended (ok, failed, memory-killed, evicted, lost, retry)."""
 
+    def attempt_fields(self, req: Any) -> dict[str, Any]:
+        """Extra :class:`~oomless.history.Attempt` fields for ``req`` (e.g. Airflow's ids)."""
+        return {}
+
 
 class Governor:
     """State and decisions of one governed worker (main process)."""
@@ -92,6 +99,8 @@ class Governor:
         #: task name -> its spec when the message carries none (most messages)
         self.task_specs: dict[str, Memory] = {}
         self.plugins: list[Plugin] = []
+        #: the history recorder, when ``oomless_history`` is set (started by the bootstep)
+        self.recorder: Recorder | None = None
 
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)
@@ -111,7 +120,8 @@ class Governor:
         spec: Memory = req._oomless_spec
         peak: int | None = report.peak if report is not None else None
         found = None
-        if report is None and outcome != "lost" and (outcome != "ok" or not self.children_report or _events_on(req)):
+        wanted = outcome != "ok" or not self.children_report or _events_on(req) or self.recorder is not None
+        if report is None and outcome != "lost" and wanted:
             found = self._finished_in_child(req)
             if found is not None:
                 peak = found.peak
@@ -122,8 +132,25 @@ class Governor:
         req.send_event(
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
         )
+        if self.recorder is not None:
+            self.record(req, outcome, peak)
         for plugin in self.plugins:
             plugin.ended(req, outcome, report)
+
+    def record(self, req: Any, outcome: str, peak: int | None) -> None:
+        """One attempt into the history (an append to the recorder's buffer; no I/O here)."""
+        assert self.recorder is not None
+        spec: Memory = req._oomless_spec
+        now = time.time()
+        started = req.time_start or now
+        extra: dict[str, Any] = {}
+        for plugin in self.plugins:
+            extra.update(plugin.attempt_fields(req))
+        self.recorder.record(Attempt(
+            task_name=req.name, task_id=req.id, outcome=outcome, started_at=started,
+            duration=now - started if req.time_start else None, request=spec.request, limit=spec.limit,
+            peak_rss=peak, mode=self.mode, worker_host=req.hostname, worker_pid=req.worker_pid, **extra,
+        ))
 
     def _finished_in_child(self, req: Any) -> Any:
         pid = req.worker_pid
@@ -184,3 +211,5 @@ class Governor:
                 except Exception:  # the hub may already be closed at shutdown
                     pass
             self.enforcer.stop()
+            if self.recorder is not None:
+                self.recorder.close()

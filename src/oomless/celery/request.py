@@ -144,6 +144,7 @@ class GovernedRequest(Request):
                 call = from_header(header)
                 default = gov.settings.default_memory if gov else None
                 spec = resolve(call, getattr(self._task, "_oomless_spec", None), default)
+                self._oomless_spec = spec  # also for a refusal's record
                 if gov is not None:
                     gov.check_feasible(self.name, self.id, spec)
             except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
@@ -261,6 +262,8 @@ class GovernedRequest(Request):
                 return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
         if gov is not None:
+            if gov.recorder is not None:
+                gov.record(self, "infeasible" if isinstance(exc, InfeasibleMemoryRequest) else "invalid", None)
             for plugin in gov.plugins:
                 plugin.refused(self, exc)
         task_ready(self)

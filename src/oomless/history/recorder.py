@@ -16,8 +16,12 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .store import Attempt, Store
+from .attempt import Attempt
+
+if TYPE_CHECKING:
+    from .store import Store
 
 logger = logging.getLogger("oomless")
 
@@ -29,13 +33,13 @@ class Recorder:
 
     def __init__(
         self,
-        store: Callable[[], Store] | Store,
+        store: Callable[[], Store] | Store,  # a factory: the store is opened by the thread
         interval: float = 1.0,
         batch: int = 500,
         max_buffer: int = 100_000,
         max_pause: float = 30.0,
     ) -> None:
-        self._factory = store if callable(store) and not isinstance(store, Store) else (lambda: store)
+        self._factory: Callable[[], Any] = store if callable(store) else (lambda: store)
         self._store: Store | None = None
         self.interval, self.batch, self.max_buffer, self.max_pause = interval, batch, max_buffer, max_pause
         self._buffer: deque[Attempt] = deque()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +34,8 @@ from sqlalchemy import (
     inspect,
     select,
 )
+
+from .attempt import Attempt
 
 __all__ = ["Attempt", "Store", "SCHEMA_VERSION", "default_url"]
 
@@ -65,30 +67,6 @@ attempts = Table(
 )
 
 schema = Table("oomless_schema", metadata, Column("version", Integer, nullable=False))
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One attempt of a task, as recorded (sizes in bytes, times in seconds)."""
-
-    task_name: str
-    task_id: str
-    outcome: str  # ok, failed, memory-killed, evicted, infeasible, lost, retry
-    started_at: float
-    duration: float | None = None
-    request: int | None = None
-    limit: int | None = None
-    peak_rss: int | None = None
-    peak_pss: int | None = None
-    input_size: int | None = None
-    mode: str | None = None
-    worker_host: str | None = None
-    worker_pid: int | None = None
-    dag_id: str | None = None
-    af_task_id: str | None = None
-    run_id: str | None = None
-    map_index: int | None = None
-    try_number: int | None = None
 
 
 _COLUMNS = [f.name for f in fields(Attempt)]

@@ -1,0 +1,31 @@
+"""One recorded attempt (no database here: the worker imports this on its hot path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Attempt"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a task, as recorded (sizes in bytes, times in seconds)."""
+
+    task_name: str
+    task_id: str
+    outcome: str  # ok, failed, memory-killed, evicted, infeasible, lost, retry
+    started_at: float
+    duration: float | None = None
+    request: int | None = None
+    limit: int | None = None
+    peak_rss: int | None = None
+    peak_pss: int | None = None
+    input_size: int | None = None
+    mode: str | None = None
+    worker_host: str | None = None
+    worker_pid: int | None = None
+    dag_id: str | None = None
+    af_task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    try_number: int | None = None

@@ -1,0 +1,65 @@
+"""A governed worker records every attempt in the history store: real worker, real Redis, real
+SQLite file and, when it runs here, the local PostgreSQL server."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import oomless
+from oomless.history.store import Store
+
+from ..celery.harness import start_worker
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "celery"))
+from worker_app import make_app  # noqa: E402
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_every_attempt_is_recorded_with_its_outcome_spec_and_peak(tmp_path, redis_url, mode):
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "2GiB"),
+                          conf={"oomless_history": url})
+    app = make_app(redis_url, redis_url, worker.queue, mode)
+    try:
+        ok = app.tasks["t.hog"].delay(64)
+        killed = app.tasks["t.hog"].delay(1024)
+        refused = app.tasks["t.hog"].apply_async([8], memory="64GiB")
+        assert ok.get(timeout=30) == 64
+        for result, exc in ((killed, oomless.MemoryLimitExceeded), (refused, oomless.InfeasibleMemoryRequest)):
+            with pytest.raises(exc):
+                result.get(timeout=60)
+    finally:
+        worker.stop()  # the recorder flushes at shutdown
+        app.close()
+    assert "recording every attempt in sqlite:///" in worker.text()
+    rows = {a.task_id: a for a in Store(url).attempts("t.hog")}
+    assert rows[ok.id].outcome == "ok"
+    assert 56 * MiB <= rows[ok.id].peak_rss <= 96 * MiB  # 64 MiB allocated
+    assert (rows[ok.id].request, rows[ok.id].limit) == (256 * MiB, 256 * MiB)
+    assert rows[ok.id].duration is not None and rows[ok.id].worker_pid and rows[ok.id].mode == mode
+    assert rows[ok.id].worker_host.startswith(f"{worker.node}@")
+    assert (rows[killed.id].outcome, rows[killed.id].limit) == ("memory-killed", 256 * MiB)
+    assert rows[killed.id].peak_rss >= 256 * MiB
+    assert (rows[refused.id].outcome, rows[refused.id].limit) == ("infeasible", 64 * 2**30)
+
+
+def test_a_worker_whose_store_is_unreachable_runs_its_tasks_and_warns_once(tmp_path, redis_url):
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1"
+    worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", conf={"oomless_history": url})
+    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
+    try:
+        results = [app.tasks["t.hog"].delay(8) for _ in range(20)]
+        assert [r.get(timeout=30) for r in results] == [8] * 20
+        worker.wait_for("history store is unavailable", timeout=15)
+        time.sleep(1.5)  # a retry or two
+    finally:
+        worker.stop()
+        app.close()
+    assert worker.text().count("history store is unavailable") == 1
+    assert "20 attempts were not written to the history store" in worker.text()
