@@ -47,7 +47,7 @@ class Recorder:
         self._stopping = False
         self.written = 0
         self.dropped = 0
-        self._down_since: float | None = None
+        self._down = False  # the store failed its last write; said once until it recovers
         self._thread = threading.Thread(target=self._run, name="oomless-history", daemon=True)
         self._thread.start()
 
@@ -75,11 +75,9 @@ class Recorder:
             self._wake.wait(pause)
             self._wake.clear()
             ok = self._flush()
-            if self._stopping and (ok or not self._buffer):
-                return
+            if self._stopping:
+                return  # flushed once more at shutdown; what the store refused is reported by close()
             pause = self.interval if ok else min(self.max_pause, max(pause * 2, 1.0))
-            if self._stopping and not ok:
-                return  # give up at shutdown: the store is down
 
     def _flush(self) -> bool:
         """Write what is buffered; ``False`` when the store failed (the rows stay buffered)."""
@@ -90,8 +88,8 @@ class Recorder:
                     self._store = self._factory()
                 self._store.add(rows)
             except Exception as exc:  # any database error: keep the rows, say it once
-                if self._down_since is None:
-                    self._down_since = 1.0
+                if not self._down:
+                    self._down = True
                     logger.warning(
                         "oomless: the history store is unavailable (%s); keeping up to %d attempts in memory "
                         "and retrying", exc, self.max_buffer,
@@ -102,8 +100,8 @@ class Recorder:
                 if self._buffer and self._buffer[0] is row:
                     self._buffer.popleft()
             self.written += len(rows)
-            if self._down_since is not None:
-                self._down_since = None
+            if self._down:
+                self._down = False
                 logger.warning("oomless: the history store takes writes again; %d attempts waiting", len(self._buffer))
         return True
 
