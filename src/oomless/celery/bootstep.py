@@ -25,7 +25,7 @@ from ..errors import EnforcementUnavailable, InvalidMemorySpec
 from ..linux import cgroup
 from ..spec import Memory
 from ..units import format_size
-from . import governor
+from . import control, governor  # noqa: F401  (control: registers the oomless_status command)
 from .config import load_settings
 from .gate import MemoryGate, install_gate
 from .request import governed_request_cls

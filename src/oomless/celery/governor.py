@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..enforce.base import Enforcer, KillReport
@@ -101,6 +102,9 @@ class Governor:
         self.plugins: list[Plugin] = []
         #: the history recorder, when ``oomless_history`` is set (started by the bootstep)
         self.recorder: Recorder | None = None
+        #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"
+        #: (memory-killed tasks republished with more memory); read by ``top`` and the metrics
+        self.counts: Counter[str] = Counter()
 
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)
@@ -119,6 +123,7 @@ class Governor:
         """The task's one log line (unless its pool child wrote it) and its memory event."""
         spec: Memory = req._oomless_spec
         peak: int | None = report.peak if report is not None else None
+        self.counts[outcome] += 1
         found = None
         wanted = outcome != "ok" or not self.children_report or _events_on(req) or self.recorder is not None
         if report is None and outcome != "lost" and wanted:

@@ -227,6 +227,9 @@ class GovernedRequest(Request):
             attempt + 1, policy.attempts, policy,
         )
         self._oomless_retried(exc)
+        gov = governor.current
+        if gov is not None:
+            gov.counts["escalated"] += 1
         return True
 
     def _oomless_retried(self, exc: BaseException) -> None:
@@ -262,8 +265,10 @@ class GovernedRequest(Request):
                 return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
         if gov is not None:
+            outcome = "infeasible" if isinstance(exc, InfeasibleMemoryRequest) else "invalid"
+            gov.counts[outcome] += 1
             if gov.recorder is not None:
-                gov.record(self, "infeasible" if isinstance(exc, InfeasibleMemoryRequest) else "invalid", None)
+                gov.record(self, outcome, None)
             for plugin in gov.plugins:
                 plugin.refused(self, exc)
         task_ready(self)

@@ -204,6 +204,17 @@ class Enforcer:
             data += chunk
         return [line.decode() for line in data.split(b"\n") if line]
 
+    def usage(self, index: int, state: SlotState) -> int | None:
+        """What the task running in slot ``index`` uses now, above its baseline (any main-process thread).
+
+        Not for the monitor's fast loop: it opens a /proc file.  Here: the pool
+        child's own RSS (``off`` mode); the other modes see the whole tree.
+        """
+        try:
+            return max(0, proc.rss(state.pid) - state.baseline)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
     def peek_kill(self, task_id: str) -> KillReport | None:
         return self._reports.get(task_id)
 

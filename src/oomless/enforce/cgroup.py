@@ -28,7 +28,7 @@ from ..admission.eviction import Use
 from ..linux import cgroup, proc
 from ..linux.kill import kill_pids
 from .base import Enforcer, KillReport
-from .slots import SlotTable
+from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 
@@ -163,6 +163,12 @@ class CgroupEnforcer(Enforcer):
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
         if state.running and (state.limit is not None or eviction is not None):
             self.announce_kill(state.task_id)
+
+    def usage(self, index: int, state: SlotState) -> int | None:
+        try:
+            return max(0, self.groups.usage(index) - state.baseline)
+        except OSError:
+            return None
 
     def claim_kill(self, task_id: str, pid: int | None) -> KillReport | None:
         report = super().claim_kill(task_id, pid)

@@ -178,6 +178,12 @@ class WatchdogEnforcer(Enforcer):
         for index in list(trees):
             self._drop(index)
 
+    def usage(self, index: int, state: SlotState) -> int | None:
+        tree = self._trees.get(index)
+        if tree is not None and tree.state.seq == state.seq:
+            return tree.peak_now  # the tree's usage at the last poll (a few ms old)
+        return super().usage(index, state)
+
     def _drop(self, index: int) -> None:
         self._trees.pop(index).close()
 

@@ -1,0 +1,79 @@
+"""What a governed worker is doing right now, as one JSON-ready dict.
+
+:func:`snapshot` is read by ``oomless top`` (through the ``oomless_status``
+remote-control command, see :mod:`oomless.celery.control`) and by the
+Prometheus collector (:mod:`oomless.history.metrics`).  It runs in the worker
+main process, on the event loop or on the metrics server's thread: it reads
+the slot table and the admission ledger and opens a /proc or cgroup file per
+running task, nothing more.  Sizes are bytes, times seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .governor import Governor
+
+__all__ = ["snapshot"]
+
+
+def _names() -> dict[str, str]:
+    from celery.worker.state import active_requests
+
+    return {req.id: req.name for req in list(active_requests)}
+
+
+def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
+    """Budget, reservations, live use, running and waiting tasks, and counters of one worker."""
+    table = gov.enforcer.table
+    names = _names()
+    wall = time.time()
+    running: list[dict[str, Any]] = []
+    for index in range(table.size):
+        state = table.read(index)
+        if not state.running:
+            continue
+        running.append({
+            "id": state.task_id,
+            "name": names.get(state.task_id, "?"),
+            "slot": index,
+            "pid": state.pid,
+            "request": state.request,
+            "limit": state.limit,
+            "used": gov.enforcer.usage(index, state),
+            "runtime": max(0.0, wall - state.start_ns / 1e9),
+        })
+    waiting: list[dict[str, Any]] = []
+    gate = gov.gate
+    if gate is not None:
+        adm = gate.adm
+        now = gate._clock()
+        for w in list(adm.waiting):
+            req = w.key
+            waiting.append({
+                "id": getattr(req, "id", str(req)),
+                "name": getattr(req, "name", "?"),
+                "request": w.request,
+                "waited": max(0.0, now - w.since),
+                "fits": w.request <= adm.free,
+            })
+        reserved, slots = adm.reserved, adm.slots
+    else:
+        reserved, slots = sum(t["request"] or 0 for t in running), table.size
+    return {
+        "hostname": hostname,
+        "pid": os.getpid(),
+        "mode": gov.mode,
+        "budget": gov.budget,
+        "reserved": reserved,
+        "used": sum(t["used"] or 0 for t in running),
+        "slots": slots,
+        "admission": gate is not None,
+        "running": sorted(running, key=lambda t: -(t["used"] or 0)),
+        "waiting": waiting,
+        "counts": dict(gov.counts),
+        "at": wall,
+    }
