@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "install",
+    "input_size",
     "Memory",
     "Escalate",
     "MemoryLimitExceeded",
@@ -35,6 +36,14 @@ __all__ = [
     "parse_size",
     "format_size",
 ]
+
+
+def input_size(n_bytes: int) -> None:
+    """Inside a task: the bytes of input it processes, recorded beside its peak; see
+    :func:`oomless.celery.child.input_size`."""
+    from .celery.child import input_size as _input_size
+
+    _input_size(n_bytes)
 
 
 def install(app):  # type: ignore[no-untyped-def]

@@ -108,6 +108,15 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         chunks = [bytearray(8 * MiB) for _ in range(mb // 8)]
         return len(chunks) * 8
 
+    @app.task(name="t.sized", memory="1GiB")
+    def sized(mb: int, per_mb: int = 2, hold: float = 0.0, report: bool = True) -> int:
+        """Read ``mb`` MiB of "input" (say so with oomless.input_size) and hold ``per_mb`` × that."""
+        if report:
+            oomless.input_size(mb * MiB)
+        data = [bytearray(MiB) for _ in range(mb * per_mb)]
+        time.sleep(hold)
+        return len(data)
+
     @app.task(name="t.whoami")
     def whoami() -> dict:
         with open("/proc/self/oom_score_adj") as fh:

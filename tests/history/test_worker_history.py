@@ -63,3 +63,29 @@ def test_a_worker_whose_store_is_unreachable_runs_its_tasks_and_warns_once(tmp_p
         app.close()
     assert worker.text().count("history store is unavailable") == 1
     assert "20 attempts were not written to the history store" in worker.text()
+
+
+def test_input_sizes_from_the_task_or_the_caller_and_a_sampled_pss_are_recorded(tmp_path, redis_url):
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", conf={"oomless_history": url})
+    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
+    sized = app.tasks["t.sized"]
+    try:
+        from_task = sized.delay(40)
+        from_caller = sized.apply_async([8], {"report": False}, input_size=123_456)
+        task_wins = sized.apply_async([16], input_size=1)
+        long = sized.apply_async([64], {"per_mb": 2, "hold": 2.5})
+        for r in (from_task, from_caller, task_wins, long):
+            r.get(timeout=30)
+        with pytest.raises(ValueError, match="takes a number of bytes"):
+            oomless.input_size(-1)
+    finally:
+        worker.stop()
+        app.close()
+    rows = {a.task_id: a for a in Store(url).attempts("t.sized")}
+    assert rows[from_task.id].input_size == 40 * MiB
+    assert rows[from_caller.id].input_size == 123_456
+    assert rows[task_wins.id].input_size == 16 * MiB
+    # 128 MiB held for 2.5 s: sampled (absolute PSS: the interpreter's share comes on top).
+    assert 128 * MiB <= rows[long.id].peak_pss <= 128 * MiB + 200 * MiB
+    assert rows[long.id].peak_rss >= 120 * MiB

@@ -205,3 +205,10 @@ def test_a_table_of_size_zero_has_no_rows():
         assert t.index_of(0) is None
     finally:
         t.close()
+
+
+def test_finished_carries_the_input_size_the_task_reported(table):
+    table.finish(1, 4242, UUID, peak=50 * MiB, limit=None, input_size=3 * 2**30)
+    assert table.finished(1, UUID).input_size == 3 * 2**30
+    table.finish(1, 4242, "other", peak=1, limit=None)
+    assert table.finished(1, "other").input_size is None

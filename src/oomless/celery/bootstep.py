@@ -149,10 +149,12 @@ class GovernorStep(bootsteps.StartStopStep):
             url = gov.settings.history
             if url is not None and gov.recorder is None:
                 from ..history import Recorder
+                from ..history.pss import PssSampler
                 from ..history.store import Store
 
                 # The store is opened (and migrated) by the recorder's thread, never here.
                 gov.recorder = Recorder(lambda: Store(url))
+                gov.pss = PssSampler(gov.enforcer.table)
                 logger.info("oomless: recording every attempt in %s", _redacted(url))
 
     def register_with_event_loop(self, w: Any, hub: Any) -> None:

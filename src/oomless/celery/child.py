@@ -16,11 +16,14 @@ from billiard.process import current_process
 from ..linux import proc
 from ..spec import Memory
 from . import governor
+from .republish import INPUT_SIZE
 from .request import SPEC_KEY
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "on_process_init", "on_task_prerun", "on_task_postrun"]
+__all__ = [
+    "CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "input_size", "on_process_init", "on_task_prerun", "on_task_postrun",
+]
 
 #: ``memory_scope`` of a task whose own process survives a kill: only its
 #: subprocesses die (Airflow's supervisor runs the task in a child process and
@@ -34,9 +37,35 @@ CHILD_OOM_SCORE_ADJ = 500
 
 _slot: int | None = None
 _spec = Memory()
+_input_size: int | None = None  # what the running task said it reads (input_size())
+#: Largest input size accepted (1 EiB): anything above is a bug in the caller, not a size.
+_MAX_INPUT = 2**60
 
 #: Celery state at task_postrun -> the outcome word of the log line and event.
 _OUTCOMES = {"SUCCESS": "ok", "FAILURE": "failed", "RETRY": "retry"}
+
+
+def input_size(n_bytes: int) -> None:
+    """Tell oomless how many bytes of input the running task processes.
+
+    Call it inside a task (any time before it returns).  The history records it
+    beside the task's peak, and ``oomless recommend`` fits peak against input
+    size once enough sizes are recorded.  The caller may give the same hint with
+    ``apply_async(..., input_size=n)``; a value set here wins.  Recorded for
+    tasks that end by themselves in a prefork pool child; a task killed for
+    memory keeps only the caller's hint.
+    """
+    global _input_size
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or not 0 <= n_bytes <= _MAX_INPUT:
+        raise ValueError(f"oomless.input_size() takes a number of bytes (an int from 0 to 2**60), not {n_bytes!r}")
+    _input_size = n_bytes
+
+
+def _header_size(task: Any) -> int | None:
+    value = task.request.get(INPUT_SIZE)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INPUT:
+        return None  # broker headers are untrusted: anything else is ignored
+    return value
 
 
 def on_process_init(**_: Any) -> None:
@@ -61,7 +90,8 @@ def on_process_init(**_: Any) -> None:
 
 
 def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    global _spec
+    global _spec, _input_size
+    _input_size = None
     if _slot is None or task is None or task_id is None:
         return
     gov = governor.current
@@ -76,7 +106,8 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | N
         return
     gov = governor.current
     assert gov is not None
-    peak = gov.enforcer.task_end(_slot, os.getpid(), task_id)
+    size = _input_size if _input_size is not None else (_header_size(task) if task is not None else None)
+    peak = gov.enforcer.task_end(_slot, os.getpid(), task_id, size)
     # The task's line comes from here, not from the busy main process.
     outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())
     governor.log_finished(getattr(task, "name", "?"), task_id, outcome, peak, _spec, gov.mode)

@@ -18,8 +18,10 @@ from ..history.attempt import Attempt
 from ..spec import Memory
 from ..units import format_size
 from .config import Settings
+from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
+    from ..history.pss import PssSampler
     from ..history.recorder import Recorder
     from .gate import MemoryGate
 
@@ -102,6 +104,8 @@ class Governor:
         self.plugins: list[Plugin] = []
         #: the history recorder, when ``oomless_history`` is set (started by the bootstep)
         self.recorder: Recorder | None = None
+        #: samples running tasks' PSS for the history (started with the recorder)
+        self.pss: PssSampler | None = None
         #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"
         #: (memory-killed tasks republished with more memory); read by ``top`` and the metrics
         self.counts: Counter[str] = Counter()
@@ -138,14 +142,20 @@ class Governor:
             EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
         )
         if self.recorder is not None:
-            self.record(req, outcome, peak)
+            self.record(req, outcome, peak, found.input_size if found is not None else None)
         for plugin in self.plugins:
             plugin.ended(req, outcome, report)
 
-    def record(self, req: Any, outcome: str, peak: int | None) -> None:
-        """One attempt into the history (an append to the recorder's buffer; no I/O here)."""
+    def record(self, req: Any, outcome: str, peak: int | None, input_size: int | None = None) -> None:
+        """One attempt into the history (an append to the recorder's buffer; no I/O here).
+
+        ``input_size``: what the task reported from its pool child; else the caller's hint.
+        """
         assert self.recorder is not None
         spec: Memory = req._oomless_spec
+        if input_size is None:
+            input_size = header_int(req, INPUT_SIZE, -1, high=2**60)
+            input_size = None if input_size < 0 else input_size
         now = time.time()
         started = req.time_start or now
         extra: dict[str, Any] = {}
@@ -154,7 +164,8 @@ class Governor:
         self.recorder.record(Attempt(
             task_name=req.name, task_id=req.id, outcome=outcome, started_at=started,
             duration=now - started if req.time_start else None, request=spec.request, limit=spec.limit,
-            peak_rss=peak, mode=self.mode, worker_host=req.hostname, worker_pid=req.worker_pid, **extra,
+            peak_rss=peak, peak_pss=self.pss.take(req.id) if self.pss is not None else None,
+            input_size=input_size, mode=self.mode, worker_host=req.hostname, worker_pid=req.worker_pid, **extra,
         ))
 
     def _finished_in_child(self, req: Any) -> Any:
@@ -216,5 +227,7 @@ class Governor:
                 except Exception:  # the hub may already be closed at shutdown
                     pass
             self.enforcer.stop()
+            if self.pss is not None:
+                self.pss.close()
             if self.recorder is not None:
                 self.recorder.close()

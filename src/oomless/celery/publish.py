@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import InvalidMemorySpec
 from ..spec import HEADER, Memory
+from .republish import INPUT_SIZE
 
 logger = logging.getLogger("oomless")
 
@@ -23,7 +24,15 @@ __all__ = ["on_before_task_publish"]
 
 
 def on_before_task_publish(sender: Any = None, headers: Any = None, properties: Any = None, **_: Any) -> None:
-    if not properties or "memory" not in properties or headers is None:
+    if not properties or headers is None:
+        return
+    if "input_size" in properties:
+        size = properties.pop("input_size")
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            headers[INPUT_SIZE] = size
+        else:
+            logger.error("oomless: input_size=%r of %s is not a number of bytes; not sent", size, sender)
+    if "memory" not in properties:
         return
     raw = properties.pop("memory")
     try:

@@ -21,7 +21,9 @@ from celery.worker.state import task_ready
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["republish", "header_int", "header_float", "WAITED", "EVICTIONS", "ATTEMPT", "TRIED", "REROUTED"]
+__all__ = [
+    "republish", "header_int", "header_float", "WAITED", "EVICTIONS", "ATTEMPT", "TRIED", "REROUTED", "INPUT_SIZE",
+]
 
 #: Seconds the message already waited for memory on workers that gave it back.
 WAITED = "oomless_waited"
@@ -33,6 +35,8 @@ ATTEMPT = "oomless_attempt"
 TRIED = "oomless_tried"
 #: Present once it was re-routed because it was infeasible.
 REROUTED = "oomless_rerouted"
+#: The input size (bytes) the caller gave with ``apply_async(..., input_size=n)``, for the history.
+INPUT_SIZE = "oomless_input_size"
 
 
 def header_int(req: Any, name: str, default: int = 0, high: int = 10**6) -> int:

@@ -36,7 +36,7 @@ from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["Enforcer", "KillReport", "NullEnforcer"]
+__all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class KillReport:
     spared: bool = False  # the pool child was spared; only its subprocesses were killed
 
 
-class _Bounded(OrderedDict):
+class BoundedDict(OrderedDict):
     """A dict that forgets its oldest entries beyond ``maxlen`` (reports nobody claimed)."""
 
     def __init__(self, maxlen: int) -> None:
@@ -80,7 +80,7 @@ class Enforcer:
 
     def __init__(self, table: SlotTable) -> None:
         self.table = table
-        self._reports: _Bounded = _Bounded(4096)
+        self._reports: BoundedDict = BoundedDict(4096)
         #: called with each report right before its kill (see :meth:`file_report`)
         self.before_kill: list[Callable[[KillReport], None]] = []
         self._thread: threading.Thread | None = None
@@ -241,8 +241,10 @@ class Enforcer:
         )
         self.arm(index, spec.limit)
 
-    def task_end(self, index: int, pid: int, task_id: str) -> int:
+    def task_end(self, index: int, pid: int, task_id: str, input_size: int | None = None) -> int:
         """Called in the pool child after the task; returns the task's peak (bytes).
+
+        ``input_size``: what the task said it read (``oomless.input_size()``), for the history.
 
         The child measures itself; a watchdog monitor that saw the task's whole
         tree (subprocesses too) higher publishes that peak in the slot row.
@@ -252,7 +254,7 @@ class Enforcer:
         if tree is not None and tree > peak:
             peak = tree
         self.disarm(index)
-        self.table.finish(index, pid, task_id, peak, self._limit)
+        self.table.finish(index, pid, task_id, peak, self._limit, input_size)
         return peak
 
     def measure_baseline(self, index: int, pid: int) -> int:

@@ -25,8 +25,8 @@ _ID = 48  # Celery task ids are 36-character UUIDs; custom ids are cut to this l
 
 # seq, pid, state, limit, request, baseline, start_ns, oom_kills, task_id
 _HEAD = struct.Struct(f"<QqqqqqqQ{_ID}s")
-# task_id, peak, limit  (a ring of recently finished tasks)
-_DONE = struct.Struct(f"<{_ID}sqq")
+# task_id, peak, limit, input_size  (a ring of recently finished tasks)
+_DONE = struct.Struct(f"<{_ID}sqqq")
 _RING = 8
 _SPINS = 10_000  # a write takes about a microsecond; a dead writer never finishes
 # start seq of the running task, peak of its whole tree as the watchdog saw it
@@ -59,6 +59,7 @@ class Finished:
     task_id: str
     peak: int
     limit: int | None
+    input_size: int | None = None  # what the task said it read (oomless.input_size)
 
 
 def _opt(value: int) -> int | None:
@@ -112,7 +113,9 @@ class SlotTable:
         self._end(index, seq)
         return seq + 1
 
-    def finish(self, index: int, pid: int, task_id: str, peak: int, limit: int | None) -> None:
+    def finish(
+        self, index: int, pid: int, task_id: str, peak: int, limit: int | None, input_size: int | None = None
+    ) -> None:
         """Mark the row idle and remember ``peak`` of ``task_id`` in the row's ring."""
         off = index * _ROW
         seq = self._begin(index)
@@ -125,6 +128,7 @@ class SlotTable:
             task_id.encode()[:_ID],
             peak,
             -1 if limit is None else limit,
+            -1 if input_size is None else input_size,
         )
         struct.pack_into("<q", self._mem, ring_off, pos + 1)
         self._end(index, seq)
@@ -176,9 +180,9 @@ class SlotTable:
         # Newest first: Celery's retry() re-runs a task under the same id, and the
         # latest run's peak is the one being asked for.
         for back in range(1, _RING + 1):
-            raw_id, peak, limit = _DONE.unpack_from(ring, ((pos - back) % _RING) * _DONE.size)
+            raw_id, peak, limit, size = _DONE.unpack_from(ring, ((pos - back) % _RING) * _DONE.size)
             if raw_id.rstrip(b"\0") == want:
-                return Finished(task_id, peak, _opt(limit))
+                return Finished(task_id, peak, _opt(limit), _opt(size))
         return None
 
     # -- the watchdog's view of a task's whole tree ---------------------------
