@@ -13,7 +13,7 @@ What is not here: aggregation (``oomless recommend``), the report, metrics.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -157,6 +158,48 @@ class Store:
             query = query.where(attempts.c.task_name == task_name)
         with self.engine.connect() as conn:
             return [Attempt(**row._asdict()) for row in conn.execute(query)]
+
+    def count(self, since: float | None = None) -> int:
+        """How many attempts are recorded (since ``since``, seconds since the epoch)."""
+        if not self._migrated:
+            self.migrate()
+        query = select(func.count()).select_from(attempts)
+        if since is not None:
+            query = query.where(attempts.c.started_at >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def samples(self, since: float | None = None, task_name: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """``(task_name, dag_id, af_task_id, outcome, peak_rss, request, limit, input_size, started_at)`` rows, oldest
+        first, streamed (a million rows are never all in memory; see :mod:`oomless.history.recommend`)."""
+        if not self._migrated:
+            self.migrate()
+        c = attempts.c
+        query = select(
+            c.task_name, c.dag_id, c.af_task_id, c.outcome, c.peak_rss, c.request, c.limit, c.input_size, c.started_at
+        )
+        if since is not None:
+            query = query.where(c.started_at >= since)
+        if task_name is not None:
+            query = query.where(c.task_name == task_name)
+        query = query.order_by(c.started_at, c.id)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=10_000).execute(query):
+                yield tuple(row)
+
+    def timeline(self, since: float | None = None) -> Iterator[tuple[Any, ...]]:
+        """``(task_name, outcome, started_at, duration, request, limit, peak_rss, worker_host, task_id)``
+        rows, in no particular order (no sort: a report makes two passes over a million rows), streamed."""
+        if not self._migrated:
+            self.migrate()
+        c = attempts.c
+        query = select(c.task_name, c.outcome, c.started_at, c.duration, c.request, c.limit, c.peak_rss,
+                       c.worker_host, c.task_id)
+        if since is not None:
+            query = query.where(c.started_at >= since)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=10_000).execute(query):
+                yield tuple(row)
 
     def close(self) -> None:
         self.engine.dispose()
