@@ -11,6 +11,8 @@ import click
 from .. import __version__
 from .demo import demo
 from .doctor import doctor
+from .recommend import recommend
+from .top import top
 
 __all__ = ["main"]
 
@@ -23,3 +25,5 @@ def main() -> None:
 
 main.add_command(doctor)
 main.add_command(demo)
+main.add_command(recommend)
+main.add_command(top)
