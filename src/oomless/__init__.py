@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "install",
     "input_size",
+    "learned",
     "Memory",
     "Escalate",
     "MemoryLimitExceeded",
@@ -44,6 +45,14 @@ def input_size(n_bytes: int) -> None:
     from .celery.child import input_size as _input_size
 
     _input_size(n_bytes)
+
+
+def learned(input_size: int | None = None, default: object = None, history: str | None = None):  # type: ignore[no-untyped-def]
+    """``apply_async(..., memory=oomless.learned())``: the size history recommends for the task
+    being sent; see :func:`oomless.history.learned.learned`."""
+    from .history.learned import learned as _learned
+
+    return _learned(input_size, default, history)
 
 
 def install(app):  # type: ignore[no-untyped-def]

@@ -155,6 +155,12 @@ class GovernorStep(bootsteps.StartStopStep):
                 # The store is opened (and migrated) by the recorder's thread, never here.
                 gov.recorder = Recorder(lambda: Store(url))
                 gov.pss = PssSampler(gov.enforcer.table)
+                if gov.settings.learned:
+                    from ..history.learned import Learned
+
+                    # A refresh forgets the per-name specs the requests cached, so they pick it up.
+                    gov.learned = Learned(lambda: Store(url), on_update=gov.task_specs.clear)
+                    gov.learned.start()
                 logger.info("oomless: recording every attempt in %s", _redacted(url))
 
     def register_with_event_loop(self, w: Any, hub: Any) -> None:

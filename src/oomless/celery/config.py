@@ -63,6 +63,7 @@ class Settings:
     eviction_margin: int = 100 * 2**20
     plugins: tuple[str, ...] = ()
     history: str | None = None  # SQLAlchemy URL of the history store
+    learned: bool = False  # give tasks that declare no memory the recommended spec
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -82,6 +83,11 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         default = Memory.coerce(conf.get("oomless_default_memory"), what="oomless_default_memory")
     except InvalidMemorySpec as exc:
         raise ValueError(str(exc)) from None
+    history = _history(conf.get("oomless_history"))
+    learned = _flag(conf, "oomless_learned", False)
+    if learned and history is None:
+        raise ValueError("oomless_learned=True needs the history it learns from: set oomless_history too "
+                         "('default' for the SQLite file, or an SQLAlchemy URL)")
     interval = float(_conf(conf, "oomless_poll_interval", 0.005))
     if not 0.0005 <= interval <= 1:
         raise ValueError(f"oomless_poll_interval={interval} s is outside 0.0005–1 s")
@@ -98,7 +104,8 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         max_evictions=_count(conf, "oomless_max_evictions", 3, low=0) or 0,
         eviction_margin=parse_size(_conf(conf, "oomless_eviction_margin", "100MiB"), "oomless_eviction_margin"),
         plugins=_names(conf, "oomless_plugins"),
-        history=_history(conf.get("oomless_history")),
+        history=history,
+        learned=learned,
     )
 
 

@@ -21,6 +21,7 @@ from .config import Settings
 from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
+    from ..history.learned import Learned
     from ..history.pss import PssSampler
     from ..history.recorder import Recorder
     from .gate import MemoryGate
@@ -104,6 +105,8 @@ class Governor:
         self.plugins: list[Plugin] = []
         #: the history recorder, when ``oomless_history`` is set (started by the bootstep)
         self.recorder: Recorder | None = None
+        #: recommended specs for tasks that declare none (``oomless_learned``)
+        self.learned: Learned | None = None
         #: samples running tasks' PSS for the history (started with the recorder)
         self.pss: PssSampler | None = None
         #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"

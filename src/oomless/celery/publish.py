@@ -15,12 +15,25 @@ import logging
 from typing import Any
 
 from ..errors import InvalidMemorySpec
+from ..history.learned import LearnedMemory
 from ..spec import HEADER, Memory
 from .republish import INPUT_SIZE
 
 logger = logging.getLogger("oomless")
 
 __all__ = ["on_before_task_publish"]
+
+
+def _learned(task_name: Any, want: LearnedMemory) -> Memory | None:
+    from celery import current_app
+
+    from ..history.learned import resolve_learned
+
+    try:
+        return resolve_learned(str(task_name), want, current_app.conf.get("oomless_history"))
+    except Exception as exc:  # never fail a publish over a hint: send the default
+        logger.warning("oomless: learned memory for %s unavailable (%s); sending %s", task_name, exc, want.default)
+        return want.default
 
 
 def on_before_task_publish(sender: Any = None, headers: Any = None, properties: Any = None, **_: Any) -> None:
@@ -35,6 +48,12 @@ def on_before_task_publish(sender: Any = None, headers: Any = None, properties: 
     if "memory" not in properties:
         return
     raw = properties.pop("memory")
+    if isinstance(raw, LearnedMemory):
+        if raw.input_size is not None:
+            headers.setdefault(INPUT_SIZE, raw.input_size)
+        raw = _learned(sender, raw)
+        if raw is None:
+            return  # nothing learned and no default: the task's own memory= applies
     try:
         spec = Memory.coerce(raw, what=f"memory= of {sender}")
     except InvalidMemorySpec as exc:

@@ -39,7 +39,7 @@ from ..escalate import Escalate
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
 from . import governor
-from .republish import ATTEMPT, EVICTIONS, REROUTED, TRIED, header_int, republish
+from .republish import ATTEMPT, EVICTIONS, INPUT_SIZE, REROUTED, TRIED, header_int, republish
 
 logger = logging.getLogger("oomless")
 
@@ -138,20 +138,27 @@ class GovernedRequest(Request):
         super().__init__(*args, **kwargs)
         gov = governor.current
         header = self._request_dict.get(HEADER)
-        spec = gov.task_specs.get(self.name) if gov is not None and header is None else None
+        # With learned sizes, a message's input-size hint may pick a size-fitted spec: not cached per name.
+        sized = gov is not None and gov.learned is not None and header_int(self, INPUT_SIZE, -1, high=2**60) >= 0
+        cacheable = gov is not None and header is None and not sized
+        spec = gov.task_specs.get(self.name) if cacheable else None  # type: ignore[union-attr]
         if spec is None:
             try:
                 call = from_header(header)
+                task_spec = getattr(self._task, "_oomless_spec", None)
                 default = gov.settings.default_memory if gov else None
-                spec = resolve(call, getattr(self._task, "_oomless_spec", None), default)
+                if call is None and task_spec is None and gov is not None and gov.learned is not None:
+                    size = header_int(self, INPUT_SIZE, -1, high=2**60)
+                    default = gov.learned.get(self.name, size if size >= 0 else None, cap=gov.budget) or default
+                spec = resolve(call, task_spec, default)
                 self._oomless_spec = spec  # also for a refusal's record
                 if gov is not None:
                     gov.check_feasible(self.name, self.id, spec)
             except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
                 self._oomless_error = exc
                 return
-            if gov is not None and header is None:
-                gov.task_specs[self.name] = spec  # feasible: the same for every message without a header
+            if cacheable:
+                gov.task_specs[self.name] = spec  # type: ignore[union-attr]  # feasible: the same for every message without a header
         self._oomless_spec = spec
         self._request_dict[SPEC_KEY] = [spec.request, spec.limit]
         if gov is not None:
