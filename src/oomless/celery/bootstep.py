@@ -146,6 +146,19 @@ class GovernorStep(bootsteps.StartStopStep):
         gov = governor.current
         if gov is not None:
             gov.enforcer.start()
+            port = gov.settings.metrics_port
+            if port is not None and gov.metrics is None:
+                from ..history.metrics import WorkerMetrics
+
+                gov.metrics = WorkerMetrics(gov, w.hostname)
+                try:
+                    gov.metrics.serve(port, gov.settings.metrics_address)
+                except OSError as exc:  # the port is taken: the worker runs on, without metrics
+                    logger.error("oomless: cannot serve metrics on %s:%s: %s; set oomless_metrics_port to a free "
+                                 "port (or 0 for any)", gov.settings.metrics_address, port, exc)
+                    gov.metrics = None
+                if gov.metrics is not None and gov.gate is not None:
+                    gov.gate.on_admitted = gov.metrics.observe_wait
             url = gov.settings.history
             if url is not None and gov.recorder is None:
                 from ..history import Recorder

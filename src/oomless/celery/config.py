@@ -64,6 +64,8 @@ class Settings:
     plugins: tuple[str, ...] = ()
     history: str | None = None  # SQLAlchemy URL of the history store
     learned: bool = False  # give tasks that declare no memory the recommended spec
+    metrics_port: int | None = None  # Prometheus metrics: off unless set (0: any free port)
+    metrics_address: str = "127.0.0.1"
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -106,6 +108,8 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         plugins=_names(conf, "oomless_plugins"),
         history=history,
         learned=learned,
+        metrics_port=_port(conf.get("oomless_metrics_port")),
+        metrics_address=str(_conf(conf, "oomless_metrics_address", "127.0.0.1")),
     )
 
 
@@ -166,6 +170,15 @@ def _seconds(conf: Any, key: str, default: float) -> float:
     if not 0 <= seconds < 10**7:
         raise ValueError(f"{key}={seconds} s is outside 0–10,000,000 s")
     return seconds
+
+
+def _port(value: Any) -> int | None:
+    """``oomless_metrics_port``: unset/"off" (no metrics) or a TCP port (0: any free port)."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+        return None
+    if isinstance(value, bool) or not str(value).strip().isdigit() or not 0 <= int(value) <= 65535:
+        raise ValueError(f"oomless_metrics_port={value!r} is not a TCP port (0–65535); use e.g. 9808, or 'off'")
+    return int(value)
 
 
 def _infeasible(value: Any) -> str | None:

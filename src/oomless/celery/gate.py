@@ -75,6 +75,9 @@ class MemoryGate(LaxBoundedSemaphore):
         self.stopped = False  # not fetching
         self._fetch_said = -1e9  # when "stopped fetching" was last logged at INFO
         self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
+        self._queued_at: dict[Any, float] = {}  # waiting request -> when it started waiting (any worker)
+        #: called with the seconds a task waited when it is admitted after waiting (metrics)
+        self.on_admitted: Callable[[float], None] | None = None
 
     # -- LaxBoundedSemaphore's interface, as Celery and billiard use it -------
     @property
@@ -104,6 +107,7 @@ class MemoryGate(LaxBoundedSemaphore):
             callback(*args, **kwargs)
             return True
         self._callbacks[req] = (callback, args, kwargs)
+        self._queued_at[req] = now - header_float(req, WAITED)
         if req not in started:
             why = "no free slot" if request <= self.adm.free else "its request does not fit"
             logger.info("oomless: %s[%s] waits (%s): %s", req.name, req.id, why, self._numbers(request))
@@ -133,6 +137,7 @@ class MemoryGate(LaxBoundedSemaphore):
         """Celery, on losing the broker connection: waiting messages return to the broker by themselves."""
         self.adm.waiting.clear()
         self._callbacks.clear()
+        self._queued_at.clear()
         self._held_back, self.stopped = 0, False  # Celery builds a new QoS object on reconnect
 
     def __repr__(self) -> str:
@@ -151,6 +156,7 @@ class MemoryGate(LaxBoundedSemaphore):
             self._fetch_control(now)
         elif self.adm.forget(req):
             self._callbacks.pop(req, None)
+            self._queued_at.pop(req, None)
             self._fetch_control(now)
 
     def register(self, hub: Any, consumer: Any) -> None:
@@ -183,6 +189,7 @@ class MemoryGate(LaxBoundedSemaphore):
             self._start(self.adm.submit(req, _request(req), now, 0, waited, kind=(req.name, _request(req))), now)
             return
         self._callbacks.pop(req, None)
+        self._queued_at.pop(req, None)
         self._quiet_until = self._clock() + (self.adm.give_back_after or 0)
         logger.info(
             "oomless: gave %s[%s] back to the broker after %.1f s: %s",
@@ -210,6 +217,9 @@ class MemoryGate(LaxBoundedSemaphore):
     def _start(self, started: list[Any], now: float) -> None:
         for req in started:
             entry = self._callbacks.pop(req, None)
+            queued = self._queued_at.pop(req, None)
+            if queued is not None and self.on_admitted is not None:
+                self.on_admitted(now - queued)
             if entry is None:
                 continue  # admitted at submit; its caller runs it
             callback, args, kwargs = entry

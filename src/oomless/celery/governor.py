@@ -22,6 +22,7 @@ from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
     from ..history.learned import Learned
+    from ..history.metrics import WorkerMetrics
     from ..history.pss import PssSampler
     from ..history.recorder import Recorder
     from .gate import MemoryGate
@@ -107,6 +108,8 @@ class Governor:
         self.recorder: Recorder | None = None
         #: recommended specs for tasks that declare none (``oomless_learned``)
         self.learned: Learned | None = None
+        #: Prometheus metrics (``oomless_metrics_port``)
+        self.metrics: WorkerMetrics | None = None
         #: samples running tasks' PSS for the history (started with the recorder)
         self.pss: PssSampler | None = None
         #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"
@@ -132,7 +135,10 @@ class Governor:
         peak: int | None = report.peak if report is not None else None
         self.counts[outcome] += 1
         found = None
-        wanted = outcome != "ok" or not self.children_report or _events_on(req) or self.recorder is not None
+        wanted = (
+            outcome != "ok" or not self.children_report or _events_on(req)
+            or self.recorder is not None or self.metrics is not None
+        )
         if report is None and outcome != "lost" and wanted:
             found = self._finished_in_child(req)
             if found is not None:
@@ -146,6 +152,8 @@ class Governor:
         )
         if self.recorder is not None:
             self.record(req, outcome, peak, found.input_size if found is not None else None)
+        if self.metrics is not None and peak is not None:
+            self.metrics.observe_peak(req.name, peak)
         for plugin in self.plugins:
             plugin.ended(req, outcome, report)
 
@@ -232,5 +240,7 @@ class Governor:
             self.enforcer.stop()
             if self.pss is not None:
                 self.pss.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.recorder is not None:
                 self.recorder.close()

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one governed worker (``oomless_metrics_port``; off unless set).
+
+Served by ``prometheus_client``'s own HTTP server on a thread of the worker
+main process, bound to 127.0.0.1 unless ``oomless_metrics_address`` says
+otherwise.  Two kinds of series:
+
+* **read at scrape time** from the worker's :func:`~oomless.celery.status.snapshot`
+  (a scrape costs the task path nothing): ``oomless_budget_bytes``,
+  ``oomless_reserved_bytes``, ``oomless_used_bytes``, ``oomless_slots``,
+  ``oomless_running_tasks``, ``oomless_waiting_tasks``,
+  ``oomless_waiting_oldest_seconds``, and the counters
+  ``oomless_tasks_total{outcome}``, ``oomless_kills_total``,
+  ``oomless_evictions_total``, ``oomless_escalations_total``;
+* **observed as tasks end or start**: ``oomless_task_peak_bytes{task}``
+  (histogram of each attempt's peak, per task name) and
+  ``oomless_wait_seconds`` (histogram of how long admitted tasks waited for
+  memory or a slot).
+
+Not here: the history (a database, see :mod:`oomless.history.store`) and
+anything per task id (unbounded label values).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ..celery.governor import Governor
+
+logger = logging.getLogger("oomless")
+
+__all__ = ["WorkerMetrics"]
+
+MiB = 2**20
+#: Peak buckets: 1 MiB to 64 GiB, doubling.
+PEAK_BUCKETS = tuple(float(MiB << i) for i in range(17)) + (float("inf"),)
+WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+
+class _Snapshot(Collector):
+    """Gauges and counters read from the governor when Prometheus scrapes."""
+
+    def __init__(self, gov: Governor, hostname: str | None) -> None:
+        self.gov, self.hostname = gov, hostname
+
+    def collect(self) -> Iterator[Any]:
+        from ..celery.status import snapshot
+
+        s = snapshot(self.gov, self.hostname)
+        for name, value, doc in (
+            ("oomless_budget_bytes", s["budget"], "Memory this worker may hand to tasks."),
+            ("oomless_reserved_bytes", s["reserved"], "Memory reserved by the requests of running tasks."),
+            ("oomless_used_bytes", s["used"], "Memory running tasks use now, above their slots' baselines."),
+            ("oomless_slots", s["slots"], "Pool slots."),
+            ("oomless_running_tasks", len(s["running"]), "Tasks running."),
+            ("oomless_waiting_tasks", len(s["waiting"]), "Tasks waiting for memory or a slot."),
+            ("oomless_waiting_oldest_seconds", max((w["waited"] for w in s["waiting"]), default=0.0),
+             "How long the longest-waiting task has waited."),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        counts = s["counts"]
+        outcomes = CounterMetricFamily("oomless_tasks", "Task attempts ended, by outcome.", labels=["outcome"])
+        for outcome, n in sorted(counts.items()):
+            if outcome != "escalated":
+                outcomes.add_metric([outcome], n)
+        yield outcomes
+        for name, key, doc in (
+            ("oomless_kills", "memory-killed", "Tasks killed for breaking their memory limit."),
+            ("oomless_evictions", "evicted", "Tasks stopped for node memory pressure (requeued)."),
+            ("oomless_escalations", "escalated", "Memory-killed tasks republished with a larger limit."),
+        ):
+            yield CounterMetricFamily(name, doc, value=counts.get(key, 0))
+
+
+class WorkerMetrics:
+    """The registry, the two histograms and the HTTP server of one worker."""
+
+    def __init__(self, gov: Governor, hostname: str | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Snapshot(gov, hostname))
+        self.peaks = Histogram(
+            "oomless_task_peak_bytes", "Peak memory of each task attempt, per task name.", ["task"],
+            buckets=PEAK_BUCKETS, registry=self.registry,
+        )
+        self.waits = Histogram(
+            "oomless_wait_seconds", "How long admitted tasks waited for memory or a slot.",
+            buckets=WAIT_BUCKETS, registry=self.registry,
+        )
+        self._server: Any = None
+
+    def observe_peak(self, task_name: str, peak: int) -> None:
+        self.peaks.labels(task_name).observe(peak)
+
+    def observe_wait(self, seconds: float) -> None:
+        self.waits.observe(seconds)
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> int:
+        """Start the HTTP server; returns the port it listens on (``port=0``: any free one)."""
+        self._server, _ = start_http_server(port, addr=address, registry=self.registry)
+        bound = int(self._server.server_port)
+        logger.info("oomless: Prometheus metrics on http://%s:%d/metrics", address, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
