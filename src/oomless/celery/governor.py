@@ -37,18 +37,21 @@ EVENT = "task-memory"
 current: Governor | None = None
 
 
-def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
-    """The one line per task: ``oomless: <name>[<id>] <outcome>: peak …, limit …, request … [<mode>]``."""
-    logger.info(
-        "oomless: %s[%s] %s: peak %s, limit %s, request %s [%s]",
-        name,
-        task_id,
+def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
+    """``<outcome>: peak …, limit …, request … [<mode>]`` (the log line's tail, and the event's ``memory``)."""
+    return "{}: peak {}, limit {}, request {} [{}]".format(
         outcome,
         "unknown" if peak is None else format_size(peak),
         format_size(spec.limit),
         format_size(spec.request) if spec.request is not None else "none",
         mode,
     )
+
+
+def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
+    """The one line per task: ``oomless: <name>[<id>] <outcome>: peak …, limit …, request … [<mode>]``."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("oomless: %s[%s] %s", name, task_id, summary(outcome, peak, spec, mode))
 
 
 def _events_on(req: Any) -> bool:
@@ -147,9 +150,11 @@ class Governor:
         child_logged = self.children_report and report is None and (outcome == "ok" or found is not None)
         if not child_logged:
             log_finished(req.name, req.id, outcome, peak, spec, self.mode)
-        req.send_event(
-            EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode
-        )
+        if _events_on(req):
+            req.send_event(
+                EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode,
+                memory=summary(outcome, peak, spec, self.mode),
+            )
         if self.recorder is not None:
             self.record(req, outcome, peak, found.input_size if found is not None else None)
         if self.metrics is not None and peak is not None:
