@@ -85,7 +85,8 @@ def test_top_shows_the_worker_its_budget_a_running_task_with_live_memory_and_a_w
     worker, app, big, second = start_running_and_waiting(tmp_path, redis_url)
     node = nodename(worker)
     session = f"oomless-top-{uuid.uuid4().hex[:8]}"
-    tmux = [TMUX, "-L", session]  # a tmux server of our own: nobody else's sessions, our environment
+    # A tmux server of our own (its socket in tmp_path): nobody else's sessions, our environment.
+    tmux = [TMUX, "-S", str(tmp_path / "tmux.sock")]
     rc_file, err_file = tmp_path / "top.rc", tmp_path / "top.err"
     exports = "".join(
         f"export {key}={shlex.quote(value)}\n"
