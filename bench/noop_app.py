@@ -15,6 +15,8 @@ if governed:
 
     oomless.install(app)
     app.conf.oomless_enforcement = os.environ.get("OOMLESS_BENCH_MODE", "auto")
+    app.conf.oomless_history = os.environ.get("OOMLESS_BENCH_HISTORY")  # bench/history.py
+    app.conf.oomless_metrics_port = os.environ.get("OOMLESS_BENCH_METRICS_PORT")
 
 _counter = None
 

@@ -46,11 +46,14 @@ def _prefill(broker: str, queue: str, key: str, n: int) -> None:
     app.close()
 
 
-def throughput(broker: str, variant: str, n: int, concurrency: int, tmp: Path) -> float:
+def throughput(
+    broker: str, variant: str, n: int, concurrency: int, tmp: Path, variants: dict[str, dict] = VARIANTS
+) -> float:
+    """Steady-state no-op tasks/s of a fresh worker of ``variants[variant]`` (env for bench/noop_app.py)."""
     queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-count-{uuid.uuid4().hex[:8]}"
     r = _client(broker)
     _prefill(broker, queue, key, n)
-    env = dict(VARIANTS[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
+    env = dict(variants[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
     worker = Worker("noop_app", env, ["-c", str(concurrency), "-Q", queue], tmp / f"{variant}-{queue}.log")
     try:
         marks = {}
