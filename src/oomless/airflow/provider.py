@@ -66,6 +66,20 @@ OPTIONS: dict[str, tuple[str, str | None, str | None, str]] = {
         "float", "0.005", "0.005",
         "Seconds between two looks of the watchdog at each running try's process tree.",
     ),
+    "history": (
+        "string", None, "postgresql+psycopg://oomless@db/oomless",
+        "Record every try's memory (peak, limit, outcome, DAG/task/run ids): 'default' (an SQLite file under "
+        "$XDG_STATE_HOME/oomless/ of the worker) or an SQLAlchemy URL. Read by `oomless recommend` and "
+        "`oomless report`. Unset: nothing is recorded.",
+    ),
+    "metrics_port": (
+        "integer", None, "9808",
+        "Serve Prometheus metrics of the worker on this port (0: any free port, logged). Unset: no metrics.",
+    ),
+    "metrics_address": (
+        "string", "127.0.0.1", "0.0.0.0",
+        "Address the metrics server binds to.",
+    ),
 }
 
 
