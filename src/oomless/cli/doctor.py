@@ -12,7 +12,6 @@ configuration is invalid).  ``--json`` prints one JSON object either way.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from typing import Any
@@ -23,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..enforce.modes import MODES
+from .common import AppNotLoaded, load_app
 
 __all__ = ["doctor", "diagnose"]
 
@@ -37,15 +37,10 @@ class _Invalid(Exception):
 
 
 def _load_app(spec: str) -> Any:
-    from celery.app.utils import find_app
-
-    # `celery -A` imports from the current directory; do the same.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        return find_app(spec)
-    except (ImportError, AttributeError) as exc:
-        raise _Invalid(f"cannot load the Celery app {spec!r}: {exc}") from exc
+        return load_app(spec)
+    except AppNotLoaded as exc:
+        raise _Invalid(str(exc)) from exc
 
 
 def diagnose(

@@ -24,7 +24,6 @@ reached.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -40,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..units import format_size
+from .common import AppNotLoaded, load_app
 
 __all__ = ["top", "poll", "render", "COUNTS"]
 
@@ -264,15 +264,10 @@ def _load(app_spec: str | None, broker: str | None) -> Any:
 
     if app_spec is None:
         return Celery("oomless-top", broker=broker, set_as_current=False)
-    from celery.app.utils import find_app
-
-    # `celery -A` imports from the current directory; do the same.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        app = find_app(app_spec)
-    except (ImportError, AttributeError) as exc:
-        raise _Unavailable(f"cannot load the Celery app {app_spec!r}: {exc}") from exc
+        app = load_app(app_spec)
+    except AppNotLoaded as exc:
+        raise _Unavailable(str(exc)) from exc
     if broker is not None:
         app.conf.broker_url = broker
     return app
