@@ -14,6 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..enforce.slots import ID_BYTES
+
 if TYPE_CHECKING:
     from .governor import Governor
 
@@ -23,7 +25,8 @@ __all__ = ["snapshot"]
 def _names() -> dict[str, str]:
     from celery.worker.state import active_requests
 
-    return {req.id: req.name for req in list(active_requests)}
+    # Keyed as the slot table stores ids (custom ids longer than its field are cut there).
+    return {req.id.encode()[:ID_BYTES].decode(errors="ignore"): req.name for req in list(active_requests)}
 
 
 def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
@@ -34,11 +37,13 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
     running: list[dict[str, Any]] = []
     for index in range(table.size):
         state = table.read(index)
-        if not state.running:
+        # A slot whose child was killed keeps its last row until the new child is born: only
+        # tasks Celery still holds are running (one just started may show from the next look).
+        if not state.running or state.task_id not in names:
             continue
         running.append({
             "id": state.task_id,
-            "name": names.get(state.task_id, "?"),
+            "name": names[state.task_id],
             "slot": index,
             "pid": state.pid,
             "request": state.request,

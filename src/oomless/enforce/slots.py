@@ -21,12 +21,12 @@ __all__ = ["SlotTable", "SlotState", "Finished"]
 #: Row states.  RUNNING_SPARE: running a task whose own process must survive a
 #: kill (only its subprocesses die; Airflow's supervisor, see ``memory_scope``).
 IDLE, RUNNING, RUNNING_SPARE = 0, 1, 2
-_ID = 48  # Celery task ids are 36-character UUIDs; custom ids are cut to this length.
+ID_BYTES = 48  # Celery task ids are 36-character UUIDs; custom ids are cut to this length.
 
 # seq, pid, state, limit, request, baseline, start_ns, oom_kills, task_id
-_HEAD = struct.Struct(f"<QqqqqqqQ{_ID}s")
+_HEAD = struct.Struct(f"<QqqqqqqQ{ID_BYTES}s")
 # task_id, peak, limit, input_size  (a ring of recently finished tasks)
-_DONE = struct.Struct(f"<{_ID}sqqq")
+_DONE = struct.Struct(f"<{ID_BYTES}sqqq")
 _RING = 8
 _SPINS = 10_000  # a write takes about a microsecond; a dead writer never finishes
 # start seq of the running task, peak of its whole tree as the watchdog saw it
@@ -108,7 +108,7 @@ class SlotTable:
             baseline,
             start_ns,
             oom_kills,
-            task_id.encode()[:_ID],
+            task_id.encode()[:ID_BYTES],
         )
         self._end(index, seq)
         return seq + 1
@@ -125,7 +125,7 @@ class SlotTable:
         _DONE.pack_into(
             self._mem,
             ring_off + 8 + (pos % _RING) * _DONE.size,
-            task_id.encode()[:_ID],
+            task_id.encode()[:ID_BYTES],
             peak,
             -1 if limit is None else limit,
             -1 if input_size is None else input_size,
@@ -157,7 +157,7 @@ class SlotTable:
             seq,
             pid,
             state in (RUNNING, RUNNING_SPARE),
-            # A custom id cut at _ID bytes may end inside a UTF-8 character: drop that fragment.
+            # A custom id cut at ID_BYTES bytes may end inside a UTF-8 character: drop that fragment.
             raw_id.rstrip(b"\0").decode(errors="ignore"),
             _opt(limit),
             _opt(request),
@@ -170,7 +170,7 @@ class SlotTable:
     def finished(self, index: int, task_id: str) -> Finished | None:
         """The ring entry of ``task_id`` in row ``index``, if still there."""
         off = index * _ROW
-        want = task_id.encode()[:_ID]
+        want = task_id.encode()[:ID_BYTES]
         for _ in range(_SPINS):
             seq = struct.unpack_from("<Q", self._mem, off)[0]
             pos = struct.unpack_from("<q", self._mem, off + _HEAD.size)[0]
