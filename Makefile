@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 	$(BIN)/oomless demo
 
 test: $(BIN)/.installed
+	@command -v chromium >/dev/null || (echo "installing Debian's chromium (tests/history/test_report.py draws the report in it)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed

@@ -12,6 +12,7 @@ from .. import __version__
 from .demo import demo
 from .doctor import doctor
 from .recommend import recommend
+from .report import report
 from .top import top
 
 __all__ = ["main"]
@@ -27,3 +28,4 @@ main.add_command(doctor)
 main.add_command(demo)
 main.add_command(recommend)
 main.add_command(top)
+main.add_command(report)

@@ -187,14 +187,27 @@ class Store:
             for row in conn.execution_options(yield_per=10_000).execute(query):
                 yield tuple(row)
 
+    def span(self, since: float | None = None) -> tuple[int, float | None, float | None]:
+        """``(attempts, earliest start, latest end)`` of the attempts started since ``since`` (one query)."""
+        if not self._migrated:
+            self.migrate()
+        c = attempts.c
+        query = select(func.count(), func.min(c.started_at), func.max(c.started_at + func.coalesce(c.duration, 0.0)))
+        if since is not None:
+            query = query.where(c.started_at >= since)
+        with self.engine.connect() as conn:
+            count, first, last = conn.execute(query).one()
+        return int(count), first, last
+
     def timeline(self, since: float | None = None) -> Iterator[tuple[Any, ...]]:
-        """``(task_name, outcome, started_at, duration, request, limit, peak_rss, worker_host, task_id)``
-        rows, in no particular order (no sort: a report makes two passes over a million rows), streamed."""
+        """``(task_name, outcome, started_at, duration, request, limit, peak_rss, worker_host, task_id, dag_id,
+        af_task_id)`` rows, streamed, in no particular order (sorting a million rows would cost a report
+        more than reading them)."""
         if not self._migrated:
             self.migrate()
         c = attempts.c
         query = select(c.task_name, c.outcome, c.started_at, c.duration, c.request, c.limit, c.peak_rss,
-                       c.worker_host, c.task_id)
+                       c.worker_host, c.task_id, c.dag_id, c.af_task_id)
         if since is not None:
             query = query.where(c.started_at >= since)
         with self.engine.connect() as conn:
