@@ -92,3 +92,20 @@ def test_an_unknown_store_and_a_bad_since_are_usage_errors_without_traceback(tmp
     assert missing.returncode == 2 and "no history store at" in missing.stderr and "Traceback" not in missing.stderr
     bad = oomless("recommend", "--history", f"sqlite:///{tmp_path / 'nope.sqlite'}", "--since", "yesterday")
     assert bad.returncode == 2 and "'yesterday' is neither a duration" in bad.stderr
+
+
+def test_an_empty_database_has_nothing_to_recommend_and_is_left_untouched(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "empty.sqlite"
+    sqlite3.connect(path).close()
+    out = oomless("recommend", "--history", f"sqlite:///{path}")
+    assert out.returncode == 1 and "no recorded peaks in 0 attempts" in out.stderr
+    with sqlite3.connect(path) as db:
+        assert db.execute("select name from sqlite_master").fetchall() == []
+
+
+def test_a_store_that_cannot_be_reached_is_named_without_its_password():
+    out = oomless("recommend", "--history", "postgresql+psycopg://me:s3cret@127.0.0.1:1/none?connect_timeout=1")
+    assert out.returncode == 2 and "cannot open the history store" in out.stderr
+    assert "s3cret" not in out.stderr and "me:***@127.0.0.1:1/none" in out.stderr

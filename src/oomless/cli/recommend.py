@@ -28,9 +28,12 @@ def parse_since(value: str | None) -> float | None:
         except ValueError:
             pass
     try:
-        from datetime import datetime
+        from datetime import datetime, timezone
 
-        return datetime.fromisoformat(text).timestamp()
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)  # as the report shows times: UTC unless an offset is given
+        return when.timestamp()
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is neither a duration (7d, 12h, 30m, 45s, 2w) nor an ISO date such as 2026-11-01",
@@ -48,15 +51,18 @@ def history_option(fn: Any) -> Any:
 def since_option(fn: Any) -> Any:
     return click.option(
         "--since", metavar="WHEN", default=None,
-        help="Only attempts started since then: a duration ago (7d, 12h, 30m) or an ISO date.",
+        help="Only attempts started since then: a duration ago (7d, 12h, 30m) or an ISO date (UTC unless it has "
+        "an offset).",
     )(fn)
 
 
 def open_store(url: str | None) -> Any:
-    """The store at ``url``, or a usage error that says what is wrong and what to do."""
-    from sqlalchemy.exc import SQLAlchemyError
+    """The store at ``url`` (read-only use: an empty database is not given tables), or a usage
+    error that says what is wrong and what to do."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from ..history.store import Store, default_url
+    from ..history.store import SCHEMA_VERSION, Store, default_url
 
     url = url or default_url()
     if url.startswith("sqlite:///"):
@@ -69,10 +75,18 @@ def open_store(url: str | None) -> Any:
                 f"(see docs/history.md); or give --history URL"
             )
     try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise click.UsageError(f"--history {url!r} is not an SQLAlchemy URL (e.g. sqlite:///path or "
+                               f"postgresql+psycopg://user@host/db)") from None
+    try:
         store = Store(url)
-        store.migrate()
-    except (SQLAlchemyError, RuntimeError, ImportError) as exc:
-        raise click.UsageError(f"cannot open the history store {url!r}: {exc}") from None
+        found = store.version()
+    except (SQLAlchemyError, ImportError) as exc:
+        raise click.UsageError(f"cannot open the history store {shown}: {exc}") from None
+    if found > SCHEMA_VERSION:
+        raise click.UsageError(f"the history store {shown} has schema version {found}, newer than this oomless "
+                               f"understands ({SCHEMA_VERSION}); upgrade oomless")
     return store
 
 
@@ -165,11 +179,11 @@ def recommend(url: str | None, since: str | None, task_name: str | None, fmt: st
 
     when = parse_since(since)
     store = open_store(url)
-    total = store.count(when)
+    total = store.count(when) if store.version() else 0
     with _progress(total, "reading history") as bar:
         job = bar.add_task("rows", total=total)
         recs = recommend_all(
-            store.samples(since=when), progress=lambda n: bar.update(job, completed=n)
+            store.samples(since=when) if total else iter(()), progress=lambda n: bar.update(job, completed=n)
         )
     recs = [r for r in recs if r.samples >= min_samples and (task_name is None or r.task_name == task_name)]
     if fmt == "json":
