@@ -167,3 +167,23 @@ def test_doctor_says_how_airflow_tries_are_enforced_in_each_mode():
         out = doctor("--enforcement", mode).stdout
         assert line(out, "airflow").startswith("apache-airflow 3.3")
         assert words in out
+
+
+def test_doctor_says_where_history_and_metrics_go_or_how_to_turn_them_on(tmp_path):
+    (tmp_path / "observed.py").write_text(textwrap.dedent("""
+        from celery import Celery
+        import oomless
+
+        app = Celery("observed", broker="memory://")
+        app.conf.update(oomless_history="postgresql+psycopg://me:s3cret@db/oomless", oomless_learned=True,
+                        oomless_metrics_port=9808)
+        oomless.install(app)
+    """))
+    on = doctor("-A", "observed:app", cwd=tmp_path)
+    assert on.returncode == 0, on.stderr
+    assert line(on.stdout, "history") == ("every attempt is recorded in postgresql+psycopg://me:***@db/oomless; "
+                                          "tasks that declare no memory get their learned size")
+    assert line(on.stdout, "metrics") == "Prometheus metrics on http://127.0.0.1:9808/metrics"
+    off = doctor()
+    assert line(off.stdout, "history").startswith("off: set oomless_history = 'default'")
+    assert line(off.stdout, "metrics").startswith("off: set oomless_metrics_port")

@@ -128,6 +128,7 @@ def diagnose(
             report["warnings"].append(choice.warning)
         report["admission"] = _admission(settings, isolating, choice.mode)
         report["airflow"] = _airflow(choice.mode, host.version)
+        report["observe"] = _observe(settings)
     except _Invalid as exc:
         report["error"] = str(exc)
         return report
@@ -154,6 +155,20 @@ def _admission(settings: Any, isolating: bool, mode: str) -> dict[str, Any]:
         "eviction": on and mode in ("cgroup", "watchdog"),
         "max_evictions": settings.max_evictions,
         "eviction_margin": settings.eviction_margin,
+    }
+
+
+def _observe(settings: Any) -> dict[str, Any]:
+    """History, learned sizes and metrics: where they go, or how to turn them on (docs/history.md)."""
+    history = None
+    if settings.history is not None:
+        from sqlalchemy.engine import make_url
+
+        history = make_url(settings.history).render_as_string(hide_password=True)
+    return {
+        "history": history,
+        "learned": settings.learned,
+        "metrics": None if settings.metrics_port is None else f"{settings.metrics_address}:{settings.metrics_port}",
     }
 
 
@@ -294,6 +309,14 @@ def _print(report: dict[str, Any]) -> None:
                           else "off: needs an enforcing mode (cgroup or watchdog)"))
         else:
             lines.append(("admission", f"off: {adm['reason']}; tasks start by slot only, as in vanilla Celery"))
+    if "observe" in report:
+        obs = report["observe"]
+        lines.append(("history", f"every attempt is recorded in {obs['history']}" + (
+            "; tasks that declare no memory get their learned size" if obs["learned"] else "")
+            if obs["history"] else "off: set oomless_history = 'default' (an SQLite file) or an SQLAlchemy URL to "
+            "record every attempt for oomless recommend and oomless report (docs/history.md)"))
+        lines.append(("metrics", f"Prometheus metrics on http://{obs['metrics']}/metrics" if obs["metrics"]
+                      else "off: set oomless_metrics_port to serve Prometheus metrics (on 127.0.0.1)"))
     if report.get("airflow"):
         af = report["airflow"]
         lines.append(("airflow", ", ".join(f"{k} {v}" for k, v in af["versions"].items()) + "; see docs/airflow.md"))
