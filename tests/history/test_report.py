@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import oomless
 from oomless.history.store import Store
 
-from ..celery.harness import start_worker
+from .workload import record_mixed
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "celery"))
-from worker_app import make_app  # noqa: E402
 
 
 def oomless_cli(*args: str) -> subprocess.CompletedProcess:
@@ -87,20 +85,7 @@ def history(tmp_path_factory, redis_url):
     """Attempts of a real governed worker: four ok, one memory-killed, one refused as infeasible."""
     tmp = tmp_path_factory.mktemp("report")
     url = f"sqlite:///{tmp / 'h.sqlite'}"
-    worker = start_worker(tmp, redis_url, redis_url, mode="watchdog", extra=("--memory-budget", "1GiB"),
-                          conf={"oomless_history": url})
-    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
-    try:
-        ok = [app.tasks["t.hog"].delay(mb) for mb in (32, 64, 64, 128)]
-        killed = app.tasks["t.hog"].delay(1024)  # over its 256 MiB limit
-        refused = app.tasks["t.hog"].apply_async([8], memory="64GiB")  # larger than the 1 GiB budget
-        assert [r.get(timeout=60) for r in ok] == [32, 64, 64, 128]
-        for result, exc in ((killed, oomless.MemoryLimitExceeded), (refused, oomless.InfeasibleMemoryRequest)):
-            with pytest.raises(exc):
-                result.get(timeout=60)
-    finally:
-        worker.stop()  # the recorder flushes at shutdown
-        app.close()
+    record_mixed(tmp, redis_url, url, "watchdog", (32, 64, 64, 128), "1GiB")
     outcomes = sorted(a.outcome for a in Store(url).attempts("t.hog"))
     assert outcomes == ["infeasible", "memory-killed", "ok", "ok", "ok", "ok"], outcomes
     return url, tmp

@@ -13,6 +13,7 @@ import oomless
 from oomless.history.store import Store
 
 from ..celery.harness import start_worker
+from .workload import record_mixed
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "celery"))
 from worker_app import make_app  # noqa: E402
@@ -23,20 +24,7 @@ MiB = 2**20
 @pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
 def test_every_attempt_is_recorded_with_its_outcome_spec_and_peak(tmp_path, redis_url, mode):
     url = f"sqlite:///{tmp_path / 'history.sqlite'}"
-    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "2GiB"),
-                          conf={"oomless_history": url})
-    app = make_app(redis_url, redis_url, worker.queue, mode)
-    try:
-        ok = app.tasks["t.hog"].delay(64)
-        killed = app.tasks["t.hog"].delay(1024)
-        refused = app.tasks["t.hog"].apply_async([8], memory="64GiB")
-        assert ok.get(timeout=30) == 64
-        for result, exc in ((killed, oomless.MemoryLimitExceeded), (refused, oomless.InfeasibleMemoryRequest)):
-            with pytest.raises(exc):
-                result.get(timeout=60)
-    finally:
-        worker.stop()  # the recorder flushes at shutdown
-        app.close()
+    worker, [ok], killed, refused = record_mixed(tmp_path, redis_url, url, mode, (64,), "2GiB")
     assert "recording every attempt in sqlite:///" in worker.text()
     rows = {a.task_id: a for a in Store(url).attempts("t.hog")}
     assert rows[ok.id].outcome == "ok"
