@@ -109,3 +109,27 @@ def test_a_store_that_cannot_be_reached_is_named_without_its_password():
     out = oomless("recommend", "--history", "postgresql+psycopg://me:s3cret@127.0.0.1:1/none?connect_timeout=1")
     assert out.returncode == 2 and "cannot open the history store" in out.stderr
     assert "s3cret" not in out.stderr and "me:***@127.0.0.1:1/none" in out.stderr
+
+
+def test_airflow_tries_are_recommended_per_dag_task_as_executor_config_lines(tmp_path):
+    import time
+
+    from oomless.history import Attempt
+    from oomless.history.store import Store
+
+    url = f"sqlite:///{tmp_path / 'airflow.sqlite'}"
+    now = time.time()
+    Store(url).add([
+        Attempt("execute_workload", f"id{i}", "ok", now, 1.0, peak_rss=(100 + i) * MiB, dag_id="etl",
+                af_task_id="transform", run_id="r", map_index=-1, try_number=1)
+        for i in range(5)
+    ])
+    out = oomless("recommend", "--history", url, "--format", "airflow")
+    assert out.returncode == 0, out.stderr
+    assert "# DAG 'etl', task 'transform' (5 samples):" in out.stdout
+    assert "from oomless.airflow import memory" in out.stdout
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("executor_config=memory("))
+    scope: dict = {}
+    exec("from oomless.airflow import memory\n" + line.replace("executor_config=", "config = "), scope)
+    spec = scope["config"]["oomless"]
+    assert spec["limit"] == -(-int(104 * MiB * 1.2) // MiB) * MiB and spec["request"] <= spec["limit"]
