@@ -24,15 +24,18 @@ KILLED = "oomless: this try was killed because its task process tree exceeded it
 @pytest.fixture(scope="module", params=["cgroup", "watchdog"])
 def run(request, tmp_path_factory, redis_url):
     mode = request.param
+    home = tmp_path_factory.mktemp(f"airflow-{mode}")
     stack = Stack(
-        tmp_path_factory.mktemp(f"airflow-{mode}"),
+        home,
         redis_url,
         env={
             "AIRFLOW__OOMLESS__BUDGET": "3GiB",
             "AIRFLOW__OOMLESS__ENFORCEMENT": mode,
+            "AIRFLOW__OOMLESS__HISTORY": f"sqlite:///{home / 'oomless-history.sqlite'}",
             "OOMLESS_DEMO_MIB": str(NEED),
         },
     )
+    stack.history = f"sqlite:///{home / 'oomless-history.sqlite'}"
     try:
         stack.start()
         stack.wait_for("worker", "ready.", 120)
@@ -113,6 +116,27 @@ def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
     worker = run.text("worker")
     assert "WorkerLostError" not in worker
     assert "Detected a task instance without a heartbeat" not in run.text("scheduler")
+
+
+def test_the_history_records_each_try_with_its_airflow_ids(run):
+    import time
+
+    from oomless.history.store import Store
+
+    deadline = time.monotonic() + 15  # the recorder writes about once a second
+    while True:
+        rows = [a for a in Store(run.history).attempts() if a.dag_id == DAG and a.run_id == run.run_id]
+        tries = {(a.af_task_id, a.map_index, a.try_number): a for a in rows}
+        if ("transform", -1, 2) in tries or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {a.task_name for a in rows} == {"execute_workload"}
+    killed, ok = tries[("transform", -1, 1)], tries[("transform", -1, 2)]
+    assert (killed.outcome, killed.limit) == ("memory-killed", 240 * 2**20)
+    assert killed.peak_rss >= 240 * 2**20
+    assert (ok.outcome, ok.limit) == ("ok", 480 * 2**20) and ok.peak_rss >= NEED * 2**20
+    assert tries[("part", 1, 1)].outcome == "memory-killed" and tries[("part", 0, 1)].outcome == "ok"
+    assert tries[("too_big", -1, 1)].outcome == "infeasible"
 
 
 def _slot_groups(worker_pid: int) -> list[Path]:

@@ -142,7 +142,8 @@ class AirflowPlugin(Plugin):
             logger.warning("oomless: could not write to the log of %s try %d: %s", found.ids, found.try_number, err)
 
     def attempt_fields(self, req: Any) -> dict[str, Any]:
-        found = self._tries.get(req.id)
+        # A try refused before it started (infeasible) was never received: read its ids from the message.
+        found = self._tries.get(req.id) or self._parse(req)
         if found is None:
             return {}
         dag_id, run_id, task_id, map_index = found.ids
