@@ -1,0 +1,10 @@
+"""Shrink the work: chunk plans sized by a memory budget.
+
+``plan(source, memory=...)`` cuts a CSV or Parquet file into JSON-serializable
+chunk specs that cover it exactly once; ``read(spec)`` loads one.  Needs the
+``data`` extra (pandas, pyarrow, fsspec).
+"""
+
+from .plan import NotSplittable, plan, read
+
+__all__ = ["plan", "read", "NotSplittable"]

@@ -1,0 +1,76 @@
+"""Where a CSV file can be cut: record boundaries at or after given byte offsets.
+
+A newline ends a record only outside quotes.  In RFC 4180 CSV a quote inside
+a quoted field is written twice (``""``), so whether a byte is inside quotes
+is the parity of the number of quote characters before it; doubled quotes
+add two and change nothing.  One sequential pass counts quotes block by
+block (``bytes.count``, C speed) and, near each wanted offset, walks the
+newlines until one has an even count before it.
+
+What cannot be split this way is refused by the caller (``plan``): an
+``escapechar`` (a backslash-escaped quote breaks the parity), a line
+terminator other than ``\\n``/``\\r\\n``, and compressed files (no seeking).
+This module reads bytes and decides nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+__all__ = ["BLOCK", "record_starts"]
+
+BLOCK = 8 << 20
+
+
+def record_starts(f: BinaryIO, targets: list[int], size: int, quote: bytes = b'"') -> list[int]:
+    """For each offset in ``targets`` (ascending), the offset of the first record that starts at or after it.
+
+    A record starts at offset 0 or right after a newline outside quotes;
+    ``size`` (the file's length) stands for "no record starts there or later".
+    """
+    if len(quote) != 1:
+        raise ValueError(f"the quote character must be one byte, not {quote!r}")
+    out: list[int] = []
+    pending = iter(targets)
+    target = next(pending, None)
+    parity = 0  # quotes seen before the current block, mod 2
+    ends_record = True  # the byte before the current block is a newline outside quotes (or there is none)
+    base = 0
+    f.seek(0)
+    while target is not None:
+        block = f.read(BLOCK)
+        if not block:
+            break
+        end = base + len(block)
+        while target is not None and target < end:
+            if target <= base and ends_record:
+                out.append(base)
+                target = next(pending, None)
+                continue
+            # The byte before a record start is a newline outside quotes: look from target - 1 on.
+            pos = max(target - 1 - base, 0)
+            seen = parity + block.count(quote, 0, pos)
+            found = None
+            while True:
+                nl = block.find(b"\n", pos)
+                if nl < 0:
+                    break
+                seen += block.count(quote, pos, nl)
+                if seen % 2 == 0:
+                    found = base + nl + 1
+                    break
+                pos = nl + 1
+            if found is None:
+                target = end  # the boundary lies in a later block
+                break
+            if found >= end:
+                break  # the newline is this block's last byte: the record starts at the next block
+            out.append(found)
+            target = next(pending, None)
+        parity = (parity + block.count(quote)) % 2
+        ends_record = block.endswith(b"\n") and parity == 0
+        base = end
+    while target is not None:
+        out.append(size)
+        target = next(pending, None)
+    return out
