@@ -17,9 +17,56 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-__all__ = ["BLOCK", "record_starts"]
+__all__ = ["BLOCK", "RecordReader", "record_starts"]
 
 BLOCK = 8 << 20
+
+
+def _newline_outside_quotes(buf: bytes | bytearray, pos: int, parity: int, quote: bytes) -> int | None:
+    """Index of the first ``\n`` at or after ``pos`` with an even number of quotes before it
+    (``parity``: quotes before ``buf``), or ``None``."""
+    seen = parity + buf.count(quote, 0, pos)
+    while True:
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            return None
+        seen += buf.count(quote, pos, nl)
+        if seen % 2 == 0:
+            return nl
+        pos = nl + 1
+
+
+class RecordReader:
+    """Whole records from a byte stream that need not seek (a gzip stream, an fsspec file)."""
+
+    def __init__(self, stream: BinaryIO, quote: bytes = b'"', block: int = BLOCK) -> None:
+        self.stream, self.quote, self.block = stream, quote, block
+        self._buf = bytearray()
+        self._eof = False
+        self.consumed = 0  # bytes handed out so far
+
+    def take(self, at_least: int) -> bytes:
+        """The next records: at least ``at_least`` bytes of them (fewer only at the end), ending at a record end."""
+        pos = max(at_least - 1, 0)
+        while True:
+            if len(self._buf) > pos:
+                # Every piece handed out ends at a record boundary, so the buffer starts with even parity.
+                nl = _newline_outside_quotes(self._buf, pos, 0, self.quote)
+                if nl is not None:
+                    return self._cut(nl + 1)
+                pos = len(self._buf)
+            if self._eof:
+                return self._cut(len(self._buf))
+            more = self.stream.read(self.block)
+            if not more:
+                self._eof = True
+            self._buf += more
+
+    def _cut(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.consumed += len(out)
+        return out
 
 
 def record_starts(f: BinaryIO, targets: list[int], size: int, quote: bytes = b'"') -> list[int]:
@@ -48,21 +95,11 @@ def record_starts(f: BinaryIO, targets: list[int], size: int, quote: bytes = b'"
                 target = next(pending, None)
                 continue
             # The byte before a record start is a newline outside quotes: look from target - 1 on.
-            pos = max(target - 1 - base, 0)
-            seen = parity + block.count(quote, 0, pos)
-            found = None
-            while True:
-                nl = block.find(b"\n", pos)
-                if nl < 0:
-                    break
-                seen += block.count(quote, pos, nl)
-                if seen % 2 == 0:
-                    found = base + nl + 1
-                    break
-                pos = nl + 1
-            if found is None:
+            nl = _newline_outside_quotes(block, max(target - 1 - base, 0), parity, quote)
+            if nl is None:
                 target = end  # the boundary lies in a later block
                 break
+            found = base + nl + 1
             if found >= end:
                 break  # the newline is this block's last byte: the record starts at the next block
             out.append(found)

@@ -212,8 +212,11 @@ def _plan_parquet(url: str, budget: int, engine: str, options: dict[str, Any]) -
     ]
 
 
-def read(spec: dict[str, Any]) -> Any:
-    """Load one chunk of a plan (a pandas DataFrame, or a pyarrow Table with ``engine="pyarrow"``)."""
+def read(spec: dict[str, Any], data: bytes | None = None) -> Any:
+    """Load one chunk of a plan (a pandas DataFrame, or a pyarrow Table with ``engine="pyarrow"``).
+
+    ``data``: the chunk's bytes when the caller already has them (``chunks()``).
+    """
     if spec.get("format") == "parquet":
         import pyarrow.parquet as pq
 
@@ -222,9 +225,10 @@ def read(spec: dict[str, Any]) -> Any:
         return table.to_pandas() if spec["engine"] == "pandas" else table
     if spec.get("format") != "csv":
         raise ValueError(f"not a chunk spec: {spec!r}")
-    with _open(spec["url"]) as f:
-        f.seek(spec["start"])
-        data = f.read(spec["end"] - spec["start"])
+    if data is None:
+        with _open(spec["url"]) as f:
+            f.seek(spec["start"])
+            data = f.read(spec["end"] - spec["start"])
     options = dict(spec.get("options", {}))
     if spec["engine"] == "pyarrow":
         import pyarrow.csv as pacsv
