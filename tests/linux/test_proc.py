@@ -170,20 +170,23 @@ def test_own_memory_reopens_its_files_after_fork():
         code = 1
         try:
             os.close(read)
+            before = own.rss()
             hog = b"\x01" * (100 * MiB)
-            os.write(write, str(own.rss()).encode())
+            os.write(write, str(own.rss() - before).encode())
             del hog
             code = 0
         finally:
             os._exit(code)
     os.close(write)
     try:
-        child_rss = int(os.read(read, 64))
+        grown = int(os.read(read, 64))
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    assert child_rss >= 100 * MiB
-    assert own.rss() < child_rss - 50 * MiB
+    # Read through the parent's kept-open file, the child would see the parent (blocked, unchanged): ~0.
+    # Compared within the child: a large parent (pytest after the pandas tests) may hold more file-backed
+    # pages than the child has mapped, so child and parent RSS cannot be compared directly.
+    assert grown >= 95 * MiB
 
 
 # --- children, start_time, parent_pid, mem_total ---------------------------------------
