@@ -44,7 +44,7 @@ compat:
 
 # Re-pin after editing pyproject.toml dependencies (needs uv: pip install uv).
 lock:
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra report --extra data --extra airflow --universal --python-version 3.10 \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra report --extra data --extra bench --extra airflow --universal --python-version 3.10 \
 	    --constraint <(echo "celery<5.7") -o requirements.lock
 
 clean:
