@@ -20,7 +20,7 @@ from typing import Any
 
 from ..units import parse_size
 from .csvsplit import RecordReader
-from .plan import _check_csv_options, _kind, _memory_of, _plan_parquet, read
+from .plan import _check_csv_options, _check_engine, _kind, _memory_of, _parse_csv, _plan_parquet, read
 
 __all__ = ["chunks", "FIRST"]
 
@@ -36,12 +36,13 @@ def _stream(url: str) -> Any:
 def chunks(
     source: str | os.PathLike[str], memory: int | str = "256MiB", engine: str = "pandas", **reader_kwargs: Any
 ) -> Iterator[Any]:
-    """Frames (pandas) or Tables (pyarrow) of ``source`` in order, each sized to stay within ``memory``.
+    """Frames (pandas, polars) or Tables (pyarrow) of ``source`` in order, each sized to stay within ``memory``.
 
     CSV (plain or compressed: .gz, .bz2, .xz, .zst) and Parquet; local paths or fsspec URLs.
     """
     url = os.fspath(source)
     budget = parse_size(memory, "memory=")
+    _check_engine(engine)
     kind = _kind(url, reader_kwargs.pop("format", None))
     if kind == "parquet":
         for spec in _plan_parquet(url, budget, engine, reader_kwargs):
@@ -60,12 +61,7 @@ def chunks(
             data = reader.take(step)
             if not data:
                 return
-            frame = _parse(data, columns, engine, options)
+            frame = _parse_csv(data, columns, engine, dict(options))
             expansion = max(_memory_of(frame) / len(data), 0.1)
             step = max(4096, math.floor(budget / (1 + 2 * expansion)))
             yield frame
-
-
-def _parse(data: bytes, columns: list[str] | None, engine: str, options: dict[str, Any]) -> Any:
-    spec = {"format": "csv", "engine": engine, "columns": columns, "options": options}
-    return read(spec, data=data)

@@ -2,13 +2,15 @@
 
 ``plan(source, memory="256MiB")`` returns a list of dicts that a Celery
 ``group``/``chord`` or an Airflow ``.expand()`` maps over; ``read(spec)``
-loads one chunk as a DataFrame (pandas) or a Table (pyarrow).
+loads one chunk with the spec's engine: a pandas DataFrame, a pyarrow Table
+or a polars DataFrame.
 
 * **CSV**: byte ranges cut at record boundaries (quoted newlines, CRLF and a
   missing final newline are handled; see :mod:`oomless.data.csvsplit`).  The
   header, when there is one, is read once and each spec carries the column
   names.
-* **Parquet**: sets of whole row groups.
+* **Parquet**: sets of whole row groups, read by pyarrow (polars cannot pick
+  row groups; ``engine="polars"`` converts with ``polars.from_arrow``).
 
 How big a chunk is: the planner parses a sample (the first records of a CSV,
 up to ``SAMPLE`` bytes) with the engine and measures how many bytes of memory
@@ -41,7 +43,7 @@ __all__ = ["plan", "read", "NotSplittable", "SAMPLE"]
 
 SAMPLE = 4 << 20
 _ROW_OPTIONS = ("skiprows", "nrows", "skipfooter", "chunksize", "iterator", "compression")
-_ENGINES = ("pandas", "pyarrow")
+_ENGINES = ("pandas", "pyarrow", "polars")
 
 
 class NotSplittable(ValueError):
@@ -93,8 +95,7 @@ def plan(
     """
     url = os.fspath(source)
     budget = parse_size(memory, "memory=")
-    if engine not in _ENGINES:
-        raise ValueError(f"engine={engine!r} is not one of {', '.join(_ENGINES)}")
+    _check_engine(engine)
     try:
         json.dumps(reader_kwargs)
     except TypeError as exc:
@@ -180,7 +181,15 @@ def _csv_chunk_bytes(
     return max(4096, math.floor(budget / (1 + 2 * expansion)))
 
 
+def _check_engine(engine: str) -> None:
+    if engine not in _ENGINES:
+        raise ValueError(f"engine={engine!r} is not one of {', '.join(_ENGINES)}")
+
+
 def _memory_of(frame: Any) -> int:
+    """Bytes a frame holds: pandas ``memory_usage(deep=True)``, polars ``estimated_size()``, pyarrow ``nbytes``."""
+    if hasattr(frame, "estimated_size"):  # polars
+        return int(frame.estimated_size())
     if hasattr(frame, "memory_usage"):  # pandas
         return int(frame.memory_usage(deep=True).sum())
     return int(frame.nbytes)  # pyarrow
@@ -213,33 +222,64 @@ def _plan_parquet(url: str, budget: int, engine: str, options: dict[str, Any]) -
 
 
 def read(spec: dict[str, Any], data: bytes | None = None) -> Any:
-    """Load one chunk of a plan (a pandas DataFrame, or a pyarrow Table with ``engine="pyarrow"``).
+    """Load one chunk of a plan: a pandas DataFrame, a pyarrow Table (``engine="pyarrow"``) or a polars
+    DataFrame (``engine="polars"``).
 
     ``data``: the chunk's bytes when the caller already has them (``chunks()``).
     """
+    engine = spec["engine"]
     if spec.get("format") == "parquet":
         import pyarrow.parquet as pq
 
         with _open(spec["url"]) as f:
             table = pq.ParquetFile(f).read_row_groups(spec["row_groups"], **spec.get("options", {}))
-        return table.to_pandas() if spec["engine"] == "pandas" else table
+        return _from_arrow(table, engine)
     if spec.get("format") != "csv":
         raise ValueError(f"not a chunk spec: {spec!r}")
     if data is None:
         with _open(spec["url"]) as f:
             f.seek(spec["start"])
             data = f.read(spec["end"] - spec["start"])
-    options = dict(spec.get("options", {}))
-    if spec["engine"] == "pyarrow":
+    return _parse_csv(data, spec["columns"], engine, dict(spec.get("options", {})))
+
+
+def _from_arrow(table: Any, engine: str) -> Any:
+    if engine == "pandas":
+        return table.to_pandas()
+    if engine == "polars":
+        import polars as pl
+
+        # polars has no reader for chosen row groups; pyarrow reads them and polars takes the buffers.
+        return pl.from_arrow(table)
+    return table
+
+
+def _parse_csv(data: bytes, columns: list[str] | None, engine: str, options: dict[str, Any]) -> Any:
+    """Parse whole CSV records without a header row.  ``sep``/``delimiter`` and ``quotechar`` work for every
+    engine; other options go as given to pandas' ``read_csv``, polars' ``read_csv`` or pyarrow's
+    ``ConvertOptions``."""
+    sep = options.pop("sep", options.pop("delimiter", ","))
+    quote = options.pop("quotechar", '"')
+    if engine == "pyarrow":
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
+        types = options.pop("column_types", None)
+        if isinstance(types, dict):  # JSON spells a type by its alias: {"id": "int64", "note": "string"}
+            options["column_types"] = {k: pa.type_for_alias(v) if isinstance(v, str) else v for k, v in types.items()}
         return pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=spec["columns"], autogenerate_column_names=not spec["columns"]),
-            parse_options=pacsv.ParseOptions(
-                delimiter=options.get("sep", ","), quote_char=options.get("quotechar", '"'), newlines_in_values=True
-            ),
+            read_options=pacsv.ReadOptions(column_names=columns, autogenerate_column_names=not columns),
+            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=quote, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(**options),
         )
+    if engine == "polars":
+        import polars as pl
+
+        if str(options.get("encoding", "utf-8")).lower().replace("-", "") == "utf8":
+            options.pop("encoding", None)  # polars spells it "utf8"; other encodings go through as given
+        return pl.read_csv(data, has_header=False, new_columns=columns, separator=sep, quote_char=quote,
+                           raise_if_empty=False, **options)
     import pandas as pd
 
-    return pd.read_csv(io.BytesIO(data), header=None, names=spec["columns"], **options)
+    return pd.read_csv(io.BytesIO(data), header=None, names=columns, sep=sep, quotechar=quote, **options)
