@@ -17,6 +17,8 @@ __all__ = [
     "InfeasibleMemoryRequest",
     "EnforcementUnavailable",
     "EvictedForMemoryPressure",
+    "ClaimMissing",
+    "MessageTooLarge",
 ]
 
 
@@ -124,3 +126,44 @@ class EvictedForMemoryPressure(OomlessError):
 
 class EnforcementUnavailable(OomlessError):
     """The enforcement mode named in the configuration cannot work on this host."""
+
+
+class ClaimMissing(OomlessError, LookupError):
+    """A value sent by reference (claim check) cannot be fetched: it is gone, or its bytes changed.
+
+    ``key`` is the object's path in the claim store, ``store`` the store's URL,
+    ``why`` the reason in words (gone after its TTL, corrupt, store unreachable).
+    """
+
+    def __init__(self, key: str, store: str, why: str) -> None:
+        super().__init__(key, store, why)
+
+    key = property(lambda self: self.args[0])
+    store = property(lambda self: self.args[1])
+    why = property(lambda self: self.args[2])
+
+    def __str__(self) -> str:
+        return f"the value at {self.key} in the claim store {self.store} cannot be fetched: {self.why}"
+
+
+class MessageTooLarge(OomlessError, ValueError):
+    """A task message is over what its broker practically carries, and no claim store is configured.
+
+    Raised before the message is sent (kombu wraps it in ``kombu.exceptions.EncodeError``).
+    """
+
+    def __init__(self, size: int, limit: int, broker: str) -> None:
+        super().__init__(int(size), int(limit), broker)
+
+    size = property(lambda self: self.args[0])
+    limit = property(lambda self: self.args[1])
+    broker = property(lambda self: self.args[2])
+
+    def __str__(self) -> str:
+        return (
+            f"this task message is {format_size(self.size)}, over the {format_size(self.limit)} a {self.broker} "
+            f"message may carry (oomless_max_message_size); it was not sent. Send large values by reference: "
+            f"set oomless_offload = True (a local directory) or a shared fsspec URL such as 's3://bucket/claims' "
+            f"(values over oomless_offload_threshold then travel as small claim checks), or pass a path or URL "
+            f"to the data instead of the data"
+        )

@@ -7,6 +7,7 @@ OOMLESS_TEST_QUEUE, OOMLESS_TEST_MODE.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import oomless
 MiB = 2**20
 
 
-def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celery:
+def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: dict | None = None) -> Celery:
     app = Celery("t", broker=broker, backend=backend)
     app.conf.update(
         task_default_queue=queue,
@@ -31,7 +32,7 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         broker_connection_retry_on_startup=True,
         oomless_enforcement=mode,
     )
-    app.conf.update(json.loads(os.environ.get("OOMLESS_TEST_CONF", "{}")))
+    app.conf.update(conf if conf is not None else json.loads(os.environ.get("OOMLESS_TEST_CONF", "{}")))
     oomless.install(app)
 
     @app.task(name="t.hog", memory="256MiB")
@@ -122,6 +123,16 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto") -> Celer
         with open("/proc/self/oom_score_adj") as fh:
             adj = int(fh.read())
         return {"pid": os.getpid(), "ppid": os.getppid(), "oom_score_adj": adj}
+
+    @app.task(name="t.digest", memory="1GiB")
+    def digest(data: str, label: str = "") -> dict:
+        """What arrived: the length and SHA-256 of ``data`` (a claim check must deliver it whole)."""
+        return {"len": len(data), "sha": hashlib.sha256(data.encode()).hexdigest(), "label": label}
+
+    @app.task(name="t.blob", memory="1GiB")
+    def blob(n: int, fill: str = "r") -> str:
+        """A result of ``n`` characters."""
+        return fill * n
 
     return app
 

@@ -12,6 +12,7 @@ from ..errors import InvalidMemorySpec
 from ..escalate import Escalate
 from ..spec import Memory
 from .bootstep import GovernorStep
+from . import offload
 from .child import on_process_init, on_task_postrun, on_task_prerun
 from .publish import on_before_task_publish
 
@@ -28,6 +29,10 @@ def _connect_signals() -> None:
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.task_prerun.connect(on_task_prerun, weak=False)
     signals.task_postrun.connect(on_task_postrun, weak=False)
+    signals.worker_init.connect(offload.on_worker_init, weak=False)
+    signals.worker_process_init.connect(offload.on_process_init, weak=False)
+    signals.worker_ready.connect(offload.on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(offload.on_worker_shutdown, weak=False)
     _signals_connected = True
 
 
@@ -46,7 +51,10 @@ def install(app: Celery) -> Celery:
     * ``task.apply_async(..., memory=…)`` / ``sig.set(memory=…)``: per-call override;
     * ``@app.task(memory="1GiB", memory_retry=oomless.Escalate(factor=2, max="8GiB", attempts=3))``:
       a memory-killed attempt is retried with more memory;
-    * ``celery -A proj worker --memory-budget 6GiB``: the worker's budget.
+    * ``celery -A proj worker --memory-budget 6GiB``: the worker's budget;
+    * ``oomless_offload = True`` (or an fsspec URL): arguments and results over
+      ``oomless_offload_threshold`` travel by reference (:mod:`oomless.celery.offload`);
+      without it, a task message over the broker's practical size is refused before it is sent.
 
     Returns ``app``.  Call it once, right after creating the app.
     """
@@ -76,5 +84,10 @@ def install(app: Celery) -> Celery:
         return decorate(*args, **opts)
 
     app.task = task  # type: ignore[method-assign]
+    # The serializers wrap whatever task_serializer/result_serializer the configuration names.
+    if app.configured:
+        offload.configure(app)
+    else:
+        app.on_after_configure.connect(lambda sender, **_: offload.configure(sender), weak=False)
     app._oomless_installed = True  # type: ignore[attr-defined]
     return app

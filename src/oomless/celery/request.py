@@ -34,7 +34,13 @@ from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr
 
 from ..enforce.base import KillReport
-from ..errors import EvictedForMemoryPressure, InfeasibleMemoryRequest, InvalidMemorySpec, MemoryLimitExceeded
+from ..errors import (
+    ClaimMissing,
+    EvictedForMemoryPressure,
+    InfeasibleMemoryRequest,
+    InvalidMemorySpec,
+    MemoryLimitExceeded,
+)
 from ..escalate import Escalate
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
@@ -289,6 +295,7 @@ class GovernedRequest(Request):
         self.acknowledge()
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        _unwrap_claim_missing(exc_info)
         gov = governor.current
         if gov is None:
             return super().on_failure(exc_info, send_failed_event, return_ok)
@@ -336,3 +343,16 @@ def governed_request_cls(base: type) -> type:
     if issubclass(base, GovernedRequest):
         return base
     return type(f"Governed{base.__name__}", (GovernedRequest, base), {"__module__": __name__})
+
+
+def _unwrap_claim_missing(exc_info: Any) -> None:
+    """A claim that cannot be fetched fails the task as :class:`ClaimMissing`, not as kombu's DecodeError.
+
+    The pool child fetches references while kombu decodes the body, and kombu
+    wraps whatever the decoder raises in ``DecodeError``; the cause is the one
+    worth reporting.
+    """
+    exc = getattr(exc_info, "exception", None)
+    inner = exc.args[0] if exc is not None and exc.args else None
+    if isinstance(inner, ClaimMissing):
+        exc_info.exception, exc_info.type = inner, type(inner)
