@@ -11,8 +11,8 @@ from celery import Celery, signals
 from ..errors import InvalidMemorySpec
 from ..escalate import Escalate
 from ..spec import Memory
-from .bootstep import GovernorStep
 from . import offload
+from .bootstep import GovernorStep
 from .child import on_process_init, on_task_postrun, on_task_prerun
 from .publish import on_before_task_publish
 
