@@ -9,11 +9,13 @@ See README.md and docs/ for the guide.
 """
 
 from .errors import (
+    ClaimMissing,
     EnforcementUnavailable,
     EvictedForMemoryPressure,
     InfeasibleMemoryRequest,
     InvalidMemorySpec,
     MemoryLimitExceeded,
+    MessageTooLarge,
     OomlessError,
 )
 from .escalate import Escalate
@@ -33,6 +35,8 @@ __all__ = [
     "InfeasibleMemoryRequest",
     "EnforcementUnavailable",
     "EvictedForMemoryPressure",
+    "ClaimMissing",
+    "MessageTooLarge",
     "OomlessError",
     "parse_size",
     "format_size",

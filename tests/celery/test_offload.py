@@ -144,6 +144,14 @@ def test_a_forgotten_result_leaves_the_store_at_the_next_sweep(claims):
     assert len(_files(claims.root, f"results/{kept.id}")) == 1
 
 
+def test_a_chord_of_large_results_reaches_its_callback(claims):
+    from celery import chord
+
+    blob, lengths = claims.app.tasks["t.blob"], claims.app.tasks["t.lengths"]
+    result = chord([blob.s(2 * MiB, fill=c) for c in "abc"])(lengths.s())
+    assert result.get(timeout=90) == [2 * MiB] * 3
+
+
 def test_small_messages_stay_inline(claims):
     before = set(_files(claims.root, "args"))
     assert claims.app.tasks["t.digest"].delay("tiny").get(timeout=30)["len"] == 4

@@ -129,6 +129,11 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
         """What arrived: the length and SHA-256 of ``data`` (a claim check must deliver it whole)."""
         return {"len": len(data), "sha": hashlib.sha256(data.encode()).hexdigest(), "label": label}
 
+    @app.task(name="t.lengths", memory="1GiB")
+    def lengths(items: list) -> list:
+        """A chord's callback: the length of each result it was given."""
+        return [len(x) for x in items]
+
     @app.task(name="t.blob", memory="1GiB")
     def blob(n: int, fill: str = "r") -> str:
         """A result of ``n`` characters."""

@@ -74,7 +74,10 @@ class ClaimStore:
     """Put bytes by content, get them back verified, and remove what nobody needs any more."""
 
     def __init__(self, url: str | os.PathLike[str] | None = None, ttl: float = 7 * 86400) -> None:
-        import fsspec
+        try:
+            import fsspec
+        except ImportError:
+            raise ImportError("the claim store (oomless_offload) needs fsspec: pip install 'oomless[data]'") from None
 
         self.url = os.fspath(url) if url else default_url()
         self.ttl = float(ttl)
