@@ -99,9 +99,15 @@ def test_sibling_task_and_worker_main_process_survive_a_kill(governed):
 def test_killed_pool_child_is_replaced(governed):
     with pytest.raises(oomless.MemoryLimitExceeded):
         governed.app.tasks["t.hog"].delay(1024).get(timeout=60)
-    # Both slots work again: two sleepers run at the same time on two different children.
-    a, b = governed.app.tasks["t.sleeper"].delay(1), governed.app.tasks["t.sleeper"].delay(1)
-    assert a.get(timeout=30) != b.get(timeout=30)
+    # Both slots work again: two sleepers run at the same time on two different children.  On a
+    # loaded machine the replacement child may not be up for the first pair; it must be soon after.
+    pids = set()
+    for _ in range(5):
+        a, b = governed.app.tasks["t.sleeper"].delay(1), governed.app.tasks["t.sleeper"].delay(1)
+        pids = {a.get(timeout=30), b.get(timeout=30)}
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, f"only child {pids} ran tasks after the kill"
 
 
 def test_killed_task_is_not_redelivered_despite_acks_late_and_reject_on_worker_lost(governed):
@@ -161,7 +167,8 @@ def test_each_task_gets_one_log_line_with_its_peak(governed):
 
 def test_peak_of_a_task_includes_its_subprocess(governed):
     pidfile = str(governed.tmp / f"sub-peak-{time.monotonic_ns()}.pid")
-    result = governed.app.tasks["t.sub_hog"].delay(128, pidfile, 0.5)
+    # Held 2 s: the watchdog samples, and a loaded machine may be slow to schedule it.
+    result = governed.app.tasks["t.sub_hog"].delay(128, pidfile, 2.0)
     assert result.get(timeout=30) == 128
     marker = f"{result.id}] ok: peak"
     line = next(ln for ln in governed.wait_for(marker).splitlines() if marker in ln)
