@@ -233,6 +233,11 @@ def configure(app: Any) -> Offload:
         ttl = _seconds(conf.get("oomless_offload_ttl"), "oomless_offload_ttl") or 7 * 86400.0
         store = ClaimStore(default_url() if wanted is True else str(wanted), ttl=ttl)
     cfg = Offload(store, threshold, limit, kind)
+    if "auth" in (conf.task_serializer, conf.result_serializer):
+        # Message signing (celery.security) checks that the serializer is 'auth' itself.
+        logger.warning("oomless: task_serializer='auth' (signed messages): no size check and no claim check")
+        app._oomless_offload = Offload(None, threshold, limit, kind)
+        return app._oomless_offload
     before = conf.task_serializer
     conf.task_serializer = _register(conf.task_serializer, cfg)
     if store is not None:
