@@ -187,3 +187,253 @@ def test_doctor_says_where_history_and_metrics_go_or_how_to_turn_them_on(tmp_pat
     off = doctor()
     assert line(off.stdout, "history").startswith("off: set oomless_history = 'default'")
     assert line(off.stdout, "metrics").startswith("off: set oomless_metrics_port")
+
+
+# --- result backend and serializers (issue 7) ------------------------------------------------------------------
+
+
+def app_module(folder: Path, name: str, body: str) -> str:
+    """Write ``name.py`` (a Celery app ``app`` built from ``body``) into ``folder``; returns ``name:app``."""
+    (folder / f"{name}.py").write_text("from celery import Celery\n" + textwrap.dedent(body))
+    return f"{name}:app"
+
+
+def warnings_of(output: str) -> list[str]:
+    return re.findall(r"^warning: (.*)$", output, re.M)
+
+
+def test_doctor_warns_that_rpc_results_are_lost_with_the_client_and_says_what_to_use(tmp_path, redis_url):
+    spec = app_module(tmp_path, "rpcapp", f"""
+        app = Celery("rpcapp", broker={redis_url!r}, backend="rpc://")
+
+        @app.task(name="rpcapp.add")
+        def add(a, b):
+            return a + b
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "results") == "rpc:// (rpc)"
+    [warning] = warnings_of(result.stdout)
+    assert warning.startswith("result_backend rpc://: results travel back in the reply queue of the client")
+    assert "lost when that client restarts" in warning and "neither Airflow nor Flower can see them" in warning
+    assert "use Redis (result_backend = 'redis://" in warning and "'db+postgresql+psycopg://" in warning
+    assert warning.endswith("with result_expires set")
+
+
+def test_doctor_warns_about_in_memory_results_only_while_tasks_keep_them(tmp_path, redis_url):
+    body = f"""
+        app = Celery("{{name}}", broker={redis_url!r}, backend="cache+memory://")
+        app.conf.task_ignore_result = {{ignore}}
+
+        @app.task(name="{{name}}.load")
+        def load(): ...
+    """
+    kept = doctor("-A", app_module(tmp_path, "memkept", body.format(name="memkept", ignore=False)), cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    [warning] = warnings_of(kept.stdout)
+    assert warning.startswith("result_backend cache+memory:// keeps results in the memory of the process that "
+                              "stored them (a worker's pool child) while task memkept.load keeps its results")
+    assert "meant for tests; use Redis" in warning
+    ignored = doctor("-A", app_module(tmp_path, "memignored", body.format(name="memignored", ignore=True)),
+                     cwd=tmp_path)
+    assert line(ignored.stdout, "results") == "cache+memory:// (memory)"
+    assert warnings_of(ignored.stdout) == []
+
+
+def test_doctor_warns_when_no_result_backend_is_set_but_tasks_keep_results(tmp_path, redis_url):
+    spec = app_module(tmp_path, "nobackend", f"""
+        app = Celery("nobackend", broker={redis_url!r})
+
+        @app.task(name="nobackend.report")
+        def report(): ...
+
+        @app.task(name="nobackend.fire", ignore_result=True)
+        def fire(): ...
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert line(result.stdout, "results") == "none: result_backend is unset, results are not stored"
+    [warning] = warnings_of(result.stdout)
+    assert warning.startswith("no result_backend is set while task nobackend.report keeps its results "
+                              "(ignore_result=False): results are dropped and AsyncResult.get() raises")
+    assert "set task_ignore_result = True if nobody reads results, or use Redis" in warning
+
+
+def redis_backend_app(redis_url: str, **conf):
+    """A Celery app storing results in the real Redis (database 11 of the local server, or the embedded one)."""
+    from celery import Celery
+
+    backend = f"{redis_url}/11" if redis_url.startswith("redis://") else redis_url
+    app = Celery("expiring", broker=redis_url, backend=backend, set_as_current=False)
+    app.conf.update(conf)
+    return app, backend
+
+
+def test_doctor_warns_when_results_never_expire_as_redis_confirms(tmp_path, redis_url):
+    import uuid
+
+    app, backend = redis_backend_app(redis_url, result_expires=None)
+    task_id = str(uuid.uuid4())
+    app.backend.store_result(task_id, 42, "SUCCESS")
+    try:
+        # What the warning is about, seen in Redis itself: the result key has no TTL.
+        assert app.backend.client.ttl(app.backend.get_key_for_task(task_id)) == -1
+    finally:
+        app.backend.forget(task_id)
+    spec = app_module(tmp_path, "forever", f"""
+        app = Celery("forever", broker={redis_url!r}, backend={backend!r})
+        app.conf.result_expires = None
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "results").endswith("(redis): results never expire (result_expires = None)")
+    [warning] = warnings_of(result.stdout)
+    assert warning.startswith("result_expires = None: results never expire, so every result stays in")
+    assert "set result_expires (Celery's default is 1 day)" in warning
+
+
+def test_doctor_says_when_redis_results_expire_and_warns_about_nothing(tmp_path, redis_url):
+    import uuid
+
+    app, backend = redis_backend_app(redis_url)
+    task_id = str(uuid.uuid4())
+    app.backend.store_result(task_id, 42, "SUCCESS")
+    try:
+        assert 0 < app.backend.client.ttl(app.backend.get_key_for_task(task_id)) <= 86400
+    finally:
+        app.backend.forget(task_id)
+    spec = app_module(tmp_path, "expiring", f"""
+        app = Celery("expiring", broker={redis_url!r}, backend={backend!r})
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert line(result.stdout, "results").endswith("(redis): results expire after 1 day (result_expires)")
+    assert line(result.stdout, "messages") == "task json, result json; accepted: json (measured costs: docs/data.md)"
+    assert warnings_of(result.stdout) == []
+
+
+def test_doctor_treats_a_zero_result_expires_as_never(tmp_path, redis_url):
+    spec = app_module(tmp_path, "zero", f"""
+        from datetime import timedelta
+
+        app = Celery("zero", broker={redis_url!r}, backend="redis://127.0.0.1:6379/11")
+        app.conf.result_expires = timedelta(0)
+    """)
+    [warning] = warnings_of(doctor("-A", spec, cwd=tmp_path).stdout)
+    assert warning.startswith("result_expires = datetime.timedelta(0): results never expire")
+
+
+def postgres_database(name: str) -> str:
+    """A database of its own on the local PostgreSQL (created when missing); its SQLAlchemy URL."""
+    import pytest
+
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
+                             connect_timeout=2) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def test_doctor_says_database_results_are_deleted_only_by_celery_beat(tmp_path, redis_url):
+    import uuid
+
+    from celery import Celery
+    from sqlalchemy import create_engine, text
+
+    url = postgres_database("oomless_doctor_results")
+    app = Celery("dbresults", broker=redis_url, backend=f"db+{url}", set_as_current=False)
+    task_id = str(uuid.uuid4())
+    app.backend.store_result(task_id, 42, "SUCCESS")
+    # The row stays: PostgreSQL has no TTL, only celery.backend_cleanup deletes old rows.
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT count(*) FROM celery_taskmeta WHERE task_id = :t"), {"t": task_id})
+        assert rows.scalar() == 1
+    engine.dispose()
+    spec = app_module(tmp_path, "dbresults", f"""
+        app = Celery("dbresults", broker={redis_url!r}, backend="db+{url}")
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "results") == (
+        f"db+{url} (database): results older than 1 day (result_expires) are deleted only by the "
+        "celery.backend_cleanup task, which celery beat runs daily at 4:00; without beat the table grows: run "
+        "celery beat, or (Airflow runs no beat) airflow db clean --tables celery_taskmeta,celery_tasksetmeta")
+    assert warnings_of(result.stdout) == []
+
+
+def test_doctor_judges_the_result_backend_without_connecting_to_it(tmp_path):
+    # Nothing listens on port 1: a doctor that connected would fail or hang here.
+    spec = app_module(tmp_path, "unreachable", """
+        app = Celery("unreachable", broker="redis://127.0.0.1:1/0",
+                     backend="db+postgresql+psycopg://nobody:s3cret@127.0.0.1:1/none")
+        app.conf.result_expires = None
+    """)
+    result = doctor("-A", spec, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert results["backend"] == "db+postgresql+psycopg://nobody:**@127.0.0.1:1/none"
+    assert results["kind"] == "database" and results["expires"] is None
+    assert [p.split(":")[0] for p in results["problems"]] == ["result_expires = None"]
+
+
+def test_doctor_warns_that_pickle_is_an_explicit_opt_in(tmp_path, redis_url):
+    spec = app_module(tmp_path, "pickled", f"""
+        app = Celery("pickled", broker={redis_url!r}, backend="redis://127.0.0.1:6379/11")
+        app.conf.update(result_serializer="pickle", accept_content=["json", "application/x-python-serialize"])
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "messages").startswith("task json, result pickle; accepted: json, pickle")
+    [warning] = warnings_of(result.stdout)
+    assert warning.startswith("pickle is in result_serializer, accept_content: an explicit opt-in, and a risky one: "
+                              "decoding a pickle runs whatever code the message carries")
+    assert "anyone who can write to the broker" in warning and "docs/data.md" in warning
+
+
+def test_doctor_names_pickle_in_result_accept_content_set_on_its_own(tmp_path):
+    spec = app_module(tmp_path, "resultpickle", """
+        app = Celery("resultpickle", broker="memory://", backend="redis://127.0.0.1:6379/11")
+        app.conf.result_accept_content = ["pickle"]
+    """)
+    out = doctor("-A", spec, cwd=tmp_path).stdout
+    assert line(out, "messages").endswith("; results accepted: pickle (measured costs: docs/data.md)")
+    [warning] = warnings_of(out)
+    assert warning.startswith("pickle is in result_accept_content: an explicit opt-in")
+
+
+def test_doctor_without_an_app_says_nothing_about_results():
+    result = doctor("--json")
+    assert "results" not in json.loads(result.stdout)
+    assert "results" not in doctor().stdout.split("\nwarning")[0]
+
+
+def test_doctor_judges_airflows_default_celery_result_backend(tmp_path):
+    import os
+
+    import pytest
+
+    pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+")
+    spec = app_module(tmp_path, "airflowconf", """
+        from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+        app = Celery("airflowconf")
+        app.config_from_object(DEFAULT_CELERY_CONFIG)
+    """)
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path),
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql://airflow:pw@127.0.0.1:5432/airflow",
+               # Airflow derives an asyncpg URL otherwise, and asyncpg is not installed
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC="postgresql+psycopg_async://airflow:pw@127.0.0.1:5432/airflow",
+               AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:6379/0")
+    env.pop("AIRFLOW__CELERY__RESULT_BACKEND", None)
+    result = subprocess.run([sys.executable, "-m", "oomless.cli", "doctor", "-A", spec], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    # No [celery] result_backend: the provider stores results on the metadata database, where only
+    # celery beat (which Airflow does not run) or airflow db clean removes them.
+    assert line(result.stdout, "results").startswith(
+        "db+postgresql+psycopg://airflow:**@127.0.0.1:5432/airflow (database): results older than 1 day")
+    assert "airflow db clean --tables celery_taskmeta,celery_tasksetmeta" in result.stdout
+    assert not [w for w in warnings_of(result.stdout) if "result" in w or "pickle" in w]

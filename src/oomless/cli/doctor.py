@@ -119,6 +119,8 @@ def diagnose(
         report["mode"] = {"requested": requested, "chosen": None, "reason": None, "warning": None}
         if app is not None:
             report["tasks"] = _tasks(app, settings.budget.bytes, task_spec)
+            report["results"] = _results(app)
+            report["warnings"].extend(report["results"]["problems"])
         try:
             choice = choose_mode(requested, host, pool_name, isolating)
         except EnforcementUnavailable as exc:
@@ -189,6 +191,137 @@ def _airflow(mode: str, cgroup_version: int | None) -> dict[str, Any] | None:
     else:
         how = "enforcement is off: tries are accounted, never killed"
     return {"versions": found, "enforcement": how}
+
+
+#: Where results belong instead (the fix of every result-backend warning).
+RESULTS_FIX = (
+    "use Redis (result_backend = 'redis://host:6379/1') or a database (result_backend = "
+    "'db+postgresql+psycopg://user@host/db'; for Airflow, [celery] result_backend on its metadata PostgreSQL) "
+    "with result_expires set"
+)
+
+#: What every pickle warning says (the measured cost is in docs/data.md).
+PICKLE_RISK = (
+    "an explicit opt-in, and a risky one: decoding a pickle runs whatever code the message carries, so anyone who can "
+    "write to the broker (or to the result backend, for the clients that read results) can run code in the "
+    "workers; keep json, Celery's default, unless every producer and the broker are trusted; its measured "
+    "encode/decode cost against json is in docs/data.md (Serializers and result backends)"
+)
+
+
+def _results(app: Any) -> dict[str, Any]:
+    """Where task results go, whether they expire, and which serializers are used, judged from the configuration.
+
+    Nothing is connected: a backend that is down is judged the same as one that is up.  See docs/data.md.
+    """
+    from datetime import timedelta
+
+    from celery.app.backends import by_url
+    from kombu.serialization import registry
+    from kombu.utils.url import maybe_sanitize_url
+
+    conf = app.conf
+    setting = conf.result_backend
+    problems: list[str] = []
+    # rpc:// and friends carry no password; maybe_sanitize_url would turn them into rpc:///
+    shown = "none" if not setting else (
+        (maybe_sanitize_url(setting) if "@" in setting else setting) if isinstance(setting, str)
+        else getattr(setting, "__name__", repr(setting)))
+    try:
+        cls, url = by_url(setting, app.loader) if not isinstance(setting, type) else (setting, None)
+    except Exception as exc:  # noqa: BLE001  (an unknown alias or a missing driver: say so, judge the rest)
+        return {"backend": shown, "kind": None, "expires": None, "expiry": None, "storing": [],
+                "serializers": _serializers(conf, registry),
+                "problems": [f"result_backend {shown} cannot be loaded: {exc}"]
+                + _pickle_problems(conf, registry)}
+    kind = ("disabled" if cls.__name__ == "DisabledBackend"
+            else "rpc" if cls.__name__ == "RPCBackend"
+            else "memory" if cls.__name__ == "CacheBackend" and (url or "").startswith("memory")
+            else cls.__name__.removesuffix("Backend").lower())
+
+    storing = [name for name in sorted(app.tasks)
+               if not name.startswith("celery.") and not app.tasks[name].ignore_result]
+    # An app without tasks of its own (they are registered elsewhere) stores results unless told not to.
+    stores = bool(storing) or (not [n for n in app.tasks if not n.startswith("celery.")]
+                               and not conf.task_ignore_result)
+    which = ("task " + storing[0] + " keeps its results (ignore_result=False)" if len(storing) == 1
+             else f"{len(storing)} tasks keep their results (ignore_result=False, e.g. {storing[0]})" if storing
+             else "tasks keep their results (task_ignore_result=False)")
+
+    if kind == "rpc":
+        problems.append(
+            f"result_backend {shown}: results travel back in the reply queue of the client that sent the task: "
+            "they are lost when that client restarts, only that client can read them (once), and neither "
+            f"Airflow nor Flower can see them; {RESULTS_FIX}")
+    elif kind == "memory" and stores:
+        problems.append(
+            f"result_backend {shown} keeps results in the memory of the process that stored them (a worker's "
+            f"pool child) while {which}: no other process can read them and they vanish with the child; it is "
+            f"meant for tests; {RESULTS_FIX}")
+    elif kind == "disabled" and stores:
+        problems.append(
+            f"no result_backend is set while {which}: results are dropped and AsyncResult.get() raises "
+            f"'No result backend is configured'; set task_ignore_result = True if nobody reads results, or "
+            f"{RESULTS_FIX}")
+
+    expires = conf.result_expires
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    expiry = None
+    if kind not in ("disabled", "rpc", "memory"):
+        if not seconds:
+            expiry = f"results never expire (result_expires = {expires!r})"
+            problems.append(
+                f"result_expires = {expires!r}: results never expire, so every result stays in {shown} until "
+                "someone deletes it and the store grows without bound; set result_expires (Celery's default "
+                "is 1 day)")
+        elif not cls.supports_autoexpire:
+            # Celery beat adds celery.backend_cleanup only for backends that do not expire results themselves.
+            expiry = (
+                f"results older than {_duration(seconds)} (result_expires) are deleted only by the "
+                "celery.backend_cleanup task, which celery beat runs daily at 4:00; without beat the table "
+                "grows: run celery beat, or (Airflow runs no beat) "
+                "airflow db clean --tables celery_taskmeta,celery_tasksetmeta")
+        else:
+            expiry = f"results expire after {_duration(seconds)} (result_expires)"
+    problems.extend(_pickle_problems(conf, registry))
+    return {"backend": shown, "kind": kind, "expires": seconds, "expiry": expiry, "storing": storing,
+            "serializers": _serializers(conf, registry), "problems": problems}
+
+
+def _serializers(conf: Any, registry: Any) -> dict[str, Any]:
+    """The serializer names in use; content types (``application/x-python-serialize``) become kombu's names."""
+
+    def name(value: str) -> str:
+        return registry.type_to_name.get(value, value)
+
+    accept = [name(v) for v in conf.accept_content or ()]
+    result_accept = conf.result_accept_content
+    return {
+        "task": name(conf.task_serializer),
+        "result": name(conf.result_serializer),
+        "accept": accept,
+        "result_accept": accept if result_accept is None else [name(v) for v in result_accept],
+    }
+
+
+def _pickle_problems(conf: Any, registry: Any) -> list[str]:
+    found = _serializers(conf, registry)
+    where = [f"{key}_serializer" for key in ("task", "result") if found[key] == "pickle"]
+    where += ["accept_content"] if "pickle" in found["accept"] else []
+    # result_accept_content defaults to accept_content: name it only when it is set on its own
+    if conf.result_accept_content is not None and "pickle" in found["result_accept"]:
+        where.append("result_accept_content")
+    if not where:
+        return []
+    return [f"pickle is in {', '.join(where)}: {PICKLE_RISK}"]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+    return f"{seconds:g} s"
 
 
 def _isolates(pool_name: str) -> bool:
@@ -335,6 +468,19 @@ def _print(report: dict[str, Any]) -> None:
             flag = "  INFEASIBLE: larger than the budget, the worker will refuse it" if t["infeasible"] else ""
             lines.append(("", f"{t['name']}: request {format_size(t['request'])}, "
                               f"limit {format_size(t['limit'])}{flag}"))
+
+    if "results" in report:
+        res = report["results"]
+        if res["kind"] == "disabled":
+            lines.append(("results", "none: result_backend is unset, results are not stored"))
+        else:
+            lines.append(("results", f"{res['backend']}" + (f" ({res['kind']})" if res["kind"] else "")
+                          + (f": {res['expiry']}" if res["expiry"] else "")))
+        ser = res["serializers"]
+        lines.append(("messages", f"task {ser['task']}, result {ser['result']}; accepted: {', '.join(ser['accept'])}"
+                      + ("" if ser["result_accept"] == ser["accept"]
+                         else f"; results accepted: {', '.join(ser['result_accept'])}")
+                      + " (measured costs: docs/data.md)"))
 
     if out.is_terminal:
         grid = Table.grid(padding=(0, 2))
