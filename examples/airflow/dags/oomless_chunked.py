@@ -47,9 +47,10 @@ from oomless.airflow import memory
 # What one chunk may take when read (the planner's budget).  Small so that the
 # example's default file makes a handful of chunks; a real DAG would use e.g. 1GiB.
 CHUNK_MEMORY = "16MiB"
-# A try's runner carries Airflow (~60 MiB here) and pandas/pyarrow (~100 MiB)
-# besides the chunk: the declared memory is the chunk's budget plus that.
-CHUNK_TASK_MEMORY = memory("256MiB")
+# A chunk's try carries the task runner besides the chunk: Airflow (~45 MiB) and the
+# pandas/pyarrow imports; it peaked at ~125 MiB here (docs/airflow.md §10).  A try
+# killed for memory anyway is retried with twice as much.
+CHUNK_TASK_MEMORY = memory("256MiB", escalate=2, max="1GiB")
 REGIONS = ("north", "south", "east", "west", "centre", "islands", "coast", "hills")
 CUSTOMERS = 100_000
 BLOCK = 100_000  # rows generated and written at a time
