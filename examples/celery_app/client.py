@@ -1,7 +1,8 @@
 """Submit a few tasks to the example worker and show how each ends."""
 
-import oomless
 from etl import shell_sort, train, transform
+
+import oomless
 
 calls = [
     ("transform(1_000_000)", transform.delay(1_000_000)),

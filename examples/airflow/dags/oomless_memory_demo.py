@@ -53,7 +53,7 @@ def oomless_memory_demo():
         blocks = [bytearray(8 * MiB) for _ in range(NEED // 8)]  # NEED MiB at once
         return sum(len(b) for b in blocks) // MiB
 
-    sort_words = BashOperator(
+    BashOperator(
         task_id="sort_words",
         # tail keeps the last NEED MiB of the stream in memory; the limit covers bash, head, tail and wc.
         bash_command=f"head -c {NEED}M /dev/zero | tail -c {NEED}M | wc -c",
