@@ -57,13 +57,17 @@ class RecordReader:
                 pos = len(self._buf)
             if self._eof:
                 return self._cut(len(self._buf))
-            more = self.stream.read(self.block)
+            # Read no more than this chunk still needs (and at least 64 KiB): a full block on top of a
+            # small chunk would be raw bytes held beyond what the chunk's memory budget counted.
+            more = self.stream.read(max(1 << 16, min(self.block, at_least - len(self._buf))))
             if not more:
                 self._eof = True
             self._buf += more
 
     def _cut(self, n: int) -> bytes:
-        out = bytes(self._buf[:n])
+        # One copy: slicing the bytearray itself would copy once more before bytes() does.
+        with memoryview(self._buf) as view:
+            out = bytes(view[:n])
         del self._buf[:n]
         self.consumed += len(out)
         return out
