@@ -14,10 +14,14 @@ or a polars DataFrame.
 
 How big a chunk is: the planner parses a sample (the first records of a CSV,
 up to ``SAMPLE`` bytes) with the engine and measures how many bytes of memory
-one byte of file becomes (the *expansion*).  Parsing ``B`` bytes holds the
-raw bytes, the result and about as much again in parser buffers, so a chunk
-gets ``budget / (1 + 2 × expansion)`` bytes of file.  This is an estimate, not
-yet measured against a process's real peak (issue 7's chunking benchmark).
+one byte of file becomes (the *expansion*); a chunk then gets the bytes of
+file that :func:`oomless.data.chunks.chunk_bytes` gives for the budget,
+a rule measured against real process peaks (see :mod:`oomless.data.chunks`;
+it also counts a previous frame, which a task reading one spec does not
+hold, so a plan's chunks are on the safe side).  Parquet row groups are
+grouped by their decoded size (from a decoded sample) up to the same share
+of the budget as ``chunks()`` uses; a row group larger than that cannot be
+split by a plan and is logged.
 
 Refused, with a message that says why and what to do instead (never wrong
 chunks): compressed CSV (no seeking: stream it with ``chunks()`` or convert
@@ -32,14 +36,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import logging
 import os
 from typing import Any
 
-from ..units import parse_size
+from ..units import format_size, parse_size
 from .csvsplit import record_starts
 
 __all__ = ["plan", "read", "NotSplittable", "SAMPLE"]
+
+log = logging.getLogger("oomless.data")
 
 SAMPLE = 4 << 20
 _ROW_OPTIONS = ("skiprows", "nrows", "skipfooter", "chunksize", "iterator", "compression")
@@ -177,8 +183,9 @@ def _csv_chunk_bytes(
     spec = {"format": "csv", "url": url, "start": first, "end": end, "columns": columns, "engine": engine,
             "options": {k: v for k, v in options.items() if k not in ("header", "names")}}
     frame = read(spec)
-    expansion = max(_memory_of(frame) / (end - first), 0.1)
-    return max(4096, math.floor(budget / (1 + 2 * expansion)))
+    from .chunks import chunk_bytes
+
+    return chunk_bytes(budget, _memory_of(frame) / (end - first), engine)
 
 
 def _check_engine(engine: str) -> None:
@@ -198,18 +205,33 @@ def _memory_of(frame: Any) -> int:
 def _plan_parquet(url: str, budget: int, engine: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
+    from .chunks import PARQUET_FRAMES, PARQUET_RESERVE
+
+    share = max(1, budget - PARQUET_RESERVE) / PARQUET_FRAMES[engine]
     with _open(url) as f:
-        meta = pq.ParquetFile(f).metadata
+        pf = pq.ParquetFile(f)
+        meta = pf.metadata
+        nonempty = [i for i in range(meta.num_row_groups) if meta.row_group(i).num_rows]
+        per_row = 1.0
+        if nonempty:
+            # Decoded bytes per row from a sample: the metadata's sizes are of encoded pages, several
+            # times smaller than the arrays for dictionary-encoded strings.
+            sample = next(pf.iter_batches(batch_size=1000, row_groups=nonempty[:1], **options))
+            per_row = max(1.0, sample.nbytes / max(1, sample.num_rows))
     groups: list[list[int]] = []
     current: list[int] = []
-    held = 0
-    # A row group's uncompressed size is about what it takes in Arrow; pandas adds its own copy.
-    factor = 2 if engine == "pandas" else 1
+    held = 0.0
     for i in range(meta.num_row_groups):
-        need = meta.row_group(i).total_byte_size * factor
-        if current and held + need > budget:
+        need = meta.row_group(i).num_rows * per_row
+        if need > share:
+            log.warning(
+                "row group %d of %s holds ~%s when read, more than a chunk's share (%s) of memory=%s; "
+                "its chunk may exceed the budget (rewrite the file with smaller row groups, or stream it "
+                "with oomless.data.chunks(), which splits row groups)",
+                i, url, format_size(int(need)), format_size(int(share)), format_size(budget))
+        if current and held + need > share:
             groups.append(current)
-            current, held = [], 0
+            current, held = [], 0.0
         current.append(i)
         held += need
     if current:
