@@ -229,6 +229,8 @@ def _results(app: Any) -> dict[str, Any]:
         (maybe_sanitize_url(setting) if "@" in setting else setting) if isinstance(setting, str)
         else getattr(setting, "__name__", repr(setting)))
     try:
+        cls: Any
+        url: str | None
         cls, url = by_url(setting, app.loader) if not isinstance(setting, type) else (setting, None)
     except Exception as exc:  # noqa: BLE001  (an unknown alias or a missing driver: say so, judge the rest)
         return {"backend": shown, "kind": None, "expires": None, "expiry": None, "storing": [],
