@@ -438,3 +438,43 @@ def test_doctor_judges_airflows_default_celery_result_backend(tmp_path):
         "db+postgresql+psycopg://airflow:**@127.0.0.1:5432/airflow (database): results older than 1 day")
     assert "airflow db clean --tables celery_taskmeta,celery_tasksetmeta" in result.stdout
     assert not [w for w in warnings_of(result.stdout) if "result" in w or "pickle" in w]
+
+
+def test_doctor_shows_the_size_limit_on_task_messages_when_no_claim_store_is_set(tmp_path):
+    spec = app_module(tmp_path, "nooffload", """
+        import oomless
+        app = Celery("nooffload", broker="amqp://guest:guest@127.0.0.1:5672//", backend="redis://127.0.0.1:6379/11")
+        oomless.install(app)
+    """)
+    result = doctor("-A", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert line(result.stdout, "offload").startswith(
+        "off: a task message over 16.0 MiB (what amqp practically carries; oomless_max_message_size) is refused "
+        "before it is sent")
+    # install() wraps the serializer to check sizes; doctor still names the one underneath.
+    assert line(result.stdout, "messages").startswith("task json, result json")
+
+
+def test_doctor_shows_the_claim_store_and_warns_when_a_local_one_meets_a_remote_broker(tmp_path):
+    body = """
+        import oomless
+        app = Celery("{name}", broker="redis://{host}:6379/0", backend="redis://{host}:6379/1")
+        app.conf.update(oomless_offload={store!r}, oomless_offload_threshold="4MiB", result_serializer="pickle",
+                        accept_content=["json", "pickle"])
+        oomless.install(app)
+    """
+    store = str(tmp_path / "claims")
+    local = doctor("-A", app_module(tmp_path, "offlocal", body.format(name="offlocal", host="127.0.0.1", store=store)),
+                   cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert line(local.stdout, "offload") == (
+        f"on: arguments and results over 4.0 MiB travel by reference through {store} (arguments kept 7 days; "
+        f"results until forgotten or expired)")
+    # The wrapped pickle (oomless+pickle) is still pickle, and still warned about.
+    assert any(w.startswith("pickle is in result_serializer") for w in warnings_of(local.stdout))
+    assert not any("claim store" in w for w in warnings_of(local.stdout))
+    remote_app = app_module(tmp_path, "offremote", body.format(name="offremote", host="10.1.2.3", store=store))
+    remote = doctor("-A", remote_app, cwd=tmp_path)
+    assert remote.returncode == 0, remote.stderr
+    [warning] = [w for w in warnings_of(remote.stdout) if "claim store" in w]
+    assert warning.startswith(f"the claim store is a local directory ({store}) but the broker is on 10.1.2.3")

@@ -52,7 +52,7 @@ from ..units import format_size, parse_size
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["configure", "sweep", "PRACTICAL", "content_type", "Offload"]
+__all__ = ["configure", "read_settings", "unwrapped", "sweep", "PRACTICAL", "content_type", "Offload"]
 
 MiB = 1 << 20
 
@@ -193,8 +193,7 @@ def _register(inner: str, cfg: Offload) -> str:
     inner serializer: the last app configured with ``oomless_offload`` sets it.
     """
     registry = serialization.registry
-    if inner.startswith("oomless"):
-        inner = inner.split("+", 1)[1]
+    inner = unwrapped(inner)
     if inner not in registry._encoders:
         raise ValueError(f"serializer {inner!r} is not registered with kombu (is its library installed?)")
     codec = Codec(inner, cfg)
@@ -220,9 +219,8 @@ def _seconds(value: Any, what: str) -> float | None:
         raise ValueError(f"{what}={value!r} is not a number of seconds") from None
 
 
-def configure(app: Any) -> Offload:
-    """Apply the ``oomless_offload*`` settings of ``app`` (called by ``install`` once the app is configured)."""
-    conf = app.conf
+def read_settings(conf: Any) -> Offload:
+    """The ``oomless_offload*`` settings of a configuration, checked (nothing is registered or written)."""
     wanted = conf.get("oomless_offload")
     kind = broker_kind(conf.broker_url if isinstance(conf.broker_url, str) else None)
     limit_raw = conf.get("oomless_max_message_size")
@@ -232,7 +230,22 @@ def configure(app: Any) -> Offload:
     if wanted:
         ttl = _seconds(conf.get("oomless_offload_ttl"), "oomless_offload_ttl") or 7 * 86400.0
         store = ClaimStore(default_url() if wanted is True else str(wanted), ttl=ttl)
-    cfg = Offload(store, threshold, limit, kind)
+    return Offload(store, threshold, limit, kind)
+
+
+def unwrapped(name: str) -> str:
+    """The serializer an oomless wrapper name or content type stands for (``oomless+json`` -> ``json``)."""
+    for prefix in ("oomless+", "oomless-guard+", "application/x-oomless+"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def configure(app: Any) -> Offload:
+    """Apply the ``oomless_offload*`` settings of ``app`` (called by ``install`` once the app is configured)."""
+    conf = app.conf
+    cfg = read_settings(conf)
+    store, threshold, limit, kind = cfg.store, cfg.threshold, cfg.limit, cfg.broker
     if "auth" in (conf.task_serializer, conf.result_serializer):
         # Message signing (celery.security) checks that the serializer is 'auth' itself.
         logger.warning("oomless: task_serializer='auth' (signed messages): no size check and no claim check")

@@ -121,6 +121,8 @@ def diagnose(
             report["tasks"] = _tasks(app, settings.budget.bytes, task_spec)
             report["results"] = _results(app)
             report["warnings"].extend(report["results"]["problems"])
+            report["offload"] = _offload(app)
+            report["warnings"].extend(report["offload"]["problems"])
         try:
             choice = choose_mode(requested, host, pool_name, isolating)
         except EnforcementUnavailable as exc:
@@ -291,11 +293,45 @@ def _results(app: Any) -> dict[str, Any]:
             "serializers": _serializers(conf, registry), "problems": problems}
 
 
+def _offload(app: Any) -> dict[str, Any]:
+    """The claim check (oomless_offload) or, without it, the size limit on task messages."""
+    from urllib.parse import urlsplit
+
+    from ..celery.offload import read_settings
+
+    try:
+        cfg = read_settings(app.conf)
+    except (ValueError, ImportError) as exc:
+        raise _Invalid(f"invalid configuration: {exc}") from exc
+    store = cfg.store
+    problems = []
+    host = urlsplit(app.conf.broker_url or "").hostname if isinstance(app.conf.broker_url, str) else None
+    local = store is not None and store._local
+    if local and host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        problems.append(
+            f"the claim store is a local directory ({store.url}) but the broker is on {host}: workers and clients "
+            f"on other machines cannot read it; set oomless_offload to a shared fsspec URL (s3://…, gs://…) or a "
+            f"shared filesystem"
+        )
+    return {
+        "store": store.url if store is not None else None,
+        "local": local,
+        "threshold": cfg.threshold,
+        "ttl": store.ttl if store is not None else None,
+        "limit": cfg.limit,
+        "broker": cfg.broker,
+        "problems": problems,
+    }
+
+
 def _serializers(conf: Any, registry: Any) -> dict[str, Any]:
     """The serializer names in use; content types (``application/x-python-serialize``) become kombu's names."""
 
+    from ..celery.offload import unwrapped
+
     def name(value: str) -> str:
-        return registry.type_to_name.get(value, value)
+        # oomless wraps the serializers it checks sizes for (oomless+json, oomless-guard+pickle, …)
+        return unwrapped(registry.type_to_name.get(value, value))
 
     accept = [name(v) for v in conf.accept_content or ()]
     result_accept = conf.result_accept_content
@@ -484,6 +520,17 @@ def _print(report: dict[str, Any]) -> None:
                       + ("" if ser["result_accept"] == ser["accept"]
                          else f"; results accepted: {', '.join(ser['result_accept'])}")
                       + " (measured costs: docs/data.md)"))
+    if "offload" in report:
+        off = report["offload"]
+        if off["store"]:
+            lines.append(("offload", f"on: arguments and results over {format_size(off['threshold'])} travel by "
+                          f"reference through {off['store']} (arguments kept {off['ttl'] / 86400:g} days; results "
+                          f"until forgotten or expired)"))
+        else:
+            lines.append(("offload", f"off: a task message over {format_size(off['limit'])} (what {off['broker']} "
+                          f"practically carries; oomless_max_message_size) is refused before it is sent; set "
+                          f"oomless_offload = True or a shared fsspec URL to send large values by reference "
+                          f"(docs/data.md)"))
 
     if out.is_terminal:
         grid = Table.grid(padding=(0, 2))
