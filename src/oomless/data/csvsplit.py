@@ -36,39 +36,69 @@ def _newline_outside_quotes(buf: bytes | bytearray, pos: int, parity: int, quote
         pos = nl + 1
 
 
+def _count(data: bytes, quote: bytes) -> int:
+    """Quotes in ``data``; numpy's vectorised compare is ~1.7x faster than ``bytes.count`` (8 MiB blocks)."""
+    try:
+        import numpy as np
+    except ImportError:  # polars alone does not need numpy
+        return data.count(quote)
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == quote[0]))
+
+
 class RecordReader:
-    """Whole records from a byte stream that need not seek (a gzip stream, an fsspec file)."""
+    """Whole records from a byte stream that need not seek (a gzip stream, an fsspec file).
+
+    Blocks read are kept as a list, each with its count of quotes taken once, so every byte is counted
+    about once and copied once (into the piece handed out); growing one buffer and counting its
+    quotes from the start at each cut made this reader cost 70 % of pandas' own parse of the bytes.
+    """
 
     def __init__(self, stream: BinaryIO, quote: bytes = b'"', block: int = BLOCK) -> None:
         self.stream, self.quote, self.block = stream, quote, block
-        self._buf = bytearray()
+        self._blocks: list[tuple[bytes, int]] = []  # (bytes, quotes in them); the first starts a record
+        self._held = 0
         self._eof = False
         self.consumed = 0  # bytes handed out so far
 
     def take(self, at_least: int) -> bytes:
         """The next records: at least ``at_least`` bytes of them (fewer only at the end), ending at a record end."""
-        pos = max(at_least - 1, 0)
+        pos = max(at_least - 1, 0)  # the newline that ends the piece is at or after this offset
+        i = offset = parity = 0  # block index, its offset in the held bytes, quotes before it (mod 2)
         while True:
-            if len(self._buf) > pos:
-                # Every piece handed out ends at a record boundary, so the buffer starts with even parity.
-                nl = _newline_outside_quotes(self._buf, pos, 0, self.quote)
-                if nl is not None:
-                    return self._cut(nl + 1)
-                pos = len(self._buf)
+            while i < len(self._blocks):
+                data, quotes = self._blocks[i]
+                if offset + len(data) > pos:
+                    nl = _newline_outside_quotes(data, max(pos - offset, 0), parity, self.quote)
+                    if nl is not None:
+                        return self._cut(i, nl + 1)
+                parity = (parity + quotes) % 2
+                offset += len(data)
+                i += 1
             if self._eof:
-                return self._cut(len(self._buf))
-            # Read no more than this chunk still needs (and at least 64 KiB): a full block on top of a
-            # small chunk would be raw bytes held beyond what the chunk's memory budget counted.
-            more = self.stream.read(max(1 << 16, min(self.block, at_least - len(self._buf))))
+                return self._cut(len(self._blocks), 0)
+            # Read no more than this piece still needs (and at least 64 KiB): a full block on top of a
+            # small piece would be raw bytes held beyond what the chunk's memory budget counted.
+            more = self.stream.read(max(1 << 16, min(self.block, at_least - self._held)))
             if not more:
                 self._eof = True
-            self._buf += more
+            else:
+                self._blocks.append((more, _count(more, self.quote)))
+                self._held += len(more)
 
-    def _cut(self, n: int) -> bytes:
-        # One copy: slicing the bytearray itself would copy once more before bytes() does.
-        with memoryview(self._buf) as view:
-            out = bytes(view[:n])
-        del self._buf[:n]
+    def _cut(self, i: int, n: int) -> bytes:
+        """Hand out blocks ``[0, i)`` and the first ``n`` bytes of block ``i``."""
+        parts = [data for data, _ in self._blocks[:i]]
+        rest = self._blocks[i + 1:]
+        if i < len(self._blocks):
+            data, quotes = self._blocks[i]
+            parts.append(data[:n])
+            if n < len(data):
+                tail = data[n:]
+                rest.insert(0, (tail, _count(tail, self.quote)))
+        self._blocks = rest
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts
+        self._held -= len(out)
         self.consumed += len(out)
         return out
 
