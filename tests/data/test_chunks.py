@@ -73,3 +73,12 @@ def test_fsspec_urls_work_for_chunks_and_plans(engine):
     assert len(specs) > 2
     assert_same(concat(frames, engine), concat([read(s) for s in specs], engine), engine)
     assert sum(len(f) for f in frames) == 5000
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_compression_can_be_named_when_the_suffix_does_not_say(tmp_path, engine):
+    data = _csv(2000)
+    (tmp_path / "plain.csv").write_bytes(data)
+    (tmp_path / "t.data").write_bytes(gzip.compress(data))
+    frames = list(chunks(tmp_path / "t.data", memory="1MiB", engine=engine, compression="gzip", format="csv"))
+    assert_same(concat(frames, engine), _whole(tmp_path / "plain.csv", engine), engine)

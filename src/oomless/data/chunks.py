@@ -2,7 +2,8 @@
 
 For when the work is one process's loop rather than a fan-out (``plan()``):
 the file is streamed, never seeked, so compressed CSV works too.  The first
-chunk is small (``FIRST`` bytes of file, or less for a small budget); each
+chunk is small (``FIRST`` bytes of file, or less for a small budget; 1,000
+rows with pandas); each
 chunk's real size in memory is measured and the next chunk is sized from it,
 so the estimate corrects itself as the data changes along the file.
 
@@ -84,10 +85,10 @@ PARQUET_FRAMES = {"pandas": 6.0, "pyarrow": 6.0, "polars": 6.0}
 PARQUET_RESERVE = 64 << 20
 
 
-def _stream(url: str) -> Any:
+def _stream(url: str, compression: str | None = "infer") -> Any:
     import fsspec
 
-    return fsspec.open(url, "rb", compression="infer").open()
+    return fsspec.open(url, "rb", compression=compression).open()
 
 
 def _release_arrow_memory() -> None:
@@ -136,10 +137,12 @@ def chunks(
     if kind == "parquet":
         yield from _parquet(url, budget, engine, reader_kwargs)
         return
-    quote, sep, has_header = _check_csv_options(url, {k: v for k, v in reader_kwargs.items() if k != "compression"})
+    # The stream is decompressed here (by the name's suffix, or as told), so no parser sees compression=.
+    compression = reader_kwargs.pop("compression", "infer")
+    quote, sep, has_header = _check_csv_options(url, reader_kwargs)
     options = {k: v for k, v in reader_kwargs.items() if k not in ("header", "names")}
     _warn_if_small(budget, PEAK_FACTORS[engine][0], engine, "CSV")
-    with _stream(url) as stream:
+    with _stream(url, compression) as stream:
         if engine == "pandas":
             yield from _pandas_csv(stream, budget, reader_kwargs)
             return
