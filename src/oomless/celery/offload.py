@@ -46,7 +46,7 @@ from typing import Any
 
 from kombu import serialization
 
-from ..data.claim import ClaimStore, default_url, is_ref
+from ..data.claim import MARK, ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
 from ..units import format_size, parse_size
 
@@ -116,20 +116,28 @@ def _slots(obj: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     return obj, []
 
 
+def _has_ref(obj: Any) -> bool:
+    """Whether ``obj`` holds a reference where :meth:`Codec.encode` puts them (checked without copying)."""
+    if _is_body(obj):
+        return any(map(is_ref, obj[0])) or any(map(is_ref, obj[1].values()))
+    if isinstance(obj, dict):
+        return MARK in obj or any(map(is_ref, obj.values()))
+    if isinstance(obj, (list, tuple)):
+        return any(map(is_ref, obj))
+    return False
+
+
 class Codec:
     """A kombu serializer around ``inner`` (json, msgpack, yaml or pickle)."""
 
     def __init__(self, inner: str, cfg: Offload) -> None:
         self.inner = inner
         self.cfg = cfg
-        self.inner_type = serialization.registry.name_to_type[inner]
-        self.encoding = serialization.registry._encoders[inner].content_encoding
-
-    def _dumps(self, obj: Any) -> Any:
-        return serialization.dumps(obj, serializer=self.inner)[2]
-
-    def _loads(self, payload: Any) -> Any:
-        return serialization.loads(payload, self.inner_type, self.encoding, accept=[self.inner_type])
+        registry = serialization.registry
+        self.inner_type = registry.name_to_type[inner]
+        # The inner codec's own functions: kombu has already checked the content type and decoded the text.
+        self.encoding, self._dumps = registry._encoders[inner][1:]
+        self._loads = registry._decoders[self.inner_type]
 
     def encode(self, obj: Any) -> Any:
         payload = self._dumps(obj)
@@ -169,7 +177,7 @@ class Codec:
     def decode(self, payload: Any) -> Any:
         obj = self._loads(payload)
         cfg = self.cfg
-        if not resolve_here or cfg.store is None:
+        if not resolve_here or cfg.store is None or not _has_ref(obj):
             return obj
         copy, slots = _slots(obj)
         found = False
