@@ -128,7 +128,7 @@ def chunks(
     """Frames of ``source`` in order (pandas or polars DataFrames, or pyarrow Tables), sized so that the
     process's peak while reading stays within ``memory`` above what it used before.
 
-    CSV (plain or compressed: .gz, .bz2, .xz, .zst) and Parquet; local paths or fsspec URLs.
+    CSV (plain or compressed: .gz, .bz2, .xz; .zst with the zstandard package) and Parquet; local paths or fsspec URLs.
     """
     url = os.fspath(source)
     budget = parse_size(memory, "memory=")
