@@ -14,6 +14,7 @@ import importlib.util
 import json
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -204,7 +205,15 @@ def test_every_chunk_try_was_recorded_within_its_declared_memory(run):
     }
     from oomless.history.store import Store
 
-    attempts = [a for a in Store(run.env["AIRFLOW__OOMLESS__HISTORY"]).attempts() if a.run_id == run.run_id]
+    # A try's Celery task ends a moment after Airflow marks the try done (the supervisor finishes up),
+    # and the worker writes its record after that, in a batch: wait for every chunk's record.
+    deadline = time.monotonic() + 60
+    while True:
+        attempts = [a for a in Store(run.env["AIRFLOW__OOMLESS__HISTORY"]).attempts() if a.run_id == run.run_id]
+        seen = {a.map_index for a in attempts if a.af_task_id == "region_totals"}
+        if len(seen) >= figures["chunks"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     figures["peak_mib"] = {
         f"{a.af_task_id}[{a.map_index}]" if a.map_index >= 0 else a.af_task_id: round(a.peak_rss / 2**20, 1)
         for a in attempts
