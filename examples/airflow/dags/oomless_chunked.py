@@ -45,8 +45,9 @@ from airflow.sdk import Param, dag, get_current_context, task
 from oomless.airflow import memory
 
 # What one chunk may take when read (the planner's budget).  Small so that the
-# example's default file makes a handful of chunks; a real DAG would use e.g. 1GiB.
-CHUNK_MEMORY = "16MiB"
+# example's default file makes a handful of chunks (7); a real DAG would use e.g. 1GiB.
+# Below about twice a reader's fixed costs (16-48 MiB for CSV) no budget can be a bound.
+CHUNK_MEMORY = "32MiB"
 # A chunk's try carries the task runner besides the chunk: Airflow (~45 MiB) and the
 # pandas/pyarrow imports; it peaked at ~125 MiB here (docs/airflow.md §10).  A try
 # killed for memory anyway is retried with twice as much.
