@@ -335,7 +335,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _sweeper
     app = getattr(sender, "app", None)
     cfg = getattr(app, "_oomless_offload", None)
-    if cfg is None or cfg.store is None or _sweeper is not None:
+    if app is None or cfg is None or cfg.store is None or _sweeper is not None:
         return
     interval = _seconds(app.conf.get("oomless_offload_sweep_interval"), "oomless_offload_sweep_interval") or 3600.0
     _sweeper = Sweeper(app, interval)

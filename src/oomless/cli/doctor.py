@@ -307,7 +307,7 @@ def _offload(app: Any) -> dict[str, Any]:
     problems = []
     host = urlsplit(app.conf.broker_url or "").hostname if isinstance(app.conf.broker_url, str) else None
     local = store is not None and store._local
-    if local and host not in (None, "", "localhost", "127.0.0.1", "::1"):
+    if store is not None and local and host not in (None, "", "localhost", "127.0.0.1", "::1"):
         problems.append(
             f"the claim store is a local directory ({store.url}) but the broker is on {host}: workers and clients "
             f"on other machines cannot read it; set oomless_offload to a shared fsspec URL (s3://…, gs://…) or a "
