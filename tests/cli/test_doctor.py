@@ -351,6 +351,8 @@ def test_doctor_says_database_results_are_deleted_only_by_celery_beat(tmp_path, 
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT count(*) FROM celery_taskmeta WHERE task_id = :t"), {"t": task_id})
         assert rows.scalar() == 1
+        conn.execute(text("DELETE FROM celery_taskmeta WHERE task_id = :t"), {"t": task_id})  # leave nothing behind
+        conn.commit()
     engine.dispose()
     spec = app_module(tmp_path, "dbresults", f"""
         app = Celery("dbresults", broker={redis_url!r}, backend="db+{url}")
