@@ -38,6 +38,7 @@ sweeps the store every ``oomless_offload_sweep_interval`` seconds (default
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from typing import Any
 
 from kombu import serialization
 
-from ..data.claim import MARK, ClaimStore, default_url, is_ref
+from ..data.claim import ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
 from ..units import format_size, parse_size
 
@@ -121,7 +122,7 @@ def _has_ref(obj: Any) -> bool:
     if _is_body(obj):
         return any(map(is_ref, obj[0])) or any(map(is_ref, obj[1].values()))
     if isinstance(obj, dict):
-        return MARK in obj or any(map(is_ref, obj.values()))
+        return any(map(is_ref, obj.values()))
     if isinstance(obj, (list, tuple)):
         return any(map(is_ref, obj))
     return False
@@ -180,14 +181,10 @@ class Codec:
         if not resolve_here or cfg.store is None or not _has_ref(obj):
             return obj
         copy, slots = _slots(obj)
-        found = False
         for holder, key in slots:
             if is_ref(holder[key]):
                 holder[key] = self._fetch(cfg.store, holder[key])
-                found = True
-        if is_ref(obj):
-            return self._fetch(cfg.store, obj)
-        return copy if found else obj
+        return copy
 
     def _fetch(self, store: ClaimStore, ref: dict[str, Any]) -> Any:
         data = store.get(ref)
@@ -253,21 +250,19 @@ def configure(app: Any) -> Offload:
     """Apply the ``oomless_offload*`` settings of ``app`` (called by ``install`` once the app is configured)."""
     conf = app.conf
     cfg = read_settings(conf)
-    store, threshold, limit, kind = cfg.store, cfg.threshold, cfg.limit, cfg.broker
     if "auth" in (conf.task_serializer, conf.result_serializer):
         # Message signing (celery.security) checks that the serializer is 'auth' itself.
         logger.warning("oomless: task_serializer='auth' (signed messages): no size check and no claim check")
-        app._oomless_offload = Offload(None, threshold, limit, kind)
+        app._oomless_offload = dataclasses.replace(cfg, store=None)
         return app._oomless_offload
     before = conf.task_serializer
     conf.task_serializer = _register(conf.task_serializer, cfg)
-    if store is not None:
+    if cfg.store is not None:
         conf.result_serializer = _register(conf.result_serializer, cfg)
+        ours = [content_type(unwrapped(name)) for name in (conf.task_serializer, conf.result_serializer)]
         for key in ("accept_content", "result_accept_content"):
             accepted = list(conf.get(key) or conf.accept_content or ["json"])
-            for name in (conf.task_serializer, conf.result_serializer):
-                if content_type(name.split("+", 1)[1]) not in accepted:
-                    accepted.append(content_type(name.split("+", 1)[1]))
+            accepted += [t for t in dict.fromkeys(ours) if t not in accepted]
             conf[key] = accepted
     # Tasks bound before this (rare: the app was configured before install) copied the old name.
     for task in list(getattr(app, "_tasks", {}).values()):

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import ClaimMissing
+from ..paths import state_dir
 from ..units import format_size
 
 __all__ = ["ClaimStore", "MARK", "is_ref", "default_url"]
@@ -45,8 +46,7 @@ _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
 def default_url() -> str:
     """The local default: ``$XDG_STATE_HOME/oomless/claims`` (``~/.local/state/oomless/claims``)."""
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "oomless", "claims")
+    return os.path.join(state_dir(), "claims")
 
 
 def is_ref(value: Any) -> bool:

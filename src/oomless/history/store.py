@@ -84,8 +84,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def default_url() -> str:
     """``sqlite:///`` + ``$XDG_STATE_HOME/oomless/history.sqlite`` (``~/.local/state`` when unset)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return f"sqlite:///{os.path.join(base, 'oomless', 'history.sqlite')}"
+    from ..paths import state_dir
+
+    return f"sqlite:///{os.path.join(state_dir(), 'history.sqlite')}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
