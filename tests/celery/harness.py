@@ -55,6 +55,38 @@ class Worker:
         return self.proc.returncode
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it is dead, only not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 5) -> bool:
+    """Wait up to ``timeout`` s for ``pid`` to die; whether it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_file(path: Path, timeout: float = 30, lines: int = 1) -> list[str]:
+    """Wait until ``path`` has at least ``lines`` complete lines; return them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            # Writers here write each line whole (one write) or rename a finished file into place.
+            got = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if len(got) >= lines:
+                return got
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not get {lines} line(s) in {timeout} s")
+
+
 def _kill_leftovers(worker_id: str) -> None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -15,30 +15,15 @@ import pytest
 
 import oomless
 
+from .harness import alive as _alive
 from .harness import start_worker
+from .harness import wait_gone as _wait_gone
 
 sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import make_app  # noqa: E402
 
 MiB = 2**20
 BUDGET = "3GiB"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(

@@ -118,6 +118,55 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
         time.sleep(hold)
         return len(data)
 
+    @app.task(name="t.daemon_hog", memory="256MiB")
+    def daemon_hog(mb: int, pidfile: str, hold: float = 30.0, wait: bool = True) -> int:
+        """Start a daemon (double fork, ``setsid``) that writes its pid to ``pidfile``, then holds ``mb`` MiB
+        for ``hold`` s; the intermediate parent exits at once.  ``wait``: the task waits ``hold`` s too."""
+        code = (
+            "import os, time\n"
+            "if os.fork(): os._exit(0)\n"
+            "os.setsid()\n"
+            "if os.fork(): os._exit(0)\n"
+            f"open({pidfile!r} + '.tmp', 'w').write(str(os.getpid())); os.rename({pidfile!r} + '.tmp', {pidfile!r})\n"
+            f"x = [bytearray(8 << 20) for _ in range({mb // 8})]\n"
+            f"time.sleep({hold})\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        if wait:
+            time.sleep(hold)
+        return mb
+
+    @app.task(name="t.shm_write", memory="256MiB")
+    def shm_write(mb: int, path: str, hold: float = 0.0, keep: bool = False) -> int:
+        """Write ``mb`` MiB to the tmpfs file ``path`` with write() (never mapped), hold it ``hold`` s open;
+        remove it unless ``keep``."""
+        try:
+            with open(path, "wb") as fh:
+                for _ in range(mb // 8):
+                    fh.write(b"\1" * (8 * MiB))
+                    fh.flush()
+                time.sleep(hold)
+        finally:
+            if not keep and os.path.exists(path):
+                os.unlink(path)
+        return mb
+
+    @app.task(name="t.free_then_hog", memory="256MiB")
+    def free_then_hog(path: str, mb: int, hold: float = 1.0) -> int:
+        """Delete ``path`` (an earlier task's leftover), then allocate ``mb`` MiB and hold it ``hold`` s."""
+        if os.path.exists(path):
+            os.unlink(path)
+        chunks = [bytearray(8 * MiB) for _ in range(mb // 8)]
+        time.sleep(hold)
+        return len(chunks) * 8
+
+    @app.task(name="t.sub_hold", bind=True)
+    def sub_hold(self, pidlog: str, hold: float = 30.0, new_session: bool = False) -> int:
+        """Run a subprocess that appends its pid to ``pidlog`` and sleeps ``hold`` s (``new_session``: setsid)."""
+        code = f"import os, time; open({pidlog!r}, 'a').write(f'{{os.getpid()}}\\n'); time.sleep({hold})"
+        subprocess.run([sys.executable, "-c", code], check=True, start_new_session=new_session)
+        return os.getpid()
+
     @app.task(name="t.whoami")
     def whoami() -> dict:
         with open("/proc/self/oom_score_adj") as fh:

@@ -212,3 +212,29 @@ def test_finished_carries_the_input_size_the_task_reported(table):
     assert table.finished(1, UUID).input_size == 3 * 2**30
     table.finish(1, 4242, "other", peak=1, limit=None)
     assert table.finished(1, "other").input_size is None
+
+
+def test_held_reads_back_and_is_none_unless_given(table):
+    _start(table, held=384 * MiB)
+    assert table.read(1).held == 384 * MiB
+    _start(table, index=2)
+    assert table.read(2).held is None
+
+
+def test_born_reads_back_the_start_time_given_with_the_pid(table):
+    table.set_pid(3, 4242, born=987654)
+    assert (table.read(3).pid, table.born(3)) == (4242, 987654)
+    assert table.born(0) is None
+
+
+def test_a_row_counts_as_running_only_while_celery_holds_its_task_as_accepted_by_that_child(table):
+    # Issue 14, item 6: a killed slot keeps its last row until a new child claims it, and a
+    # memory-killed task retried under the same id runs in another slot meanwhile.
+    from oomless.celery.status import running_slots
+
+    _start(table, index=0, pid=100)  # the killed attempt's row: its child 100 is gone
+    _start(table, index=1, pid=200)  # the retry, accepted by child 200
+    _start(table, index=2, pid=300, task_id="ended")  # ended: Celery no longer holds it
+    running = running_slots(table, {(UUID, 200): "t.escalating"})
+    assert [(index, state.pid, name) for index, state, name in running] == [(1, 200, "t.escalating")]
+    assert running_slots(table, {}) == []

@@ -93,6 +93,7 @@ class GovernorStep(bootsteps.StartStopStep):
             choice = dataclasses.replace(choice, warning=choice.warning or f"cgroup mode unavailable: {exc}")
             enforcer = make_enforcer(choice, table, host, settings.poll_interval)
             enforcer.prepare()
+        enforcer.kill_leftovers = settings.kill_leftovers
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
         for path in settings.plugins:

@@ -107,7 +107,16 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | N
     gov = governor.current
     assert gov is not None
     size = _input_size if _input_size is not None else (_header_size(task) if task is not None else None)
-    peak = gov.enforcer.task_end(_slot, os.getpid(), task_id, size)
+    pid = os.getpid()
+    peak = gov.enforcer.task_end(_slot, pid, task_id, size)
     # The task's line comes from here, not from the busy main process.
     outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())
-    governor.log_finished(getattr(task, "name", "?"), task_id, outcome, peak, _spec, gov.mode)
+    name = getattr(task, "name", "?")
+    governor.log_finished(name, task_id, outcome, peak, _spec, gov.mode)
+    killed = gov.enforcer.clear_leftovers(_slot, pid)
+    if killed:
+        logger.warning(
+            "oomless: %s[%s] left running when it returned: killed its processes %s, so they neither hold "
+            "memory no task is charged for nor run beside the next task (oomless_leftovers='keep' keeps them)",
+            name, task_id, killed,
+        )

@@ -26,6 +26,10 @@ key                        default     meaning
 ``oomless_history``        ``None``    record every attempt: ``"default"`` (an SQLite
                                        file under $XDG_STATE_HOME/oomless) or an
                                        SQLAlchemy URL; unset: not recorded
+``oomless_leftovers``      ``"kill"``  ``kill`` | ``keep``: processes a task leaves
+                                       running when it returns (daemons, forgotten
+                                       subprocesses) are killed before the slot's
+                                       next task, or kept (and charged to no task)
 ``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
                                        classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
@@ -66,6 +70,7 @@ class Settings:
     learned: bool = False  # give tasks that declare no memory the recommended spec
     metrics_port: int | None = None  # Prometheus metrics: off unless set (0: any free port)
     metrics_address: str = "127.0.0.1"
+    kill_leftovers: bool = True  # oomless_leftovers="kill"
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -110,6 +115,7 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         learned=learned,
         metrics_port=_port(conf.get("oomless_metrics_port")),
         metrics_address=str(_conf(conf, "oomless_metrics_address", "127.0.0.1")),
+        kill_leftovers=_leftovers(conf.get("oomless_leftovers")),
     )
 
 
@@ -179,6 +185,18 @@ def _port(value: Any) -> int | None:
     if isinstance(value, bool) or not str(value).strip().isdigit() or not 0 <= int(value) <= 65535:
         raise ValueError(f"oomless_metrics_port={value!r} is not a TCP port (0–65535); use e.g. 9808, or 'off'")
     return int(value)
+
+
+def _leftovers(value: Any) -> bool:
+    """``oomless_leftovers``: ``"kill"`` (True, the default) or ``"keep"``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "kill"):
+        return True
+    if isinstance(value, str) and value.strip().lower() == "keep":
+        return False
+    raise ValueError(
+        f"oomless_leftovers={value!r} is not understood; use 'kill' (processes a task leaves running are "
+        f"killed when it returns) or 'keep'"
+    )
 
 
 def _infeasible(value: Any) -> str | None:

@@ -303,6 +303,10 @@ class GovernedRequest(Request):
         report = self._oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
         if isinstance(exc, WorkerLostError):
             report = gov.enforcer.claim_kill(self.id, self.worker_pid)
+            if report is None and self.worker_pid:
+                # Killed from outside or crashed: its task's processes must be gone before
+                # Celery requeues the message (task_reject_on_worker_lost), or two copies run.
+                gov.enforcer.sweep(self.worker_pid)
         if report is not None and report.reason == "evicted":
             return self._oomless_evicted(report, send_failed_event)
         if report is not None:

@@ -14,36 +14,51 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..enforce.slots import ID_BYTES
+from ..enforce.slots import ID_BYTES, SlotState, SlotTable
 
 if TYPE_CHECKING:
     from .governor import Governor
 
-__all__ = ["snapshot"]
+__all__ = ["snapshot", "running_slots"]
 
 
-def _names() -> dict[str, str]:
+def _active() -> dict[tuple[str, int], str]:
+    """``(task id, pool child pid) -> task name`` of the requests Celery holds as running."""
     from celery.worker.state import active_requests
 
     # Keyed as the slot table stores ids (custom ids longer than its field are cut there).
-    return {req.id.encode()[:ID_BYTES].decode(errors="ignore"): req.name for req in list(active_requests)}
+    return {
+        (req.id.encode()[:ID_BYTES].decode(errors="ignore"), req.worker_pid): req.name
+        for req in list(active_requests) if req.worker_pid
+    }
+
+
+def running_slots(table: SlotTable, active: dict[tuple[str, int], str]) -> list[tuple[int, SlotState, str]]:
+    """``(slot, its row, task name)`` of each slot whose task is running now.
+
+    A slot whose child was killed keeps its last row until a new child claims
+    it, and a task memory-killed and retried runs again under the same id in
+    another slot: a row counts only while Celery holds that task as accepted
+    by that very pool child (one just started may show from the next look).
+    """
+    found = []
+    for index in range(table.size):
+        state = table.read(index)
+        name = active.get((state.task_id, state.pid)) if state.running else None
+        if name is not None:
+            found.append((index, state, name))
+    return found
 
 
 def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
     """Budget, reservations, live use, running and waiting tasks, and counters of one worker."""
     table = gov.enforcer.table
-    names = _names()
     wall = time.time()
     running: list[dict[str, Any]] = []
-    for index in range(table.size):
-        state = table.read(index)
-        # A slot whose child was killed keeps its last row until the new child is born: only
-        # tasks Celery still holds are running (one just started may show from the next look).
-        if not state.running or state.task_id not in names:
-            continue
+    for index, state, name in running_slots(table, _active()):
         running.append({
             "id": state.task_id,
-            "name": names[state.task_id],
+            "name": name,
             "slot": index,
             "pid": state.pid,
             "request": state.request,

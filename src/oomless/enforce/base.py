@@ -14,6 +14,14 @@ An enforcer has two halves that live in different processes:
 A task's memory is what its process tree holds *above the slot's baseline at
 task start*: pages the pool child shares copy-on-write with the worker, and
 what earlier tasks left behind, are not charged to it.
+
+A slot's processes are its task's, whatever they do: the pool child is a
+child subreaper (a daemon that double-forks and calls ``setsid()`` stays its
+descendant), puts :data:`SLOT_ENV` in its environment (every exec'd
+descendant carries it), and kills what its task left running when the task
+returns (``oomless_leftovers``).  When a pool child dies for any other reason,
+the main process kills what is left of its tree (:meth:`Enforcer.sweep`)
+before Celery requeues its message.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 from ..admission.eviction import Use, choose_victim, pressure
 from ..linux import cgroup, proc
 from ..linux.cgroup import CgroupHost
+from ..linux.kill import kill_orphans, kill_tree
 from ..linux.proc import OwnMemory
 from ..spec import Memory
 from ..units import format_size
@@ -36,7 +45,11 @@ from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer"]
+__all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer", "SLOT_ENV"]
+
+#: Environment variable each pool child sets to ``<worker pid>-<worker start>/<child pid>``; its
+#: exec'd descendants inherit it, so they can be found after the pool child died.
+SLOT_ENV = "OOMLESS_SLOT"
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,9 @@ class Enforcer:
         self._limit: int | None = None
         self._seq = -1  # slot row sequence number the running task started at
         self.own = OwnMemory()  # the pool child's own /proc files
+        #: kill the processes a task left running when it returns (``oomless_leftovers="kill"``)
+        self.kill_leftovers = True
+        self._worker_id = f"{os.getpid()}-{proc.start_time(os.getpid())}"
         # The monitor thread writes a killed task's id here; the worker's event
         # loop reads it and fails the task at once (see celery.governor).
         self.notify_r, self.notify_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -215,6 +231,23 @@ class Enforcer:
         except (FileNotFoundError, ProcessLookupError):
             return None
 
+    def marker(self, child_pid: int) -> bytes:
+        """The :data:`SLOT_ENV` entry of pool child ``child_pid``'s environment."""
+        return f"{SLOT_ENV}={self._worker_id}/{child_pid}".encode()
+
+    def sweep(self, pid: int) -> list[int]:
+        """Pool child ``pid`` is gone (killed from outside, crashed): kill every process left of its tree.
+
+        Called on the event loop before Celery fails or requeues the child's task,
+        so the task never runs twice at once.  Returns the PIDs killed.
+        """
+        index = self.table.index_of(pid)
+        killed = kill_orphans(pid, self.table.born(index) if index is not None else None, self.marker(pid))
+        if killed:
+            logger.warning("oomless: pool child %d is gone; killed the %d processes its task left: %s",
+                           pid, len(killed), killed)
+        return killed
+
     def peek_kill(self, task_id: str) -> KillReport | None:
         return self._reports.get(task_id)
 
@@ -225,7 +258,38 @@ class Enforcer:
     # -- pool child -----------------------------------------------------------
     def child_init(self, index: int, pid: int) -> None:
         """Called in a newly born pool child, before it runs any task."""
-        self.table.set_pid(index, pid)
+        os.environ[SLOT_ENV] = self.marker(pid).decode().split("=", 1)[1]
+        try:
+            proc.set_child_subreaper()
+        except OSError as exc:
+            logger.warning("oomless: pool child %d cannot adopt its orphans (%s): a task's daemon that starts "
+                           "a new session escapes its slot", pid, exc)
+        self.table.set_pid(index, pid, proc.start_time(pid) or 0)
+
+    def slot_members(self, index: int, pid: int, alive: bool = False) -> list[int]:
+        """Pool child: the processes of its slot other than itself (here: its children, exited ones
+        too unless ``alive``; a subreaper's descendants all end up as its children or theirs)."""
+        children = proc.all_children(pid)
+        return [child for child in children if not proc.exited(child)] if alive else children
+
+    def clear_leftovers(self, index: int, pid: int) -> list[int]:
+        """Pool child, after a task returned: kill the processes it left running; returns their PIDs.
+
+        They would hold memory no task is charged for, and run beside the next
+        task.  Exited children it adopted are reaped here too.
+        """
+        if not self.slot_members(index, pid):
+            return []
+        proc.reap_zombie_children()
+        if not self.kill_leftovers or not self.slot_members(index, pid, alive=True):
+            return []
+        killed = kill_tree(pid, None, spare_root=True)
+        for _ in range(40):  # wait (at most 0.2 s) until the killed ones are reaped
+            proc.reap_zombie_children()
+            if not self.slot_members(index, pid, alive=True):
+                break
+            time.sleep(0.005)
+        return killed
 
     def task_start(self, index: int, pid: int, task_id: str, spec: Memory, spare_root: bool = False) -> None:
         """Called in the pool child right before the task's code runs.
@@ -237,7 +301,7 @@ class Enforcer:
         self._baseline = self.measure_baseline(index, pid)
         self._seq = self.table.start(
             index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index),
-            spare_root,
+            spare_root, self.held(index) if spec.limit is not None else None,
         )
         self.arm(index, spec.limit)
 
@@ -259,6 +323,11 @@ class Enforcer:
 
     def measure_baseline(self, index: int, pid: int) -> int:
         return 0
+
+    def held(self, index: int) -> int | None:
+        """After :meth:`measure_baseline`: what earlier tasks left in the slot that this one could
+        free (see :class:`~oomless.enforce.cgroup.CgroupEnforcer`), ``None`` when nothing."""
+        return None
 
     def measure_peak(self, index: int, pid: int) -> int:
         return 0

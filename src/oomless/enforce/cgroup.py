@@ -11,6 +11,18 @@ SIGKILLs every member of the slot group.  v2: the kernel kills the slot's
 group itself (``memory.oom.group``); ``memory.events`` proves it afterwards,
 checked when Celery reports the pool child lost.
 
+Memory an earlier task left in the slot (a file in /dev/shm, a pool child's
+global it filled) is in the next task's baseline; were that task to free it,
+the kernel limit (baseline + limit) would let it use that much more.  So when
+a task starts on top of such leftovers (more than :data:`LEFTOVER_SHMEM` of
+tmpfs, or :data:`LEFTOVER_WATCH` of other memory, above the pool child's
+first baseline), the monitor polls its slot every 10 ms and charges it what it grew
+by above the lowest the slot's non-tmpfs memory has been during the task,
+plus tmpfs above what the slot held at its start; over its limit, it is
+killed like any other breach.  tmpfs leftovers freed by anyone are never
+credited to the task; non-tmpfs leftovers freed and reused within one poll
+are (the kernel limit still holds the slot to baseline + limit).
+
 Not covered here: page cache the task caused counts in the slot's usage (the
 kernel charges it), so a task's reported peak includes cache it read; the
 kernel reclaims that cache before it would ever reach the limit.
@@ -27,12 +39,20 @@ import time
 from ..admission.eviction import Use
 from ..linux import cgroup, proc
 from ..linux.kill import kill_pids
+from ..units import format_size
 from .base import Enforcer, KillReport
 from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
 
-__all__ = ["CgroupEnforcer"]
+__all__ = ["CgroupEnforcer", "LEFTOVER_WATCH"]
+
+#: Non-tmpfs memory a pool child holds above its first task's baseline before the slot's
+#: next tasks are watched for freeing it (allocator slack below this is not worth a poll).
+LEFTOVER_WATCH = 64 * 2**20
+#: tmpfs the slot holds above what it held at the pool child's first task before the same
+#: (shared pages the child touched, such as its row of the slot table, are not leftovers)
+LEFTOVER_SHMEM = 2**20
 
 
 class CgroupEnforcer(Enforcer):
@@ -48,6 +68,11 @@ class CgroupEnforcer(Enforcer):
         self.groups = cgroup.slot_groups(host.version, base)
         self._eventfds: dict[int, int] = {}
         self._wake_r, self._wake_w = -1, -1
+        #: monitor: slot -> [row seq of the task, lowest non-tmpfs usage of the slot during it]
+        self._lowest: dict[int, list[int]] = {}
+        # pool-child half: non-tmpfs usage at the child's first task, tmpfs at the running task's start
+        self._clean: tuple[int, int] | None = None
+        self._shmem0 = 0
 
     # -- main process ---------------------------------------------------------
     def prepare(self) -> None:
@@ -74,7 +99,7 @@ class CgroupEnforcer(Enforcer):
         for efd in self._eventfds:
             poller.register(efd, select.EPOLLIN)
         poller.register(self._wake_r, select.EPOLLIN)
-        timeout = -1.0 if self.budget is None else 0.1
+        timeout = 0.1
         checks = 0
         try:
             while not self._stopping.is_set():
@@ -88,43 +113,74 @@ class CgroupEnforcer(Enforcer):
                     index = self._eventfds[fd]
                     if isinstance(self.groups, cgroup.SlotGroupsV1) and self.groups.under_oom(index):
                         self._kill_slot(index)
-                if self.budget is not None:
-                    checks += 1
-                    timeout = self._check_pressure(checks)
+                checks += 1
+                timeout = self._check_slots(checks)
         finally:
             poller.close()
 
-    def _check_pressure(self, checks: int) -> float:
-        """Evict if the running tasks together are over the budget; returns the next poll timeout.
+    def _check_slots(self, checks: int) -> float:
+        """Kill a task that freed leftovers to go over its limit, evict if the running tasks together
+        are over the budget; returns the next poll timeout.
 
         Polls every 10 ms while a running task that declared a request may
-        grow past it (no limit, or a limit above the request), every 100 ms
-        otherwise (tasks without any spec, and the memory available to the
-        worker).
+        grow past it (no limit, or a limit above the request) or runs on top
+        of leftovers, every 100 ms otherwise (tasks without any spec, and the
+        memory available to the worker).
         """
-        uses, states, overcommit = [], {}, False
+        uses, states, fast = [], {}, False
+        evicting = self.budget is not None
         for index in range(self.table.size):
             state = self.table.read(index)
-            if not state.running:
+            if not state.running or (not evicting and state.held is None):
                 continue
             try:
-                used = self.groups.usage(index) - state.baseline
+                used = self._task_use(index, state)
             except OSError:
                 continue
+            if state.held is not None:
+                fast = True
+                if state.limit is not None and used > state.limit:
+                    self._kill_slot(index, self._freed_leftovers(state, used))
+                    continue
             request = state.request or 0
             # A task that declared a request it may outgrow; tasks with no spec at all are
             # checked at the slower pace, so plain Celery tasks pay (almost) nothing.
-            overcommit = overcommit or (state.request is not None and (state.limit is None or state.limit > request))
+            fast = fast or (state.request is not None and (state.limit is None or state.limit > request))
             uses.append(Use(index, request, used, state.start_ns))
             states[index] = state
-        found = self.pressure(uses, check_available=not overcommit or checks % 10 == 0)
+        if not evicting:
+            return 0.01 if fast else 0.1
+        found = self.pressure(uses, check_available=not fast or checks % 10 == 0)
         if found is not None:
             victim, why = found
             index = int(victim.key)  # type: ignore[call-overload]
             self._kill_slot(index, self.eviction_report(states[index], victim, why))
-        return 0.01 if overcommit else 0.1
+        return 0.01 if fast else 0.1
 
-    def _kill_slot(self, index: int, eviction: KillReport | None = None) -> None:
+    def _task_use(self, index: int, state: SlotState) -> int:
+        """What the running task uses above its baseline, leftovers it freed not credited (see above)."""
+        usage, shmem = self.groups.usage_shmem(index)
+        if state.held is None:
+            return usage - state.baseline
+        lowest = self._lowest.get(index)
+        if lowest is None or lowest[0] != state.seq:
+            lowest = self._lowest[index] = [state.seq, state.baseline - state.held]
+        other = usage - shmem
+        if other < lowest[1]:
+            lowest[1] = other
+        return other - lowest[1] + max(0, shmem - state.held)
+
+    def _freed_leftovers(self, state: SlotState, used: int) -> KillReport:
+        logger.warning(
+            "oomless: %s uses %s, over its limit of %s, although its slot is under the kernel's limit: it freed "
+            "memory an earlier task left in the slot (tmpfs held at its start: %s), which is not its to use",
+            state.task_id, format_size(used), format_size(state.limit), format_size(state.held),
+        )
+        assert state.limit is not None
+        return KillReport(state.task_id, state.pid, state.limit, used, self.mode, spared=state.spare_root)
+
+    def _kill_slot(self, index: int, given: KillReport | None = None) -> None:
+        """Kill the slot's tree: at its kernel limit (``given`` is ``None``), or for the reason ``given``."""
         state = self.table.read(index)
         peak = max(0, self.groups.peak(index) - state.baseline)
         # A task with memory_scope="subprocesses" keeps its pool child (Airflow's supervisor).
@@ -132,10 +188,10 @@ class CgroupEnforcer(Enforcer):
         members = [pid for pid in self.groups.procs(index) if pid != spare]
         if spare is not None and not members:
             spare, members = None, self.groups.procs(index)  # the child itself is over: nothing else to kill
-        if eviction is not None:
-            if eviction.task_id != state.task_id:
+        if given is not None:
+            if given.task_id != state.task_id or not state.running:
                 return  # the task ended meanwhile
-            self.file_report(dataclasses.replace(eviction, killed=tuple(members), spared=spare is not None))
+            self.file_report(dataclasses.replace(given, killed=tuple(members), spared=spare is not None))
         elif state.running and state.limit is not None:
             self.file_report(KillReport(
                 state.task_id, state.pid, state.limit, peak, self.mode, tuple(members), spared=spare is not None
@@ -161,7 +217,7 @@ class CgroupEnforcer(Enforcer):
             members = [pid for pid in self.groups.procs(index) if pid != spare and not proc.exited(pid)]
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
-        if state.running and (state.limit is not None or eviction is not None):
+        if state.running and (state.limit is not None or given is not None):
             self.announce_kill(state.task_id)
 
     def usage(self, index: int, state: SlotState) -> int | None:
@@ -210,11 +266,26 @@ class CgroupEnforcer(Enforcer):
     def child_init(self, index: int, pid: int) -> None:
         self.groups.join(index, pid)
         self.groups.set_limit(index, None)
+        # billiard gives a slot index to a new child only after the one before it exited:
+        # whatever else is in the slot's group is what that child's task left behind.
+        left = [member for member in self.groups.procs(index) if member != pid and not proc.exited(member)]
+        if left:
+            killed = kill_pids(left)
+            logger.warning("oomless: slot %d held %d processes of its previous pool child's task; killed %s "
+                           "before pool child %d runs a task", index, len(killed), killed, pid)
         super().child_init(index, pid)
 
     def measure_baseline(self, index: int, pid: int) -> int:
         self.groups.reset_peak(index)
-        return self.groups.usage(index)
+        usage, self._shmem0 = self.groups.usage_shmem(index)
+        if self._clean is None:
+            self._clean = (usage - self._shmem0, self._shmem0)
+        return usage
+
+    def held(self, index: int) -> int | None:
+        other, shmem = self._clean or (0, 0)
+        left_shmem, left_other = self._shmem0 - shmem, self._baseline - self._shmem0 - other
+        return self._shmem0 if left_shmem > LEFTOVER_SHMEM or left_other > LEFTOVER_WATCH else None
 
     def measure_peak(self, index: int, pid: int) -> int:
         return self.groups.peak(index)

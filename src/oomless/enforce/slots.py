@@ -33,7 +33,12 @@ _SPINS = 10_000  # a write takes about a microsecond; a dead writer never finish
 # (written by the main process's monitor only, read by the child at task end)
 _TREE = struct.Struct("<Qq")
 _TREE_OFF = _HEAD.size + 8 + _RING * _DONE.size
-_ROW = _TREE_OFF + _TREE.size
+# start time (clock ticks since boot) of the row's pool child: with its pid, who it was once it is gone
+_BORN_OFF = _TREE_OFF + _TREE.size
+# tmpfs bytes the slot held when the running task started, if earlier tasks left memory
+# behind that this task could free (-1: nothing worth watching); written with the head
+_HELD_OFF = _BORN_OFF + 8
+_ROW = _HELD_OFF + 8
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class SlotState:
     start_ns: int
     oom_kills: int
     spare_root: bool = False  # kill only the pool child's subprocesses, never the child itself
+    #: tmpfs bytes in the slot at task start when earlier tasks left memory the task could free
+    #: (see ``CgroupEnforcer``); ``None``: nothing left behind worth watching
+    held: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,11 @@ class SlotTable:
         start_ns: int,
         oom_kills: int = 0,
         spare_root: bool = False,
+        held: int | None = None,
     ) -> int:
         """Mark the row running ``task_id`` (call before the task's code runs); returns the row's new seq."""
         seq = self._begin(index)
+        struct.pack_into("<q", self._mem, index * _ROW + _HELD_OFF, -1 if held is None else held)
         _HEAD.pack_into(
             self._mem,
             index * _ROW,
@@ -133,11 +143,17 @@ class SlotTable:
         struct.pack_into("<q", self._mem, ring_off, pos + 1)
         self._end(index, seq)
 
-    def set_pid(self, index: int, pid: int) -> None:
-        """Claim the row for a newly born pool child (idle)."""
+    def set_pid(self, index: int, pid: int, born: int = 0) -> None:
+        """Claim the row for a newly born pool child (idle); ``born``: its start time (``proc.start_time``)."""
         seq = self._begin(index)
         struct.pack_into("<qq", self._mem, index * _ROW + 8, pid, IDLE)
+        struct.pack_into("<q", self._mem, index * _ROW + _BORN_OFF, born)
         self._end(index, seq)
+
+    def born(self, index: int) -> int | None:
+        """Start time of the row's pool child as it claimed the row (``None``: not recorded)."""
+        value = struct.unpack_from("<q", self._mem, index * _ROW + _BORN_OFF)[0]
+        return value or None
 
     # -- readers: the worker main process -------------------------------------
     def seq(self, index: int) -> int:
@@ -150,6 +166,7 @@ class SlotTable:
         # waiting after a bounded number of tries and use what is there.
         for _ in range(_SPINS):
             fields = _HEAD.unpack_from(self._mem, off)
+            held = struct.unpack_from("<q", self._mem, off + _HELD_OFF)[0]
             if fields[0] & 1 == 0 and struct.unpack_from("<Q", self._mem, off)[0] == fields[0]:
                 break
         seq, pid, state, limit, request, baseline, start_ns, oom_kills, raw_id = fields
@@ -165,6 +182,7 @@ class SlotTable:
             start_ns,
             oom_kills,
             state == RUNNING_SPARE,
+            _opt(held),
         )
 
     def finished(self, index: int, task_id: str) -> Finished | None:

@@ -20,16 +20,29 @@ birth is the whole Airflow worker image, which it does not own).  The price:
 a subprocess's footprint in its first poll interval (a few MiB for a freshly
 exec'd program) is not charged.  Overshoot is bounded by allocation rate ×
 interval (about 1.5 MiB median at 1 GB/s with 5 ms polls, see bench/RESULTS.md).
+
+tmpfs (``/dev/shm``, memfd): pages written with ``write()`` and never mapped
+are in no process's RSS.  The watchdog looks through the tree's open files
+when their number changes (Linux >= 6.2 reports it cheaply; older kernels
+every ``rescan`` polls), re-reads the size of every tmpfs file it found on
+every poll while the file exists, and charges what those files grew by during
+the task, less the growth of the tree's mapped shared memory (already in RSS).
+What it cannot see: a tmpfs file written and closed between two looks, and a
+file another process (outside the tree) writes for the task.  cgroup mode has
+neither gap: the kernel charges tmpfs pages to the writer's slot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
 
 from ..admission.eviction import Use
 from ..linux import proc
-from ..linux.kill import kill_tree
+from ..linux.kill import _pidfd, kill_tree
 from .base import Enforcer, KillReport
 from .slots import SlotState, SlotTable
 
@@ -46,9 +59,9 @@ class _Tree:
     almost nothing.
     """
 
-    __slots__ = ("state", "root", "root_start", "members", "born", "peak", "peak_now")
+    __slots__ = ("state", "root", "root_start", "members", "born", "peak", "peak_now", "tmpfs", "shmem_base")
 
-    def __init__(self, state: SlotState) -> None:
+    def __init__(self, state: SlotState, tmpfs_devices: frozenset[int] = frozenset()) -> None:
         self.state = state
         self.root = proc.StatmReader(state.pid)
         self.root_start = proc.start_time(state.pid)
@@ -56,11 +69,23 @@ class _Tree:
         self.born: dict[int, int] = {}  # member pid -> its RSS when first seen
         self.peak = 0
         self.peak_now = 0  # usage at the last poll
+        self.tmpfs = proc.TmpfsFiles(tmpfs_devices)
+        self.shmem_base: int | None = None  # mapped shared memory of the tree when a tmpfs file was first found
         self.discover(full=True)
+
+    def next_task(self, state: SlotState) -> None:
+        """The pool child started another task: it is charged only from here on."""
+        self.state, self.peak = state, 0
+        self.tmpfs.rebase()
+        self.shmem_base = None
 
     def discover(self, full: bool) -> None:
         list_children = proc.all_children if full else proc.children
         todo = [self.root.pid, *self.members]
+        tmpfs = self.tmpfs
+        if tmpfs.devices:
+            for pid in todo:
+                tmpfs.look(pid, force=full)
         while todo:
             for child in list_children(todo.pop()):
                 if child not in self.members:
@@ -89,7 +114,36 @@ class _Tree:
                     total += grown
         for pid in gone:
             del self.members[pid], born[pid]
+        if self.tmpfs.known():
+            total += self.tmpfs_bytes()
         return total
+
+    def tmpfs_bytes(self) -> int:
+        """What the tree's tmpfs files grew by in this task and is not mapped (so not in any RSS)."""
+        grown = self.tmpfs.refresh()
+        if not grown:
+            return 0
+        mapped = sum(proc.rss_shmem(pid) for pid in (self.root.pid, *self.members))
+        if self.shmem_base is None:
+            self.shmem_base = mapped
+        return max(0, grown - max(0, mapped - self.shmem_base))
+
+    def kill_members(self) -> list[int]:
+        """SIGKILL the descendants still alive of a root that died (each proven by its open statm file)."""
+        killed = []
+        for pid, reader in self.members.items():
+            fd = _pidfd(pid)
+            if fd is None:
+                continue
+            try:
+                if reader.read() is not None:  # alive after the pidfd was opened: the pidfd is that process
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    killed.append(pid)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+        return killed
 
     def close(self) -> None:
         self.root.close()
@@ -107,6 +161,11 @@ class WatchdogEnforcer(Enforcer):
         self.interval = interval
         self.rescan = rescan
         self._trees: dict[int, _Tree] = {}
+        try:
+            self._tmpfs_devices = proc.tmpfs_devices()
+        except OSError as exc:
+            logger.warning("oomless: cannot list tmpfs mounts (%s): tmpfs files tasks write are not charged", exc)
+            self._tmpfs_devices = frozenset()
 
     def monitor(self) -> None:
         wait = self._stopping.wait
@@ -135,12 +194,12 @@ class WatchdogEnforcer(Enforcer):
                         continue
                     if tree is None:
                         try:
-                            tree = trees[index] = _Tree(state)
+                            tree = trees[index] = _Tree(state, self._tmpfs_devices)
                         except (FileNotFoundError, ProcessLookupError):
                             running[index] = False
                             continue
                     else:
-                        tree.state, tree.peak = state, 0
+                        tree.next_task(state)
                 elif not running[index] or tree is None:
                     continue
                 else:
@@ -148,6 +207,8 @@ class WatchdogEnforcer(Enforcer):
                 used = tree.usage()
                 tree.peak_now = used or 0
                 if used is None:
+                    # The pool child died under its task (killed from outside, crashed).
+                    self._orphaned(tree)
                     self._drop(index)
                     running[index] = False
                     continue
@@ -183,6 +244,15 @@ class WatchdogEnforcer(Enforcer):
         if tree is not None and tree.state.seq == state.seq:
             return tree.peak_now  # the tree's usage at the last poll (a few ms old)
         return super().usage(index, state)
+
+    def _orphaned(self, tree: _Tree) -> None:
+        """Kill what the dead pool child of ``tree`` left: the members this thread knew at once,
+        then (on a thread of its own, a /proc scan takes milliseconds) every other one :meth:`sweep` finds."""
+        killed = tree.kill_members()
+        if killed:
+            logger.warning("oomless: pool child %d died under task %s; killed its subprocesses %s",
+                           tree.state.pid, tree.state.task_id, killed)
+        threading.Thread(target=self.sweep, args=(tree.state.pid,), name="oomless-sweep", daemon=True).start()
 
     def _drop(self, index: int) -> None:
         self._trees.pop(index).close()

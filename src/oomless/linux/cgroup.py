@@ -311,6 +311,10 @@ class SlotGroups:
 
     def usage(self, index: int) -> int:
         """Bytes charged to the slot that are not page cache (what a task cannot give back)."""
+        return self.usage_shmem(index)[0]
+
+    def usage_shmem(self, index: int) -> tuple[int, int]:
+        """:meth:`usage` and the part of it that is tmpfs/shared memory (files that outlive their writer)."""
         raise NotImplementedError
 
     def reset_peak(self, index: int) -> None:
@@ -340,11 +344,11 @@ class SlotGroupsV1(SlotGroups):
     def set_limit(self, index: int, limit: int | None) -> None:
         self._set(index, "memory.limit_in_bytes", -1 if limit is None else limit)
 
-    def usage(self, index: int) -> int:
+    def usage_shmem(self, index: int) -> tuple[int, int]:
         used = int(self._get(index, "memory.usage_in_bytes"))
         # tmpfs and shared memory sit in "cache" but cannot be reclaimed.
         cache, shmem = self._stat(index, b"total_cache", b"total_shmem")
-        return max(0, used - (cache - shmem))
+        return max(0, used - (cache - shmem)), shmem
 
     def reset_peak(self, index: int) -> None:
         self._set(index, "memory.max_usage_in_bytes", 0)
@@ -460,10 +464,10 @@ class SlotGroupsV2(SlotGroups):
     def set_limit(self, index: int, limit: int | None) -> None:
         self._set(index, "memory.max", "max" if limit is None else limit)
 
-    def usage(self, index: int) -> int:
+    def usage_shmem(self, index: int) -> tuple[int, int]:
         used = int(self._get(index, "memory.current"))
         file, shmem = self._stat(index, b"file", b"shmem")
-        return max(0, used - (file - shmem))
+        return max(0, used - (file - shmem)), shmem
 
     def _peak_fd(self, index: int) -> int:
         # Writing memory.peak resets it only for reads through the *same* file

@@ -18,7 +18,7 @@ import signal
 
 from . import proc
 
-__all__ = ["kill_tree", "kill_pids", "descendants"]
+__all__ = ["kill_tree", "kill_pids", "kill_orphans", "descendants"]
 
 
 def _pidfd(pid: int) -> int | None:
@@ -121,3 +121,51 @@ def kill_pids(pids: list[int]) -> list[int]:
         finally:
             os.close(fd)
     return killed
+
+
+def kill_orphans(leader: int, leader_start: int | None, marker: bytes | None = None) -> list[int]:
+    """SIGKILL what is left of the tree of ``leader``, a process that died (a pool child); return the PIDs.
+
+    Its subprocesses were reparented when it died, so they are found by what
+    they kept: its process group (``leader`` led one), and ``marker``
+    (``b"NAME=value"``), an entry it put in the environment every exec'd
+    descendant inherits, even one that started a new session.  A PID that is a
+    live process group cannot be reused, so members of group ``leader`` are its
+    own, unless ``leader`` itself now names another process (``leader_start``
+    differs): then only the marker is trusted.  Each candidate is checked again
+    after its pidfd is opened, stopped while the rest are looked for, then killed.
+    """
+    now = proc.identity(leader)
+    # Gone (reaped, not reused): a live group keeps its number.  Still there with the start
+    # time we know: the dead leader's zombie.  Anything else: the PID was reused.
+    group_is_ours = now is None or (leader_start is not None and now.start == leader_start)
+    held: dict[int, int] = {}
+
+    def ours(pid: int) -> bool:
+        me = proc.identity(pid)
+        return me is not None and not me.zombie and (
+            (group_is_ours and me.pgid == leader) or (marker is not None and proc.environ_has(pid, marker))
+        )
+
+    try:
+        changed = True
+        while changed:
+            changed = False
+            for pid in proc.pids():
+                if pid in held or pid == leader or not ours(pid):
+                    continue
+                fd = _pidfd(pid)
+                if fd is None:
+                    continue
+                if not ours(pid):  # checked again with the pidfd open: the PID was not reused meanwhile
+                    os.close(fd)
+                    continue
+                held[pid] = fd
+                _send(fd, signal.SIGSTOP)
+                changed = True
+        for fd in held.values():
+            _send(fd, signal.SIGKILL)
+        return list(held)
+    finally:
+        for fd in held.values():
+            os.close(fd)

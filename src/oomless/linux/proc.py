@@ -23,6 +23,15 @@ __all__ = [
     "all_children",
     "start_time",
     "mem_total",
+    "Identity",
+    "identity",
+    "environ_has",
+    "pids",
+    "set_child_subreaper",
+    "reap_zombie_children",
+    "tmpfs_devices",
+    "TmpfsFiles",
+    "rss_shmem",
 ]
 
 
@@ -141,6 +150,184 @@ def start_time(pid: int) -> int | None:
     """
     fields = _stat(pid)
     return None if fields is None else int(fields[19])
+
+
+class Identity:
+    """Who ``pid`` is: its parent, process group and start time (from one read of ``/proc/PID/stat``)."""
+
+    __slots__ = ("pid", "ppid", "pgid", "start", "zombie")
+
+    def __init__(self, pid: int, fields: list[bytes]) -> None:
+        self.pid = pid
+        self.zombie = fields[0] in (b"Z", b"X")
+        self.ppid, self.pgid, self.start = int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def identity(pid: int) -> Identity | None:
+    """:class:`Identity` of ``pid``, ``None`` if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else Identity(pid, fields)
+
+
+def pids() -> list[int]:
+    """Every PID visible in /proc (processes, not threads)."""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def environ_has(pid: int, entry: bytes) -> bool:
+    """Whether ``entry`` (``b"NAME=value"``) is in the environment ``pid`` was exec'd with.
+
+    ``/proc/PID/environ`` shows the environment at the process's last
+    ``execve``; a process forked without exec shows its parent's exec-time one.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return entry in fh.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Make orphaned descendants of this process (a daemon's double fork, ``setsid``) its children
+    instead of init's (``prctl(PR_SET_CHILD_SUBREAPER)``, Linux >= 3.4).  Raises ``OSError``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def reap_zombie_children() -> list[int]:
+    """Reap this process's children that have exited (orphans a subreaper adopted); return their PIDs.
+
+    Only zombies are waited for, each by its PID: a running child's status stays
+    for whoever started it.
+    """
+    reaped = []
+    for child in all_children(os.getpid()):
+        if exited(child):
+            try:
+                if os.waitpid(child, os.WNOHANG)[0] == child:
+                    reaped.append(child)
+            except ChildProcessError:
+                pass
+    return reaped
+
+
+def tmpfs_devices(mountinfo: str = "/proc/self/mountinfo") -> frozenset[int]:
+    """Device numbers of every tmpfs mount here (/dev/shm, /run, a tmpfs /tmp), plus the kernel's
+    internal one behind ``memfd_create`` and ``shm_open`` files that are not in any mount."""
+    devices = set()
+    with open(mountinfo) as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] in ("tmpfs", "shm"):
+                major, minor = left.split()[2].split(":")
+                devices.add(os.makedev(int(major), int(minor)))
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("oomless-probe", os.MFD_CLOEXEC)
+        try:
+            devices.add(os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+    return frozenset(devices)
+
+
+class TmpfsFiles:
+    """Bytes held by tmpfs files a process tree has open, or had open and did not delete.
+
+    tmpfs (``/dev/shm``, memfd) pages written with ``write()`` and never mapped
+    are in nobody's RSS; they are memory all the same.  This looks through the
+    members' open files (``/proc/PID/fd``) and keeps the files it found, by path,
+    while they exist.  ``bytes()`` is what those files hold beyond their size
+    when first seen.  A file written and closed between two looks is not seen.
+    """
+
+    __slots__ = ("devices", "files", "counts")
+
+    def __init__(self, devices: frozenset[int]) -> None:
+        self.devices = devices
+        #: (dev, inode) -> [a path that reaches it, bytes when first seen, bytes now]
+        self.files: dict[tuple[int, int], list] = {}
+        self.counts: dict[int, int] = {}  # member pid -> its number of open files at the last look
+
+    def look(self, pid: int, force: bool, new: bool = True) -> None:
+        """Find tmpfs files ``pid`` has open.
+
+        ``force``: list its descriptors; else only when its number of open files
+        changed (Linux >= 6.2 reports it as the size of ``/proc/PID/fd``; older
+        kernels report 0, and their files are found only on forced looks).
+        ``new``: files found now are the task's own, all of their bytes count;
+        else (the task's first look) only what they grow by.
+        """
+        base = f"/proc/{pid}/fd"
+        try:
+            count = os.stat(base).st_size
+            if not force and (count == 0 or self.counts.get(pid) == count):
+                return
+            self.counts[pid] = count
+            names = os.listdir(base)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return
+        files, devices = self.files, self.devices
+        for name in names:
+            path = f"{base}/{name}"
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_dev not in devices or (st.st_mode & 0o170000) != 0o100000:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in files:
+                try:
+                    target = os.readlink(path)
+                except OSError:
+                    continue
+                # A deleted or anonymous (memfd) file is reachable only through the descriptor.
+                reach = path if target.endswith(" (deleted)") or not target.startswith("/") else target
+                size = st.st_blocks * 512
+                files[key] = [reach, 0 if new else size, size]
+
+    def refresh(self) -> int:
+        """Re-read the size of every file found; forget the ones that are gone. Returns :meth:`bytes`."""
+        gone = []
+        for key, entry in self.files.items():
+            try:
+                st = os.stat(entry[0])
+            except OSError:
+                gone.append(key)
+                continue
+            if (st.st_dev, st.st_ino) != key:
+                gone.append(key)
+                continue
+            entry[2] = st.st_blocks * 512
+        for key in gone:
+            del self.files[key]
+        return self.bytes()
+
+    def bytes(self) -> int:
+        return sum(max(0, now - first) for _, first, now in self.files.values())
+
+    def rebase(self) -> None:
+        """A new task starts: from now on only growth beyond the files' current sizes counts."""
+        for entry in self.files.values():
+            entry[1] = entry[2]
+
+    def known(self) -> bool:
+        return bool(self.files)
+
+
+def rss_shmem(pid: int) -> int:
+    """Resident shared memory (tmpfs, shm, shared anonymous) ``pid`` maps (``RssShmem``), 0 if gone."""
+    try:
+        return _status_kib(pid, b"RssShmem:")
+    except (FileNotFoundError, ProcessLookupError, LookupError):
+        return 0
 
 
 def parent_pid(pid: int) -> int | None:
