@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -43,6 +44,12 @@ from oomless.units import format_size, parse_size
 
 MiB, GiB = 2**20, 2**30
 CG_ROOT = "/sys/fs/cgroup/memory"
+#: the governor's eviction warning: what the task used, against its request
+EVICTED = re.compile(
+    r"evicting \S+ for node memory pressure: .*?; it uses ([\d.]+ \w+) against a request of ([\d.]+ \w+)"
+)
+#: the budget line: "oomless: budget X = ..." (auto, once the pool is up), else the start-up line
+BUDGET_LINE = re.compile(r"oomless: (?:governing \d+ slots; )?budget ([\d.]+ \w+)(?: =|;| \()")
 
 #: (count, size, hold seconds): many small, some medium, a few of over a third of the budget.
 WORKLOAD = [(60, 128 * MiB, 2.0), (30, 512 * MiB, 3.0), (12, 2 * GiB, 4.0)]
@@ -50,11 +57,22 @@ RUNAWAYS = 2
 RUNAWAY_DECLARED = 512 * MiB
 
 
-def tasks(seed: int) -> list[tuple[str, int, float]]:
+#: ``--workload stranger`` (issue 14): what a new user declares, not what the benchmark was tuned on:
+#: sizes spread evenly over 256 MiB–2.5 GiB, request = what the task uses, limit = request + 128 MiB.
+STRANGER = (80, 256 * MiB, int(2.5 * GiB), 2.0, 5.0)
+STRANGER_LIMIT_SLACK = 128 * MiB
+
+
+def tasks(seed: int, workload: str = "default") -> list[tuple[str, int, float]]:
     """The workload in submission order: ("work", size, hold) and ("runaway", 0, 0)."""
-    items = [("work", size, hold) for count, size, hold in WORKLOAD for _ in range(count)]
+    rng = random.Random(seed)
+    if workload == "stranger":
+        count, low, high, short, long = STRANGER
+        items = [("work", rng.randrange(low, high, MiB), round(rng.uniform(short, long), 1)) for _ in range(count)]
+    else:
+        items = [("work", size, hold) for count, size, hold in WORKLOAD for _ in range(count)]
     items += [("runaway", 0, 0.0)] * RUNAWAYS
-    random.Random(seed).shuffle(items)
+    rng.shuffle(items)
     return items
 
 
@@ -148,7 +166,10 @@ class Supervised:
                 self.proc.wait(10)
 
 
-def run(engine: str, concurrency: int, budget: int, cgroup_limit: int, cap: float, seed: int, out: Path) -> dict:
+def run(
+    engine: str, concurrency: int, budget: int | None, cgroup_limit: int, cap: float, seed: int, out: Path,
+    workload: str = "default",
+) -> dict:
     broker = broker_url()
     queue = f"pack-{engine}-{uuid.uuid4().hex[:6]}"
     governed = engine == "oomless"
@@ -161,7 +182,7 @@ def run(engine: str, concurrency: int, budget: int, cgroup_limit: int, cap: floa
     )
     cmd = [sys.executable, "-m", "celery", "-A", "pack_app", "worker", "-l", "info", "-c", str(concurrency),
            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"]
-    if governed:
+    if governed and budget is not None:
         cmd += ["--memory-budget", str(budget)]
     client = Celery("client", broker=broker, backend=broker)
     client.conf.update(task_default_queue=queue, result_expires=3600)
@@ -171,14 +192,15 @@ def run(engine: str, concurrency: int, budget: int, cgroup_limit: int, cap: floa
     worker = Supervised(cmd, env, log, cgroup)
     try:
         worker.wait_ready()
-        items = tasks(seed)
+        items = tasks(seed, workload)
         submitted = time.time()
         results = []
         for kind, size, hold in items:
             opts = {"queue": queue}
             if kind == "work":
                 if governed:
-                    opts["memory"] = size
+                    slack = STRANGER_LIMIT_SLACK if workload == "stranger" else 0
+                    opts["memory"] = oomless.Memory(request=size, limit=size + slack)
                 results.append((kind, size, hold, client.send_task("pack.work", (size, hold), **opts)))
             else:
                 if governed:
@@ -216,10 +238,14 @@ def run(engine: str, concurrency: int, budget: int, cgroup_limit: int, cap: floa
                 failed += 1
             else:
                 lost += 1
-        well = sum(count for count, _, _ in WORKLOAD)
+        well = sum(1 for kind, *_ in items if kind == "work")
         makespan = (last_done - submitted) if ok == well else (ended - submitted)
         text = log.read_text(errors="replace")
         children_killed = text.count("exited with 'signal 9 (SIGKILL)'")
+        evicted = [(parse_size(u.replace(" ", "")), parse_size(r.replace(" ", ""))) for u, r in EVICTED.findall(text)]
+        announced = BUDGET_LINE.findall(text)  # auto: the budget moves with the worker's footprint
+        re_executions = sum(max(0, int(counter.get(f"pack:attempts:{r.id}") or 0) - 1)
+                            for kind, *_, r in results if kind == "work")
         for *_, r in results:
             counter.delete(f"pack:attempts:{r.id}")
             r.forget()
@@ -237,6 +263,10 @@ def run(engine: str, concurrency: int, budget: int, cgroup_limit: int, cap: floa
             "runaway_attempts": runaway_attempts,
             "runaway_outcomes": runaway_outcomes,
             "evictions": text.count("evicted for node memory pressure ("),
+            "evictions_within_request": sum(1 for used, request in evicted if used <= request),
+            "re_executions": re_executions,
+            "budget": parse_size(announced[-1].replace(" ", "")) if announced else budget,
+            "budget_low": min((parse_size(b.replace(" ", "")) for b in announced), default=budget),
             "given_back": text.count(" back to the broker after "),
         }
     finally:
@@ -256,34 +286,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cap", type=float, default=200.0, help="seconds a run may take")
-    ap.add_argument("--budget", default="5GiB", help="oomless's budget (and the base of the safe concurrency)")
+    ap.add_argument("--budget", default="5GiB",
+                    help="oomless's budget (and the base of the safe concurrency); 'auto': left to oomless, "
+                         "as a user leaves it (LB and safe concurrency then use the cgroup limit - 512 MiB)")
     ap.add_argument("--cgroup", default="6GiB", help="memory limit of the worker's cgroup")
-    ap.add_argument("--concurrency", type=int, default=16, help="oomless's pool size (a ceiling)")
+    ap.add_argument("--concurrency", default="16",
+                    help="oomless's pool size (a ceiling); 'auto': budget / smallest task")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--engines", default="oomless,vanilla-safe,vanilla-same")
+    ap.add_argument("--workload", choices=("default", "stranger"), default="default",
+                    help="stranger: 80 tasks of 256 MiB-2.5 GiB, limit = request + 128 MiB (issue 14)")
     args = ap.parse_args()
-    budget, limit = parse_size(args.budget), parse_size(args.cgroup)
-    largest = max(size for _, size, _ in WORKLOAD)
+    limit = parse_size(args.cgroup)
+    auto = args.budget.strip().lower() == "auto"
+    budget = limit - 512 * MiB if auto else parse_size(args.budget)
+    items = tasks(args.seed, args.workload)
+    well = [(size, hold) for kind, size, hold in items if kind == "work"]
+    largest, smallest = max(size for size, _ in well), min(size for size, _ in well)
     safe = max(1, budget // largest)
-    well = [(size, hold) for count, size, hold in WORKLOAD for _ in range(count)]
+    ceiling = budget // smallest if args.concurrency == "auto" else int(args.concurrency)
     lb = sum(size * hold for size, hold in well) / budget
     out = Path(os.environ.get("OOMLESS_BENCH_OUT", "/tmp")) / f"oomless-packing-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
-    conc = {"oomless": args.concurrency, "vanilla-safe": safe, "vanilla-same": args.concurrency}
+    conc = {"oomless": ceiling, "vanilla-safe": safe, "vanilla-same": ceiling}
     engines = args.engines.split(",")
-    print(f"workload: {len(well)} well-behaved tasks {WORKLOAD} + {RUNAWAYS} runaways declaring "
-          f"{format_size(RUNAWAY_DECLARED)}; budget {format_size(budget)} in a {format_size(limit)} cgroup; "
-          f"LB {lb:.1f} s; safe concurrency {safe}; logs in {out}", flush=True)
+    print(f"workload {args.workload}: {len(well)} well-behaved tasks of {format_size(smallest)}-{format_size(largest)} "
+          f"+ {RUNAWAYS} runaways declaring {format_size(RUNAWAY_DECLARED)}; budget "
+          f"{'auto' if auto else format_size(budget)} in a {format_size(limit)} cgroup; "
+          f"LB {lb:.1f} s (over {format_size(budget)}); safe concurrency {safe}; logs in {out}", flush=True)
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for rnd in range(args.rounds):
         for engine in engines:
-            res = run(engine, conc[engine], budget, limit, args.cap, args.seed, out)
+            res = run(engine, conc[engine], None if auto else budget, limit, args.cap, args.seed, out, args.workload)
             res["makespan_lb"] = round(res["makespan_s"] / lb, 2)
             runs[engine].append(res)
             print(f"round {rnd + 1} {engine}: {res}", flush=True)
     print()
     print(f"{'engine':13} {'conc':>4} {'makespan/LB':>20} {'ok/failed/lost':>16} {'OOM kills':>10} "
-          f"{'worker deaths':>13} {'children killed':>15} {'runaway attempts':>17}")
+          f"{'worker deaths':>13} {'children killed':>15} {'runaway attempts':>17} {'evicted in req.':>15} "
+          f"{'re-runs':>9}")
     summary = {}
     for engine, rs in runs.items():
         def med(key: str, rs: list[dict] = rs) -> str:
@@ -296,7 +337,8 @@ def main() -> None:
         attempts = [a for r in rs for a in r["runaway_attempts"]]
         print(f"{engine:13} {conc[engine]:>4} {med('makespan_lb'):>18}{capped:2} {okfl:>16} {med('oom_kills'):>10} "
               f"{med('worker_deaths'):>13} {med('pool_children_killed'):>15} "
-              f"{statistics.median(attempts):g} ({min(attempts)}–{max(attempts)})".rjust(17))
+              + f"{statistics.median(attempts):g} ({min(attempts)}–{max(attempts)})".rjust(18)
+              + f" {med('evictions_within_request'):>15} {med('re_executions'):>9}")
         summary[engine] = {"makespan_lb_median": statistics.median(ratio), "runs": rs}
     if "oomless" in runs and "vanilla-safe" in runs:
         o = statistics.median(r["makespan_s"] for r in runs["oomless"])

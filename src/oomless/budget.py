@@ -1,9 +1,19 @@
 """A worker's memory budget: the bytes it may hand to tasks.
 
-``auto``: the smaller of the machine's memory and the worker's cgroup limit,
-minus a reserve for the worker main process, the kernel and page cache.  The
-default reserve is max(512 MiB, 5 % of that total).  Pure function plus one
-reader; no policy elsewhere.
+``auto``: what is left of the worker's *ceiling* (the smaller of the machine's
+memory and the worker's cgroup limit) once a *reserve* (kernel, page cache,
+slack; default max(256 MiB, 3 %)) and the worker's own *footprint* are taken
+out.  The footprint is measured while the worker runs (see
+:meth:`oomless.enforce.base.Enforcer.footprint`): the main process, every pool
+child's own memory, and whatever else holds memory in the worker's cgroup (or,
+without a cgroup limit, on the machine) that no running task owns, plus what
+the children that have not run a task yet are expected to grow to.  So ``auto``
+follows the worker: more pool children, a smaller budget.
+
+An explicit budget (``oomless_budget``, ``--memory-budget``) stays as given;
+the worker warns when it and the footprint do not fit the ceiling.
+
+Pure functions and values; the readings come from the enforcer.
 """
 
 from __future__ import annotations
@@ -12,19 +22,70 @@ from dataclasses import dataclass
 
 from .units import format_size, parse_size
 
-__all__ = ["Budget", "compute_budget", "DEFAULT_RESERVE_FLOOR", "DEFAULT_RESERVE_FRACTION"]
+__all__ = [
+    "Budget", "Footprint", "compute_budget", "breakdown", "DEFAULT_RESERVE_FLOOR", "DEFAULT_RESERVE_FRACTION",
+]
 
-DEFAULT_RESERVE_FLOOR = 512 * 2**20
-DEFAULT_RESERVE_FRACTION = 0.05
+DEFAULT_RESERVE_FLOOR = 256 * 2**20
+DEFAULT_RESERVE_FRACTION = 0.03
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What the worker itself holds, as measured at one moment (bytes)."""
+
+    worker: int  # held in the worker's cgroup (or on the machine) and owned by no running task
+    main: int  # the worker main process (its RSS)
+    children: int  # the pool children's own memory (their baselines)
+    slots: int  # live pool children
+    growth: int = 0  # what children that have not run a task yet are expected to add
+    scope: str = "the worker's cgroup"  # where ``worker`` was measured
+
+    @property
+    def other(self) -> int:
+        """The part of ``worker`` that is neither the main process nor a pool child (kernel, other processes)."""
+        return max(0, self.worker - self.main - self.children)
+
+    @property
+    def total(self) -> int:
+        """What the budget leaves out for the worker."""
+        return self.worker + self.growth
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The budget in bytes and one sentence saying where it came from."""
+    """The budget in bytes and one sentence saying where it came from.
+
+    ``auto`` budgets also keep ``ceiling`` and ``reserve``: :meth:`live` is
+    then what is left once a measured :class:`Footprint` is taken out.
+    """
 
     bytes: int
     source: str
     warning: str | None = None
+    ceiling: int = 0
+    reserve: int = 0
+    auto: bool = False
+    whence: str = ""  # the ceiling in words ("worker cgroup limit 6.0 GiB")
+
+    def live(self, footprint: int) -> int:
+        """The budget once the worker's footprint is known (an explicit budget does not move)."""
+        return max(0, self.ceiling - self.reserve - footprint) if self.auto else self.bytes
+
+
+def breakdown(budget: Budget, live: int, fp: Footprint) -> str:
+    """``budget 4.9 GiB = worker cgroup limit 6.0 GiB − reserve 256.0 MiB − worker footprint …`` (log, doctor)."""
+    parts = (
+        f"main process {format_size(fp.main)}, {fp.slots} pool children {format_size(fp.children)}"
+        + (f", children still to grow ~{format_size(fp.growth)}" if fp.growth else "")
+        + f", other in {fp.scope} {format_size(fp.other)}"
+    )
+    if budget.auto:
+        return (
+            f"budget {format_size(live)} = {budget.whence} − reserve {format_size(budget.reserve)} − "
+            f"worker footprint {format_size(fp.total)} ({parts})"
+        )
+    return f"budget {format_size(live)} ({budget.source}); worker footprint {format_size(fp.total)} ({parts})"
 
 
 def compute_budget(
@@ -34,7 +95,11 @@ def compute_budget(
     cgroup_limit: int | None,
     configured_by: str = "oomless_budget",
 ) -> Budget:
-    """Resolve ``configured`` ("auto", None, an int or a size string) into a :class:`Budget`."""
+    """Resolve ``configured`` ("auto", None, an int or a size string) into a :class:`Budget`.
+
+    For ``auto``, ``bytes`` is the ceiling minus the reserve: the budget before
+    any footprint is measured (the worker's :meth:`Budget.live` takes it out).
+    """
     total, whence = machine, f"machine memory {format_size(machine)}"
     if cgroup_limit is not None and cgroup_limit < machine:
         total, whence = cgroup_limit, f"worker cgroup limit {format_size(cgroup_limit)}"
@@ -46,11 +111,12 @@ def compute_budget(
                 f"{configured_by}={configured}",
                 warning=f"{configured_by}={configured} is more than the {whence}: tasks that fit the budget "
                 f"can still exhaust the host; lower the budget",
+                ceiling=total, whence=whence,
             )
-        return Budget(size, f"{configured_by}={configured}")
+        return Budget(size, f"{configured_by}={configured}", ceiling=total, whence=whence)
     if reserve is None:
         reserved = max(DEFAULT_RESERVE_FLOOR, int(total * DEFAULT_RESERVE_FRACTION))
-        reserve_text = f"reserve {format_size(reserved)} (default: max(512 MiB, 5 %))"
+        reserve_text = f"reserve {format_size(reserved)} (default: max(256 MiB, 3 %))"
     else:
         reserved = parse_size(reserve, "oomless_reserve")
         reserve_text = f"oomless_reserve {format_size(reserved)}"
@@ -59,4 +125,7 @@ def compute_budget(
             f"oomless_reserve {format_size(reserved)} leaves nothing of the {whence}; "
             f"lower oomless_reserve or set oomless_budget explicitly"
         )
-    return Budget(total - reserved, f"auto: {whence} − {reserve_text}")
+    return Budget(
+        total - reserved, f"auto: {whence} − {reserve_text} − the worker's footprint", ceiling=total,
+        reserve=reserved, auto=True, whence=whence,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -87,6 +88,53 @@ def wait_file(path: Path, timeout: float = 30, lines: int = 1) -> list[str]:
     raise AssertionError(f"{path} did not get {lines} line(s) in {timeout} s")
 
 
+def _join(cgroup: str) -> None:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
+        fh.write(str(os.getpid()))
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory group limited to ``limit`` bytes for one worker; :meth:`remove` kills what is
+    left in it (and below) and removes it."""
+
+    ROOT = "/sys/fs/cgroup/memory"
+
+    def __init__(self, limit: int) -> None:
+        self.path = os.path.join(self.ROOT, f"oomless-test-{uuid.uuid4().hex[:8]}")
+        os.mkdir(self.path)
+        with open(os.path.join(self.path, "memory.limit_in_bytes"), "w") as fh:
+            fh.write(str(limit))
+
+    def oom_kills(self) -> int:
+        """Kernel OOM kills in this group and every group below it."""
+        total = 0
+        for folder, _, _ in os.walk(self.path):
+            try:
+                with open(os.path.join(folder, "memory.oom_control")) as fh:
+                    total += sum(int(line.split()[1]) for line in fh if line.startswith("oom_kill "))
+            except FileNotFoundError:
+                pass
+        return total
+
+    def remove(self) -> None:
+        deadline = time.monotonic() + 30
+        while os.path.exists(self.path) and time.monotonic() < deadline:
+            for folder in sorted((f for f, _, _ in os.walk(self.path)), key=len, reverse=True):
+                try:
+                    with open(os.path.join(folder, "cgroup.procs")) as fh:
+                        for pid in fh.read().split():
+                            try:
+                                os.kill(int(pid), signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+                    os.rmdir(folder)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        if os.path.exists(self.path):
+            raise AssertionError(f"could not remove the test cgroup {self.path}")
+
+
 def _kill_leftovers(worker_id: str) -> None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -112,8 +160,10 @@ def start_worker(
     wait_ready: bool = True,
     conf: dict | None = None,
     queue: str | None = None,
+    cgroup: str | None = None,
 ) -> Worker:
-    """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one."""
+    """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one;
+    ``cgroup``: a memory cgroup (v1 folder) the worker starts in."""
     queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
         os.environ,
@@ -133,7 +183,10 @@ def start_worker(
         "--without-mingle", *extra,
     ]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=None if cgroup is None else functools.partial(_join, cgroup),
+        )
     worker = Worker(proc, log, env, queue, node=node)
     if wait_ready:
         worker.wait_for("ready.")

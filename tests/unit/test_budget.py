@@ -10,20 +10,14 @@ MiB = 2**20
 GiB = 2**30
 
 
-def test_auto_on_a_large_machine_reserves_five_percent():
+def test_auto_on_a_large_machine_reserves_three_percent():
     budget = compute_budget("auto", None, machine=24 * GiB, cgroup_limit=None)
-    assert budget.bytes == 24 * GiB - int(24 * GiB * 0.05)
+    assert budget.bytes == 24 * GiB - int(24 * GiB * 0.03)
 
 
-def test_auto_on_a_small_machine_reserves_at_least_512_mib():
+def test_auto_on_a_small_machine_reserves_at_least_256_mib():
     budget = compute_budget("auto", None, machine=4 * GiB, cgroup_limit=None)
-    assert budget.bytes == 4 * GiB - 512 * MiB
-
-
-def test_auto_at_the_crossover_the_floor_and_five_percent_agree():
-    # 5 % of 10 GiB is exactly 512 MiB.
-    budget = compute_budget("auto", None, machine=10 * GiB, cgroup_limit=None)
-    assert budget.bytes == 10 * GiB - 512 * MiB
+    assert budget.bytes == 4 * GiB - 256 * MiB
 
 
 def test_none_is_the_same_as_auto():
@@ -32,18 +26,18 @@ def test_none_is_the_same_as_auto():
 
 def test_auto_uses_a_cgroup_limit_smaller_than_the_machine():
     budget = compute_budget("auto", None, machine=24 * GiB, cgroup_limit=8 * GiB)
-    assert budget.bytes == 8 * GiB - 512 * MiB
+    assert budget.bytes == 8 * GiB - 256 * MiB
 
 
 def test_auto_ignores_a_cgroup_limit_larger_than_the_machine():
     budget = compute_budget("auto", None, machine=8 * GiB, cgroup_limit=64 * GiB)
-    assert budget.bytes == 8 * GiB - 512 * MiB
+    assert budget.bytes == 8 * GiB - 256 * MiB
 
 
 def test_auto_source_names_the_machine_memory_and_the_default_reserve():
     source = compute_budget("auto", None, machine=4 * GiB, cgroup_limit=None).source
     assert "machine memory 4.0 GiB" in source
-    assert "reserve 512.0 MiB (default: max(512 MiB, 5 %))" in source
+    assert "reserve 256.0 MiB (default: max(256 MiB, 3 %))" in source
 
 
 def test_auto_source_names_the_cgroup_limit_when_it_applies():
@@ -107,10 +101,34 @@ def test_reserve_above_the_cgroup_limit_raises_naming_the_cgroup_limit():
         compute_budget("auto", "2GiB", machine=24 * GiB, cgroup_limit=GiB)
 
 
-def test_default_reserve_on_a_machine_of_512_mib_raises():
+def test_default_reserve_on_a_machine_of_256_mib_raises():
     with pytest.raises(ValueError, match="leaves nothing"):
-        compute_budget("auto", None, machine=512 * MiB, cgroup_limit=None)
+        compute_budget("auto", None, machine=256 * MiB, cgroup_limit=None)
 
 
 def test_default_reserve_just_below_the_total_leaves_the_difference():
-    assert compute_budget("auto", None, machine=512 * MiB + 4096, cgroup_limit=None).bytes == 4096
+    assert compute_budget("auto", None, machine=256 * MiB + 4096, cgroup_limit=None).bytes == 4096
+
+
+def test_the_live_auto_budget_takes_the_measured_footprint_out():
+    budget = compute_budget("auto", None, machine=24 * GiB, cgroup_limit=6 * GiB)
+    assert budget.live(700 * MiB) == 6 * GiB - 256 * MiB - 700 * MiB
+    assert budget.live(8 * GiB) == 0
+
+
+def test_an_explicit_budget_does_not_move_with_the_footprint():
+    budget = compute_budget("5GiB", None, machine=24 * GiB, cgroup_limit=6 * GiB)
+    assert budget.live(700 * MiB) == 5 * GiB
+
+
+def test_the_breakdown_names_every_part_with_its_number():
+    from oomless.budget import Footprint, breakdown
+
+    budget = compute_budget("auto", None, machine=24 * GiB, cgroup_limit=6 * GiB)
+    fp = Footprint(worker=600 * MiB, main=80 * MiB, children=400 * MiB, slots=20, growth=100 * MiB)
+    text = breakdown(budget, budget.live(fp.total), fp)
+    assert text == (
+        "budget 5.1 GiB = worker cgroup limit 6.0 GiB − reserve 256.0 MiB − worker footprint 700.0 MiB "
+        "(main process 80.0 MiB, 20 pool children 400.0 MiB, children still to grow ~100.0 MiB, "
+        "other in the worker's cgroup 120.0 MiB)"
+    )

@@ -62,6 +62,8 @@ class Admission:
         if budget <= 0 or slots < 0:
             raise ValueError(f"budget {budget} and slots {slots} must be positive")
         self.budget = budget
+        #: the largest budget this worker has had: a request above it is infeasible
+        self.capacity = budget
         self.slots = slots
         self.backfill_window = backfill_window
         self.give_back_after = give_back_after
@@ -81,7 +83,7 @@ class Admission:
 
     @property
     def free(self) -> int:
-        """Bytes of the budget not reserved by running tasks."""
+        """Bytes of the budget not reserved by running tasks (negative after the budget shrank under them)."""
         return self.budget - self.reserved
 
     def cannot_fit(self) -> list[Waiting]:
@@ -106,10 +108,11 @@ class Admission:
         ``priority`` is a sort key, lower first.  ``waited`` is how long it
         already waited on other workers (it keeps its age).  ``kind`` groups
         tasks that take about as long (e.g. task name and request).  Raises
-        :class:`Infeasible` when ``request`` is larger than the budget.
+        :class:`Infeasible` when ``request`` is larger than the budget ever was;
+        one that only exceeds a budget that shrank waits for it to grow back.
         """
-        if request > self.budget:
-            raise Infeasible(f"request {request} is larger than the budget {self.budget}")
+        if request > self.capacity:
+            raise Infeasible(f"request {request} is larger than the budget {self.capacity}")
         self._seq += 1
         # Fast path: nothing waits, a slot is free and it fits.
         if not self.waiting and self.free_slots > 0 and request <= self.free:
@@ -128,6 +131,16 @@ class Admission:
                 took = max(0.0, now - start)
                 seen = self.estimates.get(kind)
                 self.estimates[kind] = took if seen is None else (seen + took) / 2
+        return self.drain(now)
+
+    def set_budget(self, budget: int, now: float) -> list[Hashable]:
+        """The budget moved (the worker's footprint changed); returns the keys that start now.
+
+        Running tasks are never stopped here: a budget that shrank below what
+        they reserve only keeps new ones waiting until enough of them end.
+        """
+        self.budget = max(0, budget)
+        self.capacity = max(self.capacity, self.budget)
         return self.drain(now)
 
     def resize(self, slots: int, now: float) -> list[Hashable]:

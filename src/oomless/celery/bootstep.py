@@ -101,13 +101,15 @@ class GovernorStep(bootsteps.StartStopStep):
             plugin.setup(app, gov)
             gov.add_plugin(plugin)
         gov.gate = self._gate(w, gov)
-        if gov.gate is not None:
-            enforcer.configure_pressure(settings.budget.bytes, settings.eviction_margin, host)
+        enforcer.configure_pressure(
+            settings.budget.bytes if gov.gate is not None else None, settings.eviction_margin, host
+        )
         logger.info(
-            "oomless: governing %d slots; budget %s (%s); enforcement %s (%s)",
+            "oomless: governing %d slots; budget %s%s (%s); enforcement %s (%s)",
             size,
+            "at most " if settings.budget.auto else "",
             format_size(settings.budget.bytes),
-            settings.budget.source,
+            settings.budget.source + (", measured once the pool is up" if settings.budget.auto else ""),
             choice.mode,
             choice.reason,
         )
@@ -184,6 +186,7 @@ class GovernorStep(bootsteps.StartStopStep):
             gov.watch_kills(hub)
             if gov.gate is not None:
                 gov.gate.register(hub, w.consumer)
+            gov.watch_budget(hub)
 
     def stop(self, w: Any) -> None:
         """Nothing: enforcement must outlive the pool's drain (see module docstring)."""

@@ -133,6 +133,12 @@ class MemoryGate(LaxBoundedSemaphore):
     def shrink(self, n: int = 1) -> None:
         self.adm.resize(self.adm.slots - n, self._clock())
 
+    def set_budget(self, budget: int) -> None:
+        """The worker's budget moved: admit what now fits (or hold what no longer does)."""
+        now = self._clock()
+        self._start(self.adm.set_budget(budget, now), now)
+        self._fetch_control(now)
+
     def clear(self) -> None:
         """Celery, on losing the broker connection: waiting messages return to the broker by themselves."""
         self.adm.waiting.clear()

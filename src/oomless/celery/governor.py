@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from ..budget import Footprint, breakdown
 from ..enforce.base import Enforcer, KillReport
 from ..enforce.modes import Choice
 from ..errors import InfeasibleMemoryRequest
@@ -33,6 +34,9 @@ __all__ = ["Governor", "Plugin", "current", "EVENT"]
 
 #: Celery event sent when a task ends, with its memory figures.
 EVENT = "task-memory"
+
+#: Seconds over which the largest footprint measured is the one the budget takes out.
+FOOTPRINT_WINDOW = 10.0
 
 current: Governor | None = None
 
@@ -118,6 +122,60 @@ class Governor:
         #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"
         #: (memory-killed tasks republished with more memory); read by ``top`` and the metrics
         self.counts: Counter[str] = Counter()
+        #: the worker's footprint at the last measurement (see :meth:`refresh_budget`)
+        self.footprint: Footprint | None = None
+        self._footprints: deque[tuple[float, int]] = deque()  # (when, footprint total) over FOOTPRINT_WINDOW
+        self._said_budget: int | None = None  # the budget in the last breakdown logged
+        self._said_slots = 0  # the most pool children a logged breakdown counted
+        self._budget_timer: Any = None
+
+    def watch_budget(self, hub: Any) -> None:
+        """Measure the footprint now and once a second on the worker's event loop."""
+        if self._budget_timer is not None:
+            self._budget_timer.cancel()  # a reconnection registers again
+        self.refresh_budget()
+        self._budget_timer = hub.call_repeatedly(1.0, self.refresh_budget)
+
+    def refresh_budget(self, now: float | None = None) -> int:
+        """Measure the worker's footprint and move the budget with it (event loop, once a second).
+
+        The budget takes out the largest footprint of the last
+        :data:`FOOTPRINT_WINDOW` seconds: it shrinks at once when the worker
+        grows, and grows back only once the worker has stayed smaller.  A
+        breakdown is logged when the budget moves by max(64 MiB, 2 %).
+        Returns the budget.
+        """
+        now = time.monotonic() if now is None else now
+        try:
+            fp = self.enforcer.footprint()
+        except OSError as exc:
+            logger.warning("oomless: could not measure the worker's footprint (%s); the budget stays %s",
+                           exc, format_size(self.budget))
+            return self.budget
+        self.footprint = fp
+        window = self._footprints
+        window.append((now, fp.total))
+        while window and window[0][0] < now - FOOTPRINT_WINDOW:
+            window.popleft()
+        live = self.settings.budget.live(max(total for _, total in window))
+        if live != self.budget:
+            self.budget = live
+            if self.enforcer.budget is not None:
+                self.enforcer.budget = live
+            if self.gate is not None:
+                self.gate.set_budget(live)
+        said = self._said_budget
+        if said is None or abs(live - said) >= max(64 * 2**20, said // 50) or fp.slots > self._said_slots:
+            self._said_budget, self._said_slots = live, max(self._said_slots, fp.slots)
+            logger.info("oomless: %s", breakdown(self.settings.budget, live, fp))
+            budget = self.settings.budget
+            if not budget.auto and budget.bytes + fp.total > budget.ceiling:
+                logger.warning(
+                    "oomless: the budget of %s and the worker's own footprint of %s do not fit the %s: tasks "
+                    "within their requests can exhaust it; lower the budget, or leave it to auto",
+                    format_size(budget.bytes), format_size(fp.total), budget.whence,
+                )
+        return live
 
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..admission.eviction import Use, choose_victim, pressure
+from ..budget import Footprint
 from ..linux import cgroup, proc
 from ..linux.cgroup import CgroupHost
 from ..linux.kill import kill_orphans, kill_tree
@@ -144,12 +145,62 @@ class Enforcer:
             except OSError:
                 pass
 
-    def configure_pressure(self, budget: int, margin: int, host: CgroupHost | None = None) -> None:
-        """Evict a task when the running tasks together use more than ``budget``, or when less than
-        ``margin`` is available to the worker (its own memory cgroup, when limited, or the machine)."""
+    def configure_pressure(self, budget: int | None, margin: int, host: CgroupHost | None = None) -> None:
+        """Evict a task when the running tasks together use more than ``budget`` and one is over its
+        request, or when less than ``margin`` is available to the worker (its own memory cgroup, when
+        limited, or the machine).  ``budget`` ``None``: only measure (:meth:`footprint`)."""
         self.budget, self.eviction_margin = budget, margin
         if host is not None and host.version and host.path and host.limit:
             self._group = (host.version, host.path, host.limit)
+
+    def child_memory(self, index: int, state: SlotState) -> int | None:
+        """The pool child's own memory in slot ``index`` (its baseline while a task runs), ``None`` if none.
+
+        Here: its RSS above what it had when it claimed the slot (pages it still
+        shares with the worker are the main process's); cgroup mode reads the slot.
+        """
+        try:
+            rss = state.baseline if state.running else proc.rss(state.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return max(0, rss - self.table.born_rss(index))
+
+    def footprint(self) -> Footprint:
+        """Measure what the worker itself holds now (main process, any thread; a few file reads a slot).
+
+        ``worker``: the unreclaimable memory of the worker's cgroup when it is
+        limited, else of the machine (MemTotal − MemAvailable), less what the
+        running tasks hold above their baselines.  ``growth``: pool children that
+        have run no task yet are expected to reach the median of those that have.
+        """
+        tasks, mine, fresh, ran = 0, 0, 0, []
+        for index in range(self.table.size):
+            state = self.table.read(index)
+            if state.pid <= 0 or proc.exited(state.pid):
+                continue
+            if state.running:
+                tasks += max(0, self.usage(index, state) or 0)
+            own = self.child_memory(index, state)
+            if own is None:
+                continue
+            mine += own
+            if self.table.ran(index):
+                ran.append(own)
+            else:
+                fresh += 1
+        if self._group is not None:
+            version, path, _ = self._group
+            used, scope = cgroup.working_set(version, path), "the worker's cgroup"
+        else:
+            used, scope = None, "the machine"
+        if used is None:
+            used, scope = proc.mem_total() - proc.mem_available(), "the machine"
+        typical = sorted(ran)[len(ran) // 2] if ran else 0
+        main = proc.rss(os.getpid())
+        return Footprint(
+            worker=max(main + mine, used - tasks), main=main, children=mine,
+            slots=fresh + len(ran), growth=fresh * typical, scope=scope,
+        )
 
     def available(self) -> int:
         """Bytes the worker can still get: the machine's MemAvailable, or less if its cgroup is limited."""
@@ -166,11 +217,18 @@ class Enforcer:
         if self.budget is None or not uses:
             return None
         total = sum(max(0, u.used) for u in uses)
-        why = pressure(total, self.budget, self.available() if check_available else None, self.eviction_margin)
+        available = self.available() if check_available else None
+        why = pressure(total, self.budget, available, self.eviction_margin)
         if why is None:
             return None
         victim = choose_victim(uses)
-        return None if victim is None else (victim, why)
+        if victim is None:
+            return None
+        if victim.over <= 0 and (available is None or available >= self.eviction_margin):
+            # Over a budget that shrank (the worker's footprint grew) under tasks that all keep
+            # to their requests: admission starts nothing more until they end; nobody is evicted.
+            return None
+        return victim, why
 
     def eviction_report(self, state: SlotState, victim: Use, why: str, killed: tuple[int, ...] = ()) -> KillReport:
         logger.warning(
@@ -264,7 +322,7 @@ class Enforcer:
         except OSError as exc:
             logger.warning("oomless: pool child %d cannot adopt its orphans (%s): a task's daemon that starts "
                            "a new session escapes its slot", pid, exc)
-        self.table.set_pid(index, pid, proc.start_time(pid) or 0)
+        self.table.set_pid(index, pid, proc.start_time(pid) or 0, self.own.rss())
 
     def slot_members(self, index: int, pid: int, alive: bool = False) -> list[int]:
         """Pool child: the processes of its slot other than itself (here: its children, exited ones

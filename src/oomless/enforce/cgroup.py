@@ -222,7 +222,17 @@ class CgroupEnforcer(Enforcer):
 
     def usage(self, index: int, state: SlotState) -> int | None:
         try:
-            return max(0, self.groups.usage(index) - state.baseline)
+            return max(0, self._task_use(index, state))
+        except OSError:
+            return None
+
+    def child_memory(self, index: int, state: SlotState) -> int | None:
+        """What the slot holds with no task in it (its baseline while a task runs): the kernel
+        charges the slot only the pages its members touched first."""
+        if state.running:
+            return state.baseline
+        try:
+            return self.groups.usage(index)
         except OSError:
             return None
 

@@ -38,7 +38,9 @@ _BORN_OFF = _TREE_OFF + _TREE.size
 # tmpfs bytes the slot held when the running task started, if earlier tasks left memory
 # behind that this task could free (-1: nothing worth watching); written with the head
 _HELD_OFF = _BORN_OFF + 8
-_ROW = _HELD_OFF + 8
+# resident bytes of the row's pool child when it claimed the row (mostly pages it shares with the worker)
+_BRSS_OFF = _HELD_OFF + 8
+_ROW = _BRSS_OFF + 8
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,26 @@ class SlotTable:
         struct.pack_into("<q", self._mem, ring_off, pos + 1)
         self._end(index, seq)
 
-    def set_pid(self, index: int, pid: int, born: int = 0) -> None:
-        """Claim the row for a newly born pool child (idle); ``born``: its start time (``proc.start_time``)."""
+    def set_pid(self, index: int, pid: int, born: int = 0, rss: int = 0) -> None:
+        """Claim the row for a newly born pool child (idle); ``born``: its start time (``proc.start_time``),
+        ``rss``: its resident bytes then."""
         seq = self._begin(index)
         struct.pack_into("<qq", self._mem, index * _ROW + 8, pid, IDLE)
         struct.pack_into("<q", self._mem, index * _ROW + _BORN_OFF, born)
+        struct.pack_into("<q", self._mem, index * _ROW + _BRSS_OFF, rss)
+        # A new child has run no task: the ring of finished tasks starts empty.
+        struct.pack_into("<q", self._mem, index * _ROW + _HEAD.size, 0)
         self._end(index, seq)
+
+    def born_rss(self, index: int) -> int:
+        """Resident bytes of the row's pool child when it claimed the row."""
+        return int(struct.unpack_from("<q", self._mem, index * _ROW + _BRSS_OFF)[0])
+
+    def ran(self, index: int) -> bool:
+        """Whether the row's pool child has started a task."""
+        off = index * _ROW
+        running = struct.unpack_from("<q", self._mem, off + 16)[0] != IDLE
+        return running or struct.unpack_from("<q", self._mem, off + _HEAD.size)[0] > 0
 
     def born(self, index: int) -> int | None:
         """Start time of the row's pool child as it claimed the row (``None``: not recorded)."""

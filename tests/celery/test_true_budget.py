@@ -1,0 +1,63 @@
+"""The ``auto`` budget is what is left after the worker's own footprint (issue 14, item 1).
+
+A worker with a wide pool (``-c 16``) and the budget left to ``auto``, alone in
+a 2 GiB memory cgroup, runs tasks that declare request = what they use (and a
+limit above it), with Airflow's ``task_acks_late`` + ``task_reject_on_worker_lost``.
+Its 16 pool children and main process hold memory of their own, which the
+budget must leave out: then no task that keeps to its request is evicted, and
+the kernel never kills inside the worker's cgroup.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import oomless
+
+from .harness import MemoryCgroup, start_worker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from worker_app import make_app  # noqa: E402
+
+MiB, GiB = 2**20, 2**30
+AIRFLOW = {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1}
+
+
+@pytest.fixture
+def worker_cgroup():
+    group = MemoryCgroup(2 * GiB)
+    yield group
+    group.remove()
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_tasks_within_their_requests_are_never_evicted_nor_kernel_killed_with_auto_and_a_wide_pool(
+    tmp_path, redis_url, worker_cgroup, mode
+):
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=16, conf=AIRFLOW,
+                          cgroup=worker_cgroup.path)
+    app = make_app(redis_url, redis_url, worker.queue, mode, conf=AIRFLOW)
+    rng = random.Random(14)
+    try:
+        results = []
+        for _ in range(36):
+            mb = rng.randrange(128, 456, 8)
+            # t.hold holds mb MiB beside an interpreter that already runs: request what it uses
+            spec = oomless.Memory(request=(mb + 24) * MiB, limit=(mb + 24 + 128) * MiB)
+            results.append(app.tasks["t.hold"].apply_async([1.0, mb], memory=spec))
+        outcomes = [r.get(timeout=180, propagate=False) for r in results]
+    finally:
+        worker.stop()
+        app.close()
+    log = worker.text()
+    failures = [str(o) for o in outcomes if not isinstance(o, dict)]
+    assert [r.state for r in results] == ["SUCCESS"] * len(results), failures
+    assert "evicting" not in log, re.findall(r"evicting .*", log)[:3]
+    assert worker_cgroup.oom_kills() == 0
+    assert re.search(r"oomless: budget [\d.]+ \w+ = worker cgroup limit 2\.0 GiB − reserve 256\.0 MiB − worker "
+                     r"footprint [\d.]+ \w+ \(main process [\d.]+ \w+, 16 pool children", log)
