@@ -61,3 +61,46 @@ def test_tasks_within_their_requests_are_never_evicted_nor_kernel_killed_with_au
     assert worker_cgroup.oom_kills() == 0
     assert re.search(r"oomless: budget [\d.]+ \w+ = worker cgroup limit 2\.0 GiB − reserve 256\.0 MiB − worker "
                      r"footprint [\d.]+ \w+ \(main process [\d.]+ \w+, 16 pool children", log)
+
+
+def _overcommit(tmp_path, redis_url, worker_cgroup, mode):
+    """Requests far below what the tasks use (limits above it): admission starts eight at once,
+    5.6 GiB in a 2 GiB cgroup.  Returns (results, outcomes, worker log)."""
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=8, conf=AIRFLOW,
+                          cgroup=worker_cgroup.path)
+    app = make_app(redis_url, redis_url, worker.queue, mode, conf=AIRFLOW)
+    try:
+        spec = oomless.Memory(request="128MiB", limit="1GiB")
+        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(8)]
+        outcomes = [r.get(timeout=240, propagate=False) for r in results]
+    finally:
+        worker.stop()
+        app.close()
+    return results, outcomes, worker.text()
+
+
+def test_overcommitted_tasks_end_in_governor_evictions_never_in_kernel_oom_kills_in_cgroup_mode(
+    tmp_path, redis_url, worker_cgroup
+):
+    # The slots share a parent group limited to what the worker has left, with the kernel's
+    # OOM killer off: at that limit the kernel pauses them and the governor evicts.
+    results, outcomes, log = _overcommit(tmp_path, redis_url, worker_cgroup, "cgroup")
+    assert worker_cgroup.oom_kills() == 0
+    assert "evicting" in log
+    # Each eviction requeues the task with a request of what it was seen to use (then its
+    # limit): every one ends OK.
+    assert [r.state for r in results] == ["SUCCESS"] * len(results), [str(o) for o in outcomes]
+
+
+def test_overcommitted_tasks_end_in_a_result_in_watchdog_mode_even_when_the_kernel_kills_first(
+    tmp_path, redis_url, worker_cgroup
+):
+    # The watchdog cannot stop the kernel (on a loaded machine its poll comes too late); a pool
+    # child the kernel OOM-kills is then an eviction: requeued a bounded number of times.
+    results, outcomes, log = _overcommit(tmp_path, redis_url, worker_cgroup, "watchdog")
+    kernel = worker_cgroup.oom_kills()
+    assert "evicting" in log
+    assert log.count("the kernel's OOM killer killed its pool child") >= min(kernel, 1)
+    ended = [r.state == "SUCCESS" or isinstance(o, oomless.EvictedForMemoryPressure)
+             for r, o in zip(results, outcomes, strict=True)]
+    assert all(ended), [str(o) for o in outcomes]

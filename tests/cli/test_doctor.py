@@ -113,7 +113,9 @@ def test_doctor_json_is_one_object_with_mode_and_budget():
     assert result.returncode == 0
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["error"] is None
-    assert report["budget"] == {"bytes": 6 * 2**30, "source": "--memory-budget=6GiB"}
+    assert {k: report["budget"][k] for k in ("bytes", "source", "auto", "reserve")} == {
+        "bytes": 6 * 2**30, "source": "--memory-budget=6GiB", "auto": False, "reserve": 0,
+    }
     assert report["mode"]["chosen"] in ("cgroup", "watchdog")
     assert report["cgroup"]["path"] == cgroup.detect().path
     assert report["memory"]["machine"] > 0

@@ -19,8 +19,8 @@ OPTIONS: dict[str, tuple[str, str | None, str | None, str]] = {
     ),
     "reserve": (
         "string", None, "1GiB",
-        "Bytes kept back from an 'auto' budget for the worker itself and the system "
-        "(default: max(512 MiB, 5% of the memory)).",
+        "Bytes kept back from an 'auto' budget for the kernel, page cache and slack "
+        "(default: max(256 MiB, 3% of the memory)); the worker's own measured footprint is left out too.",
     ),
     "enforcement": (
         "string", "auto", "cgroup",

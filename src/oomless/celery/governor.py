@@ -16,6 +16,7 @@ from ..enforce.base import Enforcer, KillReport
 from ..enforce.modes import Choice
 from ..errors import InfeasibleMemoryRequest
 from ..history.attempt import Attempt
+from ..linux import proc
 from ..spec import Memory
 from ..units import format_size
 from .config import Settings
@@ -35,8 +36,10 @@ __all__ = ["Governor", "Plugin", "current", "EVENT"]
 #: Celery event sent when a task ends, with its memory figures.
 EVENT = "task-memory"
 
-#: Seconds over which the largest footprint measured is the one the budget takes out.
+#: Seconds over which the largest (settled) footprint measured is the one the budget takes out.
 FOOTPRINT_WINDOW = 10.0
+#: A footprint sample is the smallest measured over this many seconds (transients settle).
+FOOTPRINT_SETTLE = 3.0
 
 current: Governor | None = None
 
@@ -105,6 +108,9 @@ class Governor:
         self.choice = choice
         self.enforcer = enforcer
         self.budget = settings.budget.bytes
+        #: the largest budget measured since start (before the first measurement: the configured one)
+        self.capacity = settings.budget.bytes
+        self._measured = False
         self._stopped = False
         #: the admission gate, when the pool uses Celery's slot semaphore (prefork)
         self.gate: MemoryGate | None = None
@@ -125,9 +131,37 @@ class Governor:
         #: the worker's footprint at the last measurement (see :meth:`refresh_budget`)
         self.footprint: Footprint | None = None
         self._footprints: deque[tuple[float, int]] = deque()  # (when, footprint total) over FOOTPRINT_WINDOW
+        self._samples: deque[tuple[float, int]] = deque()  # (when, settled footprint) over FOOTPRINT_WINDOW
+        self._oom_counts: deque[tuple[float, int]] = deque(maxlen=4096)  # (wall time, kernel OOM kills)
         self._said_budget: int | None = None  # the budget in the last breakdown logged
         self._said_slots = 0  # the most pool children a logged breakdown counted
         self._budget_timer: Any = None
+
+    def _watch_kernel(self, now: float) -> None:
+        """Note the machine's kernel OOM kill count (once a second), to know later whether a pool
+        child that died of SIGKILL may have been the kernel's victim (:meth:`kernel_killed`)."""
+        count = proc.oom_kills()
+        if count is None:
+            return
+        seen = self._oom_counts
+        if not seen or seen[-1][1] != count:
+            seen.append((time.time(), count))
+
+    def kernel_killed(self, started: float | None) -> bool:
+        """Whether the kernel's OOM killer killed anything on this machine since ``started`` (wall
+        time; ``None``: since the last second), judged from the counts :meth:`_watch_kernel` noted."""
+        now = proc.oom_kills()
+        if now is None or not self._oom_counts:
+            return False
+        since = (started or time.time()) - 1.0
+        before = [count for when, count in self._oom_counts if when <= since]
+        return now > (before[-1] if before else self._oom_counts[0][1])
+
+    @property
+    def headroom(self) -> int:
+        """What the slots' shared limit leaves free in the worker: half the reserve, at least the
+        eviction margin (so the kernel pauses the slots before the margin is crossed)."""
+        return max(self.settings.eviction_margin + 16 * 2**20, self.settings.budget.reserve // 2)
 
     def watch_budget(self, hub: Any) -> None:
         """Measure the footprint now and once a second on the worker's event loop."""
@@ -140,8 +174,9 @@ class Governor:
         """Measure the worker's footprint and move the budget with it (event loop, once a second).
 
         The budget takes out the largest footprint of the last
-        :data:`FOOTPRINT_WINDOW` seconds: it shrinks at once when the worker
-        grows, and grows back only once the worker has stayed smaller.  A
+        :data:`FOOTPRINT_WINDOW` seconds, each settled over
+        :data:`FOOTPRINT_SETTLE` seconds: it shrinks within seconds when the
+        worker grows, and grows back only once the worker has stayed smaller.  A
         breakdown is logged when the budget moves by max(64 MiB, 2 %).
         Returns the budget.
         """
@@ -153,11 +188,25 @@ class Governor:
                            exc, format_size(self.budget))
             return self.budget
         self.footprint = fp
+        self._watch_kernel(now)
+        try:
+            self.enforcer.fit_slots(self.headroom)
+        except OSError as exc:
+            logger.warning("oomless: could not limit the slots together: %s", exc)
+        # A sample is the smallest footprint of the last FOOTPRINT_SETTLE seconds (memory of a killed
+        # task still being freed is no one's footprint); the budget takes out the largest sample of
+        # the last FOOTPRINT_WINDOW seconds.
         window = self._footprints
         window.append((now, fp.total))
         while window and window[0][0] < now - FOOTPRINT_WINDOW:
             window.popleft()
-        live = self.settings.budget.live(max(total for _, total in window))
+        samples = self._samples
+        samples.append((now, min(total for when, total in window if when >= now - FOOTPRINT_SETTLE)))
+        while samples and samples[0][0] < now - FOOTPRINT_WINDOW:
+            samples.popleft()
+        live = self.settings.budget.live(max(total for _, total in samples))
+        self.capacity = live if not self._measured else max(self.capacity, live)
+        self._measured = True
         if live != self.budget:
             self.budget = live
             if self.enforcer.budget is not None:
@@ -186,9 +235,11 @@ class Governor:
         return self.enforcer.mode
 
     def check_feasible(self, task_name: str, task_id: str, spec: Memory) -> None:
+        """Refuse a spec larger than any budget this worker has offered (``capacity``): one that only
+        exceeds the budget now (the footprint grew) waits, and is given back if it waits too long."""
         need = max(spec.limit or 0, spec.request or 0)
-        if need > self.budget:
-            raise InfeasibleMemoryRequest(task_name, task_id, need, self.budget)
+        if need > self.capacity:
+            raise InfeasibleMemoryRequest(task_name, task_id, need, self.capacity)
 
     def finished(self, req: Any, outcome: str, report: KillReport | None = None) -> None:
         """The task's one log line (unless its pool child wrote it) and its memory event."""

@@ -192,11 +192,12 @@ class GovernedRequest(Request):
         try:
             done = header_int(self, EVICTIONS)
             if done < gov.settings.max_evictions:
-                # Next time, reserve what it was seen to use, so admission packs it honestly.
+                # Next time, reserve what it was seen to use, so admission packs it honestly; a task
+                # evicted again was still growing when seen: it reserves its whole limit.
                 spec = self._oomless_spec
                 request = max(report.request, report.peak)
                 if spec.limit is not None:
-                    request = min(request, spec.limit)
+                    request = spec.limit if done >= 1 else min(request, spec.limit)
                 bumped = Memory(request=request, limit=spec.limit)
                 try:
                     republish(self, {EVICTIONS: done + 1, HEADER: bumped.to_header()})
@@ -217,6 +218,20 @@ class GovernedRequest(Request):
         finally:
             if gov.gate is not None:
                 gov.gate.finish(self)
+
+    def _oomless_kernel_kill(self) -> KillReport:
+        """The kernel's OOM killer took this task's pool child: an eviction the governor did not get
+        to make (requeued a bounded number of times, never redelivered for ever)."""
+        gov = governor.current
+        assert gov is not None
+        gov.counts["kernel-oom-killed"] += 1
+        spec = self._oomless_spec
+        detail = ("the kernel's OOM killer killed its pool child (the machine's oom_kill count rose while it "
+                  "ran) before the governor evicted anything")
+        logger.error("oomless: %s[%s]: %s; see the worker's memory (oomless doctor) and the kernel log",
+                     self.name, self.id, detail)
+        return KillReport(self.id, self.worker_pid or 0, spec.limit or 0, spec.request or 0, gov.mode,
+                          reason="evicted", request=spec.request or 0, detail=detail)
 
     def _oomless_escalate(self, report: KillReport) -> bool:
         """Republish a memory-killed task with more memory if its ``memory_retry`` policy says so."""
@@ -307,6 +322,8 @@ class GovernedRequest(Request):
                 # Killed from outside or crashed: its task's processes must be gone before
                 # Celery requeues the message (task_reject_on_worker_lost), or two copies run.
                 gov.enforcer.sweep(self.worker_pid)
+            if report is None and "SIGKILL" in str(exc) and gov.kernel_killed(self.time_start):
+                report = self._oomless_kernel_kill()
         if report is not None and report.reason == "evicted":
             return self._oomless_evicted(report, send_failed_event)
         if report is not None:

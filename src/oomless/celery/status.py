@@ -14,6 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..budget import breakdown
 from ..enforce.slots import ID_BYTES, SlotState, SlotTable
 
 if TYPE_CHECKING:
@@ -88,6 +89,13 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
         "pid": os.getpid(),
         "mode": gov.mode,
         "budget": gov.budget,
+        "capacity": gov.capacity,
+        "footprint": None if gov.footprint is None else {
+            "total": gov.footprint.total, "main": gov.footprint.main, "children": gov.footprint.children,
+            "slots": gov.footprint.slots, "growth": gov.footprint.growth, "other": gov.footprint.other,
+            "scope": gov.footprint.scope,
+        },
+        "breakdown": None if gov.footprint is None else breakdown(gov.settings.budget, gov.budget, gov.footprint),
         "reserved": reserved,
         "used": sum(t["used"] or 0 for t in running),
         "slots": slots,

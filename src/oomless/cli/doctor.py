@@ -108,7 +108,10 @@ def diagnose(
             f"allocation rate × poll interval before it is killed (e.g. {format_size(int(EXAMPLE_RATE * interval))} "
             f"at 1 GB/s); cgroup mode does not overshoot"
         )
-        report["budget"] = {"bytes": settings.budget.bytes, "source": settings.budget.source}
+        report["budget"] = {
+            "bytes": settings.budget.bytes, "source": settings.budget.source, "auto": settings.budget.auto,
+            "ceiling": settings.budget.ceiling, "reserve": settings.budget.reserve,
+        }
         if settings.budget.warning:
             report["warnings"].append(settings.budget.warning)
         report["default_memory"] = (
@@ -466,7 +469,13 @@ def _print(report: dict[str, Any]) -> None:
             lines.append(("mode", f"requested {mode['requested']}: cannot work here (see the error below)"))
     if "budget" in report:
         budget = report["budget"]
-        lines.append(("budget", f"{format_size(budget['bytes'])} ({budget['source']})"))
+        if budget["auto"]:
+            lines.append(("budget", f"at most {format_size(budget['bytes'])} ({budget['source']})"))
+            lines.append(("", "the footprint (main process, every pool child, the rest of the worker's cgroup) is "
+                              "measured while the worker runs: its log says 'oomless: budget … = …' with every "
+                              "part, and `oomless top` / the oomless_footprint_bytes metric show it live"))
+        else:
+            lines.append(("budget", f"{format_size(budget['bytes'])} ({budget['source']})"))
     if "admission" in report:
         adm = report["admission"]
         if adm["on"]:

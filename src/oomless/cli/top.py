@@ -192,6 +192,7 @@ def _worker(node: str, status: dict[str, Any]) -> Panel:
         _header(node, status),
         _bar("reserved", int(status.get("reserved") or 0), budget),
         _bar("used", int(status.get("used") or 0), budget),
+        *([Text(str(status["breakdown"]), style="dim")] if status.get("breakdown") else []),
         _running(status),
         _waiting(status),
     ]

@@ -48,6 +48,9 @@ logger = logging.getLogger("oomless")
 
 __all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer", "SLOT_ENV"]
 
+#: Nice value of the monitor thread where the worker may raise its priority.
+MONITOR_NICE = -10
+
 #: Environment variable each pool child sets to ``<worker pid>-<worker start>/<child pid>``; its
 #: exec'd descendants inherit it, so they can be found after the pool child died.
 SLOT_ENV = "OOMLESS_SLOT"
@@ -126,6 +129,12 @@ class Enforcer:
         self.monitor_tid = threading.get_native_id()
         logger.debug("oomless: %s monitor thread runs as tid %d", self.mode, self.monitor_tid)
         try:
+            # Ahead of busy tasks on a loaded machine: a monitor that waits behind them cannot evict
+            # before the kernel has to kill.  Needs CAP_SYS_NICE (root); else it keeps its nice value.
+            os.setpriority(os.PRIO_PROCESS, self.monitor_tid, MONITOR_NICE)
+        except OSError as exc:
+            logger.debug("oomless: the monitor thread keeps its priority (%s)", exc)
+        try:
             self.monitor()
         except Exception:  # the worker must hear about it, loudly, once
             logger.exception("oomless: the %s monitor thread crashed; tasks are no longer enforced", self.mode)
@@ -198,9 +207,18 @@ class Enforcer:
         typical = sorted(ran)[len(ran) // 2] if ran else 0
         main = proc.rss(os.getpid())
         return Footprint(
-            worker=max(main + mine, used - tasks), main=main, children=mine,
+            worker=max(main + mine, used - self.tasks_hold(tasks, mine)), main=main, children=mine,
             slots=fresh + len(ran), growth=fresh * typical, scope=scope,
         )
+
+    def tasks_hold(self, running: int, children: int) -> int:
+        """What tasks hold of the worker's memory, given what running tasks use above their baselines
+        and what the live pool children hold themselves (:meth:`footprint`)."""
+        return running
+
+    def fit_slots(self, headroom: int) -> int | None:
+        """Limit what the slots hold together (cgroup mode, v1); here: nothing, ``None``."""
+        return None
 
     def available(self) -> int:
         """Bytes the worker can still get: the machine's MemAvailable, or less if its cgroup is limited."""
@@ -212,13 +230,22 @@ class Enforcer:
                 free = min(free, limit - used)
         return free
 
-    def pressure(self, uses: list[Use], check_available: bool) -> tuple[Use, str] | None:
-        """The task to evict and why, or ``None`` (monitor thread)."""
+    def pressure(
+        self, uses: list[Use], check_available: bool, available: int | None = None, margin: int | None = None
+    ) -> tuple[Use, str] | None:
+        """The task to evict and why, or ``None`` (monitor thread).
+
+        ``available``: a reading the caller just made (else read here when
+        ``check_available``); ``margin``: the eviction margin to hold (default
+        :attr:`eviction_margin`; the watchdog widens it by what it sees tasks allocate).
+        """
         if self.budget is None or not uses:
             return None
+        margin = self.eviction_margin if margin is None else margin
         total = sum(max(0, u.used) for u in uses)
-        available = self.available() if check_available else None
-        why = pressure(total, self.budget, available, self.eviction_margin)
+        if available is None and check_available:
+            available = self.available()
+        why = pressure(total, self.budget, available, margin)
         if why is None:
             return None
         victim = choose_victim(uses)
@@ -226,7 +253,8 @@ class Enforcer:
             return None
         if victim.over <= 0 and (available is None or available >= self.eviction_margin):
             # Over a budget that shrank (the worker's footprint grew) under tasks that all keep
-            # to their requests: admission starts nothing more until they end; nobody is evicted.
+            # to their requests, or inside a margin widened for fast allocators: admission starts
+            # nothing more until they end; nobody is evicted before the configured margin is crossed.
             return None
         return victim, why
 

@@ -36,7 +36,7 @@ import os
 import select
 import time
 
-from ..admission.eviction import Use
+from ..admission.eviction import Use, choose_victim
 from ..linux import cgroup, proc
 from ..linux.kill import kill_pids
 from ..units import format_size
@@ -66,7 +66,8 @@ class CgroupEnforcer(Enforcer):
         self.host = host
         base = os.path.join(host.path, cgroup.group_name(worker_pid))
         self.groups = cgroup.slot_groups(host.version, base)
-        self._eventfds: dict[int, int] = {}
+        self._eventfds: dict[int, int | None] = {}  # eventfd -> slot index (None: the slots' shared group)
+        self._shared_limit: int | None = None
         self._wake_r, self._wake_w = -1, -1
         #: monitor: slot -> [row seq of the task, lowest non-tmpfs usage of the slot during it]
         self._lowest: dict[int, list[int]] = {}
@@ -92,6 +93,7 @@ class CgroupEnforcer(Enforcer):
         if isinstance(self.groups, cgroup.SlotGroupsV1):
             for index in range(self.table.size):
                 self._eventfds[self.groups.oom_eventfd(index)] = index
+            self._eventfds[self.groups.oom_eventfd(None)] = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def monitor(self) -> None:
@@ -111,7 +113,11 @@ class CgroupEnforcer(Enforcer):
                     except BlockingIOError:
                         continue
                     index = self._eventfds[fd]
-                    if isinstance(self.groups, cgroup.SlotGroupsV1) and self.groups.under_oom(index):
+                    if not isinstance(self.groups, cgroup.SlotGroupsV1) or not self.groups.under_oom(index):
+                        continue
+                    if index is None:
+                        self._shared_oom()
+                    else:
                         self._kill_slot(index)
                 checks += 1
                 timeout = self._check_slots(checks)
@@ -156,6 +162,61 @@ class CgroupEnforcer(Enforcer):
             index = int(victim.key)  # type: ignore[call-overload]
             self._kill_slot(index, self.eviction_report(states[index], victim, why))
         return 0.01 if fast else 0.1
+
+    def fit_slots(self, headroom: int) -> int | None:
+        """Limit what the slots hold together to what they hold now plus what the worker still has
+        available, less ``headroom`` (governor, once a second); returns the limit set.
+
+        v1: the shared group pauses at that limit instead of OOM-killing (see
+        :meth:`_shared_oom`), so the kernel never has to pick a victim in the
+        worker's cgroup while the worker itself (main process) stays within
+        ``headroom`` of what it held at the last call.  v2: nothing (issue 15).
+        """
+        if not isinstance(self.groups, cgroup.SlotGroupsV1):
+            return None
+        held = self.groups.total_usage()
+        limit = max(held + 16 * 2**20, held + self.available() - headroom)
+        if self._shared_limit is not None and abs(limit - self._shared_limit) < 2**20:
+            return self._shared_limit
+        try:
+            self.groups.set_total_limit(limit)
+        except OSError as exc:  # the slots hold more than that in memory the kernel cannot reclaim
+            logger.debug("oomless: could not limit the slots together to %s: %s", format_size(limit), exc)
+            return self._shared_limit
+        self._shared_limit = limit
+        return limit
+
+    def _shared_oom(self) -> None:
+        """The slots together reached their shared limit and the kernel paused them: evict the task
+        most over its request (the newest on a tie), until the kernel lets the slots run again."""
+        assert isinstance(self.groups, cgroup.SlotGroupsV1)
+        limit = self._shared_limit
+        why = (f"the slots together reached the memory left to tasks in the worker "
+               f"({format_size(limit) if limit else 'their limit'})")
+        for _ in range(self.table.size + 1):
+            uses, states = [], {}
+            for index in range(self.table.size):
+                state = self.table.read(index)
+                if state.running:
+                    try:
+                        uses.append(Use(index, state.request or 0, self._task_use(index, state), state.start_ns))
+                    except OSError:
+                        continue
+                    states[index] = state
+            victim = choose_victim(uses)
+            if victim is None:
+                # Pool children alone fill it (no task runs): lift the limit; the next fit sets it again.
+                logger.warning("oomless: the slots together reached their shared limit of %s with no task "
+                               "running; lifting it", format_size(limit or 0))
+                self.groups.set_total_limit(None)
+                self._shared_limit = None
+                return
+            index = int(victim.key)  # type: ignore[call-overload]
+            self._kill_slot(index, self.eviction_report(states[index], victim, why))
+            for _ in range(20):  # the kernel resumes the slots once the victim's memory is freed
+                if not self.groups.under_oom(None):
+                    return
+                time.sleep(0.005)
 
     def _task_use(self, index: int, state: SlotState) -> int:
         """What the running task uses above its baseline, leftovers it freed not credited (see above)."""
@@ -225,6 +286,14 @@ class CgroupEnforcer(Enforcer):
             return max(0, self._task_use(index, state))
         except OSError:
             return None
+
+    def tasks_hold(self, running: int, children: int) -> int:
+        """Everything the slots hold beyond their live children's own memory: running tasks, and what
+        a killed slot is still freeing (no one's footprint)."""
+        try:
+            return max(running, self.groups.total_usage() - children)
+        except OSError:
+            return running
 
     def child_memory(self, index: int, state: SlotState) -> int | None:
         """What the slot holds with no task in it (its baseline while a task runs): the kernel

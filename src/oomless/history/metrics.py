@@ -6,7 +6,7 @@ otherwise.  Two kinds of series:
 
 * **read at scrape time** from the worker's :func:`~oomless.celery.status.snapshot`
   (a scrape costs the task path nothing): ``oomless_budget_bytes``,
-  ``oomless_reserved_bytes``, ``oomless_used_bytes``, ``oomless_slots``,
+  ``oomless_reserved_bytes``, ``oomless_used_bytes``, ``oomless_footprint_bytes``, ``oomless_slots``,
   ``oomless_running_tasks``, ``oomless_waiting_tasks``,
   ``oomless_waiting_oldest_seconds``, and the counters
   ``oomless_tasks_total{outcome}``, ``oomless_kills_total``,
@@ -57,6 +57,9 @@ class _Snapshot(Collector):
             ("oomless_budget_bytes", s["budget"], "Memory this worker may hand to tasks."),
             ("oomless_reserved_bytes", s["reserved"], "Memory reserved by the requests of running tasks."),
             ("oomless_used_bytes", s["used"], "Memory running tasks use now, above their slots' baselines."),
+            ("oomless_footprint_bytes", (s["footprint"] or {}).get("total", 0),
+             "Memory the worker holds itself (main process, pool children, the rest of its cgroup), "
+             "left out of an auto budget."),
             ("oomless_slots", s["slots"], "Pool slots."),
             ("oomless_running_tasks", len(s["running"]), "Tasks running."),
             ("oomless_waiting_tasks", len(s["waiting"]), "Tasks waiting for memory or a slot."),
@@ -67,13 +70,15 @@ class _Snapshot(Collector):
         counts = s["counts"]
         outcomes = CounterMetricFamily("oomless_tasks", "Task attempts ended, by outcome.", labels=["outcome"])
         for outcome, n in sorted(counts.items()):
-            if outcome != "escalated":
+            if outcome not in ("escalated", "kernel-oom-killed"):
                 outcomes.add_metric([outcome], n)
         yield outcomes
         for name, key, doc in (
             ("oomless_kills", "memory-killed", "Tasks killed for breaking their memory limit."),
             ("oomless_evictions", "evicted", "Tasks stopped for node memory pressure (requeued)."),
             ("oomless_escalations", "escalated", "Memory-killed tasks republished with a larger limit."),
+            ("oomless_kernel_oom_kills", "kernel-oom-killed",
+             "Pool children the kernel's OOM killer took before the governor acted (requeued as evictions)."),
         ):
             yield CounterMetricFamily(name, doc, value=counts.get(key, 0))
 

@@ -302,6 +302,12 @@ class SlotGroups:
     def release(self, index: int) -> None:
         """Let paused members run again so a kill can complete (v1 oom_kill_disable)."""
 
+    def set_total_limit(self, limit: int | None) -> None:
+        """Limit what the slots hold together (v1 only; elsewhere the slots have no shared limit)."""
+
+    def total_usage(self) -> int:
+        return sum(self.usage(index) for index in self.slots())
+
     # -- pool child (its own slot only) -------------------------------------
     def join(self, index: int, pid: int) -> None:
         _write(os.path.join(self.slot_dir(index), "cgroup.procs"), pid)
@@ -356,24 +362,45 @@ class SlotGroupsV1(SlotGroups):
     def peak(self, index: int) -> int:
         return int(self._get(index, "memory.max_usage_in_bytes"))
 
-    def oom_eventfd(self, index: int) -> int:
-        """An eventfd that becomes readable when the slot hits its limit."""
+    def create(self, count: int) -> None:
+        super().create(count)
+        # The slots together: paused at their shared limit too, never OOM-killed by the kernel
+        # (see set_total_limit); no limit until the worker has measured what it may be.
+        _write(os.path.join(self.base, "memory.oom_control"), 1)
+
+    def oom_eventfd(self, index: int | None) -> int:
+        """An eventfd that becomes readable when the slot (``None``: all slots together) hits its limit."""
+        path = self.base if index is None else self.slot_dir(index)
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        ofd = os.open(os.path.join(self.slot_dir(index), "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        ofd = os.open(os.path.join(path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _write(os.path.join(self.slot_dir(index), "cgroup.event_control"), f"{efd} {ofd}")
+            _write(os.path.join(path, "cgroup.event_control"), f"{efd} {ofd}")
         finally:
             # The kernel holds its own reference to the control file.
             os.close(ofd)
         return efd
 
-    def under_oom(self, index: int) -> bool:
-        with open(os.path.join(self.slot_dir(index), "memory.oom_control")) as fh:
+    def under_oom(self, index: int | None) -> bool:
+        """Whether the slot (``None``: the slots' shared group) is paused at its limit."""
+        path = self.base if index is None else self.slot_dir(index)
+        with open(os.path.join(path, "memory.oom_control")) as fh:
             for line in fh:
                 key, _, value = line.partition(" ")
                 if key == "under_oom":
                     return value.strip() == "1"
         return False
+
+    def set_total_limit(self, limit: int | None) -> None:
+        """Limit what the slots hold together (their shared parent group; ``None``: no limit).
+
+        Raises ``OSError`` (EBUSY) when the slots hold more than ``limit`` and the
+        kernel cannot reclaim enough cache to go below it.
+        """
+        _write(os.path.join(self.base, "memory.limit_in_bytes"), -1 if limit is None else limit)
+
+    def total_usage(self) -> int:
+        """What the slots hold together that is not page cache."""
+        return working_set(1, self.base) or 0
 
 
 class SlotGroupsV2(SlotGroups):

@@ -23,6 +23,7 @@ __all__ = [
     "all_children",
     "start_time",
     "mem_total",
+    "oom_kills",
     "Identity",
     "identity",
     "environ_has",
@@ -395,6 +396,19 @@ def mem_total() -> int:
 def mem_available() -> int:
     """Memory the kernel can still hand out without swapping (``MemAvailable``), in bytes."""
     return _meminfo(b"MemAvailable")
+
+
+def oom_kills() -> int | None:
+    """Processes the kernel's OOM killer has killed on this machine since boot (``oom_kill`` in
+    /proc/vmstat, Linux >= 4.13; also inside containers), ``None`` where it is not reported."""
+    try:
+        with open("/proc/vmstat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def set_oom_score_adj(value: int, pid: int | str = "self") -> None:
