@@ -68,7 +68,8 @@ def tasks(seed: int, workload: str = "default") -> list[tuple[str, int, float]]:
     rng = random.Random(seed)
     if workload == "stranger":
         count, low, high, short, long = STRANGER
-        items = [("work", rng.randrange(low, high, MiB), round(rng.uniform(short, long), 1)) for _ in range(count)]
+        sizes = [low, high] + [rng.randrange(low, high, MiB) for _ in range(count - 2)]  # both ends included
+        items = [("work", size, round(rng.uniform(short, long), 1)) for size in sizes]
     else:
         items = [("work", size, hold) for count, size, hold in WORKLOAD for _ in range(count)]
     items += [("runaway", 0, 0.0)] * RUNAWAYS
@@ -291,7 +292,7 @@ def main() -> None:
                          "as a user leaves it (LB and safe concurrency then use the cgroup limit - 512 MiB)")
     ap.add_argument("--cgroup", default="6GiB", help="memory limit of the worker's cgroup")
     ap.add_argument("--concurrency", default="16",
-                    help="oomless's pool size (a ceiling); 'auto': budget / smallest task")
+                    help="oomless's pool size (a ceiling); 'auto': cgroup limit / smallest task")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--engines", default="oomless,vanilla-safe,vanilla-same")
     ap.add_argument("--workload", choices=("default", "stranger"), default="default",
@@ -304,7 +305,8 @@ def main() -> None:
     well = [(size, hold) for kind, size, hold in items if kind == "work"]
     largest, smallest = max(size for size, _ in well), min(size for size, _ in well)
     safe = max(1, budget // largest)
-    ceiling = budget // smallest if args.concurrency == "auto" else int(args.concurrency)
+    # auto: as many slots as the smallest task fits in the worker's memory (a user's "high --concurrency")
+    ceiling = limit // smallest if args.concurrency == "auto" else int(args.concurrency)
     lb = sum(size * hold for size, hold in well) / budget
     out = Path(os.environ.get("OOMLESS_BENCH_OUT", "/tmp")) / f"oomless-packing-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
