@@ -161,9 +161,11 @@ def start_worker(
     conf: dict | None = None,
     queue: str | None = None,
     cgroup: str | None = None,
+    node: str | None = None,
 ) -> Worker:
     """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one;
-    ``cgroup``: a memory cgroup (v1 folder) the worker starts in."""
+    ``cgroup``: a memory cgroup (v1 folder) the worker starts in; ``node``: its node name before ``@``
+    (a restarted worker keeps its name)."""
     queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
         os.environ,
@@ -175,8 +177,8 @@ def start_worker(
         OOMLESS_TEST_CONF=json.dumps(conf or {}),
         PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
-    node = f"{uuid.uuid4().hex[:6]}-{queue}"
-    log = tmp / f"worker-{node}.log"
+    node = node or f"{uuid.uuid4().hex[:6]}-{queue}"
+    log = tmp / f"worker-{node}-{uuid.uuid4().hex[:4]}.log"
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker_app", "worker",
         "-c", str(concurrency), "-l", "info", "-E", "-n", f"{node}@%h", "--without-gossip",

@@ -105,3 +105,33 @@ def test_a_pool_child_killed_from_outside_leaves_no_process_of_its_task(one_slot
     assert not alive(first), f"the first run's subprocess {first} runs beside the second run's {second}"
     assert result.get(timeout=60) != child
     assert wait_gone(second)
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_a_restarted_worker_kills_what_its_dead_predecessor_left_running(tmp_path, redis_url, mode):
+    # The main process is SIGKILLed while a task's setsid subprocess runs: nothing of the worker is
+    # left to kill it.  The worker restarted under the same node name does, before it forks its pool.
+    node = f"restart-{uuid.uuid4().hex[:6]}"
+    first = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=1, node=node,
+                         extra=("--memory-budget", "1GiB"))
+    app = make_app(redis_url, redis_url, first.queue, mode)
+    pidlog = tmp_path / "sub.log"
+    try:
+        app.tasks["t.sub_hold"].delay(str(pidlog), 60, True)
+        orphan = int(wait_file(pidlog)[0])
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        assert alive(orphan)
+        second = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=1, node=node,
+                              queue=first.queue, extra=("--memory-budget", "1GiB"))
+        try:
+            assert wait_gone(orphan, timeout=10), f"the dead worker's task subprocess {orphan} still runs"
+            # cgroup mode finds it in the dead worker's slot group; the watchdog by its OOMLESS_SLOT mark.
+            said = "left by a worker that is gone" if mode == "cgroup" else "left running when it died"
+            line = next(ln for ln in second.wait_for(said).splitlines() if said in ln)
+            assert str(orphan) in line
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        app.close()

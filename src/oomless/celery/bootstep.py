@@ -94,6 +94,9 @@ class GovernorStep(bootsteps.StartStopStep):
             enforcer = make_enforcer(choice, table, host, settings.poll_interval)
             enforcer.prepare()
         enforcer.kill_leftovers = settings.kill_leftovers
+        enforcer.node = str(w.hostname or "")
+        if enforcer.node:
+            enforcer.sweep_previous()
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
         governor.current = gov
         for path in settings.plugins:

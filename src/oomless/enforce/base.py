@@ -38,7 +38,7 @@ from ..admission.eviction import Use, choose_victim, pressure
 from ..budget import Footprint
 from ..linux import cgroup, proc
 from ..linux.cgroup import CgroupHost
-from ..linux.kill import kill_orphans, kill_tree
+from ..linux.kill import kill_matching, kill_orphans, kill_tree
 from ..linux.proc import OwnMemory
 from ..spec import Memory
 from ..units import format_size
@@ -111,6 +111,8 @@ class Enforcer:
         #: kill the processes a task left running when it returns (``oomless_leftovers="kill"``)
         self.kill_leftovers = True
         self._worker_id = f"{os.getpid()}-{proc.start_time(os.getpid())}"
+        #: the worker's node name (``celery@host``), set by the bootstep: what marks a run as this worker's
+        self.node = ""
         # The monitor thread writes a killed task's id here; the worker's event
         # loop reads it and fails the task at once (see celery.governor).
         self.notify_r, self.notify_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -318,8 +320,35 @@ class Enforcer:
             return None
 
     def marker(self, child_pid: int) -> bytes:
-        """The :data:`SLOT_ENV` entry of pool child ``child_pid``'s environment."""
-        return f"{SLOT_ENV}={self._worker_id}/{child_pid}".encode()
+        """The :data:`SLOT_ENV` entry of pool child ``child_pid``'s environment:
+        ``<node name>/<worker pid>-<worker start time>/<child pid>``."""
+        return f"{SLOT_ENV}={self.node.replace('/', '%2F')}/{self._worker_id}/{child_pid}".encode()
+
+    def sweep_previous(self) -> list[int]:
+        """Kill what an earlier run of this worker (same node name) left behind when its main process
+        died (SIGKILL, a crash): processes its tasks started, marked with :data:`SLOT_ENV`, whose worker
+        is gone.  Called in the main process before the pool forks; returns the PIDs killed."""
+        prefix = self.node.replace("/", "%2F").encode() + b"/"
+        mine = self._worker_id.encode()
+
+        def left_by_a_dead_run(pid: int) -> bool:
+            value = proc.environ_value(pid, SLOT_ENV.encode())
+            if value is None or not value.startswith(prefix):
+                return False
+            worker = value[len(prefix):].split(b"/", 1)[0]
+            if worker == mine:
+                return False
+            wpid, _, wstart = worker.partition(b"-")
+            try:
+                return proc.start_time(int(wpid)) != int(wstart)  # that worker is gone (or its PID reused)
+            except ValueError:
+                return False
+
+        killed = kill_matching(left_by_a_dead_run)
+        if killed:
+            logger.warning("oomless: killed %d processes that an earlier run of worker %s left running when it "
+                           "died: %s", len(killed), self.node, killed)
+        return killed
 
     def sweep(self, pid: int) -> list[int]:
         """Pool child ``pid`` is gone (killed from outside, crashed): kill every process left of its tree.

@@ -16,10 +16,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from collections.abc import Callable
 
 from . import proc
 
-__all__ = ["kill_tree", "kill_pids", "kill_orphans", "descendants"]
+__all__ = ["kill_tree", "kill_pids", "kill_orphans", "kill_matching", "descendants"]
 
 
 def _pidfd(pid: int) -> int | None:
@@ -189,3 +190,22 @@ def kill_orphans(leader: int, leader_start: int | None, marker: bytes | None = N
     finally:
         for fd in held.values():
             os.close(fd)
+
+
+def kill_matching(test: Callable[[int], bool]) -> list[int]:
+    """SIGKILL every process for which ``test(pid)`` holds (checked again once its pidfd is open, so a
+    PID reused meanwhile is never hit); return the PIDs killed.  ``test`` must prove ownership."""
+    killed = []
+    for pid in proc.pids():
+        if pid == os.getpid() or not test(pid):
+            continue
+        fd = _pidfd(pid)
+        if fd is None:
+            continue
+        try:
+            if test(pid):
+                _send(fd, signal.SIGKILL)
+                killed.append(pid)
+        finally:
+            os.close(fd)
+    return killed

@@ -27,6 +27,7 @@ __all__ = [
     "Identity",
     "identity",
     "environ_has",
+    "environ_value",
     "pids",
     "set_child_subreaper",
     "reap_zombie_children",
@@ -173,6 +174,20 @@ def identity(pid: int) -> Identity | None:
 def pids() -> list[int]:
     """Every PID visible in /proc (processes, not threads)."""
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def environ_value(pid: int, name: bytes) -> bytes | None:
+    """The value of ``name`` in the environment ``pid`` was exec'd with, ``None`` if absent or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    prefix = name + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):]
+    return None
 
 
 def environ_has(pid: int, entry: bytes) -> bool:
