@@ -30,6 +30,9 @@ key                        default     meaning
                                        running when it returns (daemons, forgotten
                                        subprocesses) are killed before the slot's
                                        next task, or kept (and charged to no task)
+``oomless_gc_freeze``      ``True``    freeze the worker's heap (``gc.freeze()``) before
+                                       the pool forks: pool children then copy far
+                                       less of it
 ``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
                                        classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
@@ -71,6 +74,7 @@ class Settings:
     metrics_port: int | None = None  # Prometheus metrics: off unless set (0: any free port)
     metrics_address: str = "127.0.0.1"
     kill_leftovers: bool = True  # oomless_leftovers="kill"
+    gc_freeze: bool = True  # oomless_gc_freeze
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -116,6 +120,7 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         metrics_port=_port(conf.get("oomless_metrics_port")),
         metrics_address=str(_conf(conf, "oomless_metrics_address", "127.0.0.1")),
         kill_leftovers=_leftovers(conf.get("oomless_leftovers")),
+        gc_freeze=_flag(conf, "oomless_gc_freeze", True),
     )
 
 
