@@ -51,8 +51,8 @@ __all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer", "SLOT_ENV"]
 #: Nice value of the monitor thread where the worker may raise its priority.
 MONITOR_NICE = -10
 
-#: Environment variable each pool child sets to ``<worker pid>-<worker start>/<child pid>``; its
-#: exec'd descendants inherit it, so they can be found after the pool child died.
+#: Environment variable each pool child sets to ``<node name>/<worker pid>-<worker start>/<child pid>``;
+#: its exec'd descendants inherit it, so they can be found after the pool child (or the worker) died.
 SLOT_ENV = "OOMLESS_SLOT"
 
 
