@@ -86,7 +86,17 @@ def diagnose(
         ),
     }
     problem = watchdog_problem()
-    report["watchdog"] = {"works": problem is None, "problem": problem}
+    report["watchdog"] = {
+        "works": problem is None, "problem": problem,
+        # What the watchdog cannot see or stop (cgroup mode has none of these gaps); docs/guide.md §4 and §6.
+        "blind_spots": [
+            "a tmpfs file (/dev/shm, memfd) written with write() and closed between two looks, or written "
+            "for the task by a process outside its tree",
+            "a subprocess's first poll interval (what a freshly exec'd program holds in its first few ms)",
+            "the kernel OOM killer on a loaded machine: its poll can come too late (a child the kernel "
+            "kills is requeued as an eviction, a bounded number of times)",
+        ],
+    }
 
     app = None
     try:
@@ -456,6 +466,8 @@ def _print(report: dict[str, Any]) -> None:
     lines.append(("watchdog", "works (/proc is readable)" if wd["works"] else f"cannot work: {wd['problem']}"))
     if "overshoot" in wd:
         lines.append(("", wd["overshoot"]))
+    for blind in wd.get("blind_spots", []):
+        lines.append(("", f"the watchdog cannot see or stop: {blind}"))
     if "pool" in report:
         pool = report["pool"]
         lines.append(("pool", pool["name"] + (" (each task runs in a pool child: limits are enforced per task)"
