@@ -135,3 +135,12 @@ def test_a_restarted_worker_kills_what_its_dead_predecessor_left_running(tmp_pat
     finally:
         first.stop()
         app.close()
+
+
+def test_a_write_to_tmpfs_refused_at_the_limit_fails_as_memory_limit_exceeded(one_slot, shm_path):
+    # cgroup v1 refuses a write() past the slot's limit with ENOMEM (no pause, no OOM event): the task
+    # sees OSError first.  It must still fail as MemoryLimitExceeded, with the limit and the peak.
+    with pytest.raises(oomless.MemoryLimitExceeded) as caught:
+        one_slot.app.tasks["t.shm_write"].delay(768, str(shm_path)).get(timeout=60)
+    assert caught.value.limit == 256 * MiB
+    assert caught.value.peak >= 250 * MiB

@@ -26,7 +26,7 @@ from ..errors import EnforcementUnavailable, InvalidMemorySpec
 from ..linux import cgroup
 from ..spec import Memory
 from ..units import format_size
-from . import control, governor  # noqa: F401  (control: registers the oomless_status command)
+from . import child, control, governor  # noqa: F401  (control: registers the oomless_status command)
 from .config import load_settings
 from .gate import MemoryGate, install_gate
 from .request import governed_request_cls
@@ -74,6 +74,7 @@ class GovernorStep(bootsteps.StartStopStep):
         for task in app.tasks.values():
             task._oomless_spec = task_spec(task)
             task.Request = governed_request_cls(symbol_by_name(task.Request))
+            child.guard(task)
         size = max(int(w.concurrency or 1), int(getattr(w, "max_concurrency", None) or 0))
         table = SlotTable(size)
         enforcer = make_enforcer(choice, table, host, settings.poll_interval)

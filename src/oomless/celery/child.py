@@ -7,12 +7,15 @@ handlers do nothing.
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 from typing import Any
 
 from billiard.process import current_process
 
+from ..errors import MemoryLimitExceeded
 from ..linux import proc
 from ..spec import Memory
 from . import governor
@@ -22,7 +25,8 @@ from .request import SPEC_KEY
 logger = logging.getLogger("oomless")
 
 __all__ = [
-    "CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "input_size", "on_process_init", "on_task_prerun", "on_task_postrun",
+    "guard", "CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "input_size", "on_process_init", "on_task_prerun",
+    "on_task_postrun",
 ]
 
 #: ``memory_scope`` of a task whose own process survives a kill: only its
@@ -66,6 +70,37 @@ def _header_size(task: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INPUT:
         return None  # broker headers are untrusted: anything else is ignored
     return value
+
+
+def guard(task: Any) -> None:
+    """Make a refusal at the task's own limit fail the task as :class:`MemoryLimitExceeded`.
+
+    At a cgroup v1 limit the kernel pauses a page fault, which the governor
+    then turns into a kill; but an allocation inside a system call (a
+    ``write()`` to /dev/shm, a ``mmap`` with ``MAP_POPULATE``) is refused
+    with ``ENOMEM``, and the task sees ``OSError`` or ``MemoryError`` first.
+    Wraps the task's ``run`` (the instance attribute Celery's tracer calls).
+    """
+    run = task.run
+    if getattr(run, "_oomless_guarded", False):
+        return
+
+    @functools.wraps(run)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except (MemoryError, OSError) as exc:
+            if _slot is None or (isinstance(exc, OSError) and exc.errno != errno.ENOMEM):
+                raise
+            gov = governor.current
+            found = gov.enforcer.refused_at_limit(_slot) if gov is not None else None
+            if found is None:
+                raise
+            limit, peak = found
+            raise MemoryLimitExceeded(task.name, task.request.id, limit, peak, gov.mode) from exc  # type: ignore[union-attr]
+
+    guarded._oomless_guarded = True  # type: ignore[attr-defined]
+    task.run = guarded
 
 
 def on_process_init(**_: Any) -> None:

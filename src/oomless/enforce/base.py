@@ -436,6 +436,12 @@ class Enforcer:
         self.table.finish(index, pid, task_id, peak, self._limit, input_size)
         return peak
 
+    def refused_at_limit(self, index: int) -> tuple[int, int] | None:
+        """Pool child, after the running task raised ``MemoryError`` or ``ENOMEM``: ``(limit, peak)`` if that
+        was the slot's limit saying no (cgroup mode: a ``write()`` to tmpfs is refused, not paused, at the
+        limit), ``None`` if it was not oomless's limit."""
+        return None
+
     def measure_baseline(self, index: int, pid: int) -> int:
         return 0
 

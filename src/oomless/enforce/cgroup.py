@@ -369,6 +369,13 @@ class CgroupEnforcer(Enforcer):
     def measure_peak(self, index: int, pid: int) -> int:
         return self.groups.peak(index)
 
+    def refused_at_limit(self, index: int) -> tuple[int, int] | None:
+        if self._limit is None:
+            return None
+        peak = max(0, self.groups.peak(index) - self._baseline)
+        # The charge that failed was one page or one write short of the limit.
+        return (self._limit, peak) if peak >= self._limit - 2 * 2**20 else None
+
     def oom_count(self, index: int) -> int:
         if isinstance(self.groups, cgroup.SlotGroupsV2):
             return self.groups.oom_kills(index)
