@@ -289,6 +289,11 @@ def run(engine: str, profile_name: str, seed: int, cgroup_limit: int, concurrenc
             name for folder_, dirs, _ in os.walk(cgroup.path) for name in dirs if name.startswith("oomless-")
         )
         oom_kills = cgroup.oom_kills()
+        # A runaway SIGKILLed in the middle of writing its /dev/shm file never reaches its own cleanup:
+        # the file (and its memory) outlives the task.  Counted, then removed, so runs do not add up.
+        shm_files = [p for p in Path("/dev/shm").glob("oomless-soak-*")]
+        for path in shm_files:
+            path.unlink(missing_ok=True)
         for pid in orphans:  # the run must leave nothing behind, whoever failed
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -316,6 +321,7 @@ def run(engine: str, profile_name: str, seed: int, cgroup_limit: int, concurrenc
         "worker_deaths_not_injected": max(0, worker.deaths - worker.injected),
         "orphans": len(orphans),
         "leftover_cgroups": len(leftover_groups),
+        "tmpfs_files_left": len(shm_files),
         "oomless_tracebacks": len(_oomless_tracebacks(text)),
         "oomless_errors": sorted(set(_oomless_tracebacks(text)))[:5],
         "faults": injected,
