@@ -155,15 +155,24 @@ def _orphans(marker: str) -> list[int]:
 #: Exceptions a traceback through oomless code may end in by design: a named failure (and Celery's
 #: wrappers of it), or the lost pool child it turned into one.
 EXPECTED = ("oomless.errors.", "billiard.einfo.ExceptionWithTraceback", "billiard.exceptions.WorkerLostError")
-_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):\n((?:[ \t].*\n)+)(\S.*)$", re.M)
+_TRACEBACK = re.compile(r"^((?:[ \t].*\n)+)(\S.*)$", re.M)
+#: A traceback followed by one of these is the cause of the next one, which is the one judged.
+CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 
 
 def _oomless_tracebacks(text: str) -> list[str]:
-    """The exception lines of tracebacks through oomless code that end in anything but a named failure."""
-    return [
-        error for frames, error in _TRACEBACK.findall(text)
-        if "/oomless/" in frames and not error.startswith(EXPECTED)
-    ]
+    """The exception lines of tracebacks through oomless code that end in anything but a named failure
+    (a traceback that is only the cause of a later one is judged by that one)."""
+    errors = []
+    for chunk in text.split("Traceback (most recent call last):\n")[1:]:
+        found = _TRACEBACK.match(chunk)
+        if found is None:
+            continue
+        frames, error = found.groups()
+        rest = chunk[found.end():].lstrip("\n")
+        if "/oomless/" in frames and not error.startswith(EXPECTED) and not rest.startswith(CHAINED):
+            errors.append(error)
+    return errors
 
 
 def _send(client: Celery, name: str, args: tuple, opts: dict) -> object:
