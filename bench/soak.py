@@ -312,6 +312,7 @@ def run(engine: str, profile_name: str, seed: int, cgroup_limit: int, concurrenc
         client.close()
         broker.stop()
     text = log.read_text(errors="replace")
+    unexpected = _oomless_tracebacks(text)
     final = {"SUCCESS", "FAILURE"}
     well = [s for s in states if s["kind"] == "work"]
     return {
@@ -331,8 +332,8 @@ def run(engine: str, profile_name: str, seed: int, cgroup_limit: int, concurrenc
         "orphans": len(orphans),
         "leftover_cgroups": len(leftover_groups),
         "tmpfs_files_left": len(shm_files),
-        "oomless_tracebacks": len(_oomless_tracebacks(text)),
-        "oomless_errors": sorted(set(_oomless_tracebacks(text)))[:5],
+        "oomless_tracebacks": len(unexpected),
+        "oomless_errors": sorted(set(unexpected))[:5],
         "faults": injected,
     }
 
