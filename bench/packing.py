@@ -23,6 +23,7 @@ Run as root on a host with a writable cgroup v1 memory controller:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -218,7 +219,8 @@ def run(
         ok = failed = lost = 0
         last_done = submitted
         runaway_attempts, runaway_outcomes = [], []
-        for kind, _, _, r in results:
+        timeline: list[tuple[float, float, int, str]] = []  # (start, end, size, id) of each ok task
+        for kind, size, _, r in results:
             attempts = int(counter.get(f"pack:attempts:{r.id}") or 0)
             state = r.state
             if kind == "runaway":
@@ -234,7 +236,9 @@ def run(
                         from datetime import datetime
 
                         done = datetime.fromisoformat(done)
-                    last_done = max(last_done, done.replace(tzinfo=timezone.utc).timestamp())
+                    end = done.replace(tzinfo=timezone.utc).timestamp()
+                    last_done = max(last_done, end)
+                    timeline.append((round(end - meta["result"] - submitted, 3), round(end - submitted, 3), size, r.id))
             elif state == "FAILURE":
                 failed += 1
             else:
@@ -247,6 +251,7 @@ def run(
         announced = BUDGET_LINE.findall(text)  # auto: the budget moves with the worker's footprint
         re_executions = sum(max(0, int(counter.get(f"pack:attempts:{r.id}") or 0) - 1)
                             for kind, *_, r in results if kind == "work")
+        (out / f"{queue}.timeline.json").write_text(json.dumps(sorted(timeline)))
         for *_, r in results:
             counter.delete(f"pack:attempts:{r.id}")
             r.forget()

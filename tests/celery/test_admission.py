@@ -208,6 +208,33 @@ def test_two_workers_share_a_mixed_workload_and_a_task_that_cannot_fit_is_given_
 
 
 @pytest.mark.parametrize("broker_name", ["redis", "rabbitmq"])
+def test_a_task_is_not_given_back_behind_a_backlog_in_its_queue(worker, redis_url, broker_name, request):
+    """Republished, it would wait behind the messages already queued (a lone worker would run it last)."""
+    broker = request.getfixturevalue("rabbitmq_url") if broker_name == "rabbitmq" else redis_url
+    w = worker(budget="1GiB", concurrency=2, broker=broker,
+               conf={"oomless_give_back_after": 1.0, "oomless_max_waiting": 1, "worker_prefetch_multiplier": 1})
+    hold = w.app.tasks["t.hold"]
+    first = hold.apply_async((4.0,), memory="800MiB")
+    w.wait_for(f"t.hold[{first.id}] received")
+    second = hold.apply_async((0.2,), memory="800MiB")
+    w.wait_for(f"t.hold[{second.id}] waits (its request does not fit)")
+    backlog = [hold.apply_async((0.2,), memory="800MiB") for _ in range(3)]  # not fetched: no room
+    text = w.wait_for(f"keeps t.hold[{second.id}] waiting here after", timeout=10)
+    assert "messages wait in its queue on the broker" in text
+    assert second.get(timeout=30)["start"] >= first.get(timeout=30)["end"]
+    for r in backlog:
+        r.get(timeout=30)
+    text = w.text()
+    assert " back to the broker after " not in text, text[-3000:]
+    # The same wait with an empty queue: it goes back (for a worker with room; here, itself).
+    third = hold.apply_async((4.0,), memory="800MiB")
+    w.wait_for(f"t.hold[{third.id}] received")
+    fourth = hold.apply_async((0.2,), memory="800MiB")
+    w.wait_for(f"gave t.hold[{fourth.id}] back to the broker after", timeout=10)
+    assert fourth.get(timeout=30)["start"] >= third.get(timeout=30)["end"]
+
+
+@pytest.mark.parametrize("broker_name", ["redis", "rabbitmq"])
 def test_a_worker_stops_fetching_while_enough_tasks_wait_that_cannot_fit(worker, redis_url, broker_name, request):
     """Prefetch would let it take 16 messages; it holds the running one and 2 waiting, no more."""
     broker = request.getfixturevalue("rabbitmq_url") if broker_name == "rabbitmq" else redis_url

@@ -171,7 +171,20 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
     def whoami() -> dict:
         with open("/proc/self/oom_score_adj") as fh:
             adj = int(fh.read())
-        return {"pid": os.getpid(), "ppid": os.getppid(), "oom_score_adj": adj}
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"pid": os.getpid(), "ppid": os.getppid(), "oom_score_adj": adj, "rss": rss}
+
+    @app.task(name="t.heap_churn", memory="256MiB")
+    def heap_churn(mb: int) -> int:
+        """Free ``mb`` MiB that glibc keeps resident: freeing an mmapped block of mb + 1 MiB raises
+        its mmap threshold, so the next block of mb MiB comes from the heap and stays after ``del``."""
+        big = bytearray((mb + 1) * 2**20)
+        del big
+        heap = bytearray(mb * 2**20)
+        del heap
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     @app.task(name="t.digest", memory="1GiB")
     def digest(data: str, label: str = "") -> dict:

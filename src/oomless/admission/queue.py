@@ -3,12 +3,20 @@
 A worker has a *budget* (bytes) and a number of *slots* (pool processes, the
 ``--concurrency`` ceiling).  A task starts only when a slot is free and its
 request fits the budget left (budget − requests of the tasks running).  The
-others wait here in priority, then arrival, order.
+others wait here.
 
-Backfill: while the task at the front cannot fit, smaller ones behind it that
-do fit may start.  That could starve a large task for ever behind a stream of
-small ones, so backfill is bounded: a task that has waited ``backfill_window``
-seconds becomes a *barrier* — nothing behind it starts until it has.  The
+Order: by priority first.  Within a priority, the largest request that fits
+starts first (best fit), and smaller ones fill what is left beside it.  Started
+in arrival order instead, the small tasks run first and the large ones are
+left for the end, two at a time with memory idle beside them: on a mixed
+workload (80 tasks of 256 MiB–2.5 GiB in 5.3 GiB, ``bench/packing.py``) that
+end costs about 5 % of the makespan.
+
+Backfill: while the task at the front cannot fit, the ones behind it that do
+fit may start.  That could starve a task for ever behind a stream of others,
+so backfill is bounded: a task that has waited ``backfill_window`` seconds is
+*due*; due tasks go first, longest wait first, whatever their size, and one
+that cannot fit is a *barrier* — nothing behind it starts until it has.  The
 memory of the tasks already running then drains towards it, so (with equal
 priorities) a feasible task that arrived with ``k`` tasks ahead of it starts
 within ``backfill_window + (k + 1) × D`` seconds, D being the longest task
@@ -41,7 +49,7 @@ class Infeasible(ValueError):
 class Waiting:
     """A task that waits for a slot or for memory."""
 
-    order: tuple[int, int]  # (priority key, arrival sequence): lower starts first
+    order: tuple[int, int]  # (priority key, arrival sequence): the arrival order, lower first
     key: Hashable = field(compare=False)
     request: int = field(compare=False)
     since: float = field(compare=False)  # when it started waiting, counting waits on other workers
@@ -169,13 +177,13 @@ class Admission:
         started: list[Hashable] = []
         shadow: tuple[float, int] | None = None  # (when the first blocked task can start, memory spare then)
         blocked = False
-        i = 0
-        while i < len(self.waiting) and self.free_slots > 0:
-            w = self.waiting[i]
+        for w in self._turns(now):
+            if self.free_slots <= 0:
+                break
             if w.request <= self.free and (shadow is None or self._keeps_reservation(w, now, shadow)):
                 if shadow is not None and not self._ends_before(w, now, shadow[0]):
                     shadow = (shadow[0], shadow[1] - w.request)
-                del self.waiting[i]
+                self.waiting.remove(w)
                 self._start(w.key, w.request, now, w.kind)
                 started.append(w.key)
                 continue
@@ -185,8 +193,21 @@ class Admission:
                 if not blocked:
                     blocked = True
                     shadow = self._shadow(w.request, now)
-            i += 1
         return started
+
+    def _turns(self, now: float) -> list[Waiting]:
+        """The waiting tasks in the order they may start: by priority; within it, the due ones
+        (waited ``backfill_window``) longest wait first (waits on other workers count), then the
+        others largest request first."""
+        if len(self.waiting) < 2:
+            return list(self.waiting)
+        window = self.backfill_window
+
+        def turn(w: Waiting) -> tuple[int, int, float, int]:
+            priority, seq = w.order
+            return (priority, 0, w.since, seq) if now - w.since >= window else (priority, 1, -w.request, seq)
+
+        return sorted(self.waiting, key=turn)
 
     def _ends_before(self, w: Waiting, now: float, when: float) -> bool:
         took = self.estimates.get(w.kind) if w.kind is not None else None
@@ -211,11 +232,15 @@ class Admission:
                 return end, free - need
         return None
 
-    def give_back(self, now: float) -> list[Waiting]:
-        """Remove and return the waiting tasks that cannot fit and waited ``give_back_after`` here."""
+    def overdue(self, now: float) -> list[Waiting]:
+        """The waiting tasks that cannot fit and waited ``give_back_after`` here (left waiting)."""
         if self.give_back_after is None or not self.waiting:
             return []
-        out = [w for w in self.cannot_fit() if now - w.here >= self.give_back_after]
+        return [w for w in self.cannot_fit() if now - w.here >= self.give_back_after]
+
+    def give_back(self, now: float) -> list[Waiting]:
+        """Remove and return the :meth:`overdue` tasks."""
+        out = self.overdue(now)
         if out:
             self.waiting = [w for w in self.waiting if w not in out]
         return out

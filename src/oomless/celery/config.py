@@ -33,6 +33,9 @@ key                        default     meaning
 ``oomless_gc_freeze``      ``True``    freeze the worker's heap (``gc.freeze()``) before
                                        the pool forks: pool children then copy far
                                        less of it
+``oomless_malloc_trim``    ``True``    after a task that leaves its pool child 4 MiB or
+                                       more above where it was, give the C heap's free
+                                       memory back (glibc keeps up to 64 MiB of it)
 ``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
                                        classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
@@ -75,6 +78,7 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     kill_leftovers: bool = True  # oomless_leftovers="kill"
     gc_freeze: bool = True  # oomless_gc_freeze
+    malloc_trim: bool = True  # oomless_malloc_trim
 
 
 def _conf(conf: Any, key: str, default: Any = None) -> Any:
@@ -121,6 +125,7 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         metrics_address=str(_conf(conf, "oomless_metrics_address", "127.0.0.1")),
         kill_leftovers=_leftovers(conf.get("oomless_leftovers")),
         gc_freeze=_flag(conf, "oomless_gc_freeze", True),
+        malloc_trim=_flag(conf, "oomless_malloc_trim", True),
     )
 
 

@@ -39,7 +39,7 @@ from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
 from ..admission import Admission
 from ..units import format_size
-from .republish import WAITED, header_float, republish
+from .republish import WAITED, header_float, ready_messages, republish
 
 logger = logging.getLogger("oomless")
 
@@ -76,6 +76,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._fetch_said = -1e9  # when "stopped fetching" was last logged at INFO
         self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
         self._queued_at: dict[Any, float] = {}  # waiting request -> when it started waiting (any worker)
+        self._kept: set[Any] = set()  # overdue requests kept here because their queue has a backlog (logged once)
         #: called with the seconds a task waited when it is admitted after waiting (metrics)
         self.on_admitted: Callable[[float], None] | None = None
 
@@ -144,6 +145,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self.adm.waiting.clear()
         self._callbacks.clear()
         self._queued_at.clear()
+        self._kept.clear()
         self._held_back, self.stopped = 0, False  # Celery builds a new QoS object on reconnect
 
     def __repr__(self) -> str:
@@ -163,6 +165,7 @@ class MemoryGate(LaxBoundedSemaphore):
         elif self.adm.forget(req):
             self._callbacks.pop(req, None)
             self._queued_at.pop(req, None)
+            self._kept.discard(req)
             self._fetch_control(now)
 
     def register(self, hub: Any, consumer: Any) -> None:
@@ -182,8 +185,25 @@ class MemoryGate(LaxBoundedSemaphore):
             logger.warning("oomless: %s[%s] ended without telling the gate; its slot and memory are freed",
                            req.name, req.id)
             self.finish(req)
-        for waiting in self.adm.give_back(now):
-            self._give_back(waiting.key, now - waiting.since)
+        backlog: dict[Any, int | None] = {}  # routing key -> messages ready in its queue
+        for waiting in self.adm.overdue(now):
+            req: Any = waiting.key  # the ledger's keys are Celery requests
+            queue = (req.delivery_info or {}).get("routing_key")
+            if queue not in backlog:
+                backlog[queue] = ready_messages(req)
+            if backlog[queue]:
+                # Republished, it would wait behind that backlog, which no worker has room
+                # for either (or it would be running it): keep its turn here.
+                if req not in self._kept:
+                    self._kept.add(req)
+                    logger.info(
+                        "oomless: keeps %s[%s] waiting here after %.1f s: %d messages wait in its queue on the "
+                        "broker, and it would go back behind them", req.name, req.id, now - waiting.since,
+                        backlog[queue],
+                    )
+                continue
+            self.adm.forget(req)
+            self._give_back(req, now - waiting.since)
         self._fetch_control(now)
 
     def _give_back(self, req: Any, waited: float) -> None:
@@ -196,6 +216,7 @@ class MemoryGate(LaxBoundedSemaphore):
             return
         self._callbacks.pop(req, None)
         self._queued_at.pop(req, None)
+        self._kept.discard(req)
         self._quiet_until = self._clock() + (self.adm.give_back_after or 0)
         logger.info(
             "oomless: gave %s[%s] back to the broker after %.1f s: %s",
@@ -224,6 +245,7 @@ class MemoryGate(LaxBoundedSemaphore):
         for req in started:
             entry = self._callbacks.pop(req, None)
             queued = self._queued_at.pop(req, None)
+            self._kept.discard(req)
             if queued is not None and self.on_admitted is not None:
                 self.on_admitted(now - queued)
             if entry is None:

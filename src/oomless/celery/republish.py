@@ -22,7 +22,8 @@ from celery.worker.state import task_ready
 logger = logging.getLogger("oomless")
 
 __all__ = [
-    "republish", "header_int", "header_float", "WAITED", "EVICTIONS", "ATTEMPT", "TRIED", "REROUTED", "INPUT_SIZE",
+    "republish", "ready_messages", "header_int", "header_float",
+    "WAITED", "EVICTIONS", "ATTEMPT", "TRIED", "REROUTED", "INPUT_SIZE",
 ]
 
 #: Seconds the message already waited for memory on workers that gave it back.
@@ -88,3 +89,41 @@ def republish(req: Any, headers: dict[str, Any], queue: str | None = None, event
     task_ready(req)
     if event is not None:
         req.send_event(event, requeue=True)
+
+
+def ready_messages(req: Any) -> int | None:
+    """How many messages wait undelivered in the queue ``req`` came from (a passive declare on the
+    broker), or ``None`` when that queue is not known or the broker does not say."""
+    queue = _source_queue(req)
+    if queue is None:
+        return None
+    try:
+        with req.task.app.producer_or_acquire() as producer:
+            # A channel of its own (RabbitMQ closes the one a failed passive declare was sent on),
+            # and no exception through the pool's context: it would close the pooled connection.
+            channel = producer.connection.channel()
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except Exception:  # a missing queue, a broker that refuses: unknown
+                return None
+            finally:
+                try:
+                    channel.close()
+                except Exception:
+                    pass
+    except Exception:  # no connection to the broker
+        return None
+
+
+def _source_queue(req: Any) -> str | None:
+    """The name of the queue of this worker that ``req``'s exchange and routing key lead to."""
+    info = req.delivery_info or {}
+    exchange, routing_key = info.get("exchange") or "", info.get("routing_key")
+    if not isinstance(routing_key, str):
+        return None
+    queues = req.task.app.amqp.queues
+    for queue in queues.consume_from.values() if queues.consume_from else queues.values():
+        name = getattr(queue.exchange, "name", "") or ""
+        if queue.routing_key == routing_key and name == exchange:
+            return str(queue.name)
+    return routing_key if exchange == "" else None  # the default exchange routes by queue name

@@ -9,11 +9,13 @@ process): fine at task end or once a second, not in the fast loop.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 __all__ = [
     "PAGE_SIZE",
+    "malloc_trim",
     "StatmReader",
     "rss",
     "vm_hwm",
@@ -215,6 +217,27 @@ def set_child_subreaper() -> None:
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+_malloc_trim: Any = None
+
+
+def malloc_trim() -> bool:
+    """Give the C heap's free memory back to the kernel (glibc ``malloc_trim(0)``); whether any was.
+
+    glibc keeps freed heap memory resident: after freeing a large block it raises
+    its mmap and trim thresholds (up to 32 and 64 MiB), so a process that once
+    held a few hundred MiB can keep tens of MiB it no longer uses.  A no-op
+    (``False``) where the C library has no ``malloc_trim`` (musl).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+
+        _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
+        if _malloc_trim:
+            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(_malloc_trim and _malloc_trim(0))
 
 
 def reap_zombie_children() -> list[int]:
