@@ -16,7 +16,8 @@ key                        default     meaning
 ``oomless_backfill_window`` ``60``     seconds a task that cannot fit lets smaller
                                        ones pass before it blocks them
 ``oomless_give_back_after`` ``30``     seconds a task that cannot fit waits here
-                                       before it goes back to the broker (0: never)
+                                       before it goes back to the broker, if its
+                                       queue there is empty (0: never)
 ``oomless_infeasible``     ``"fail"``  ``fail`` | ``queue:<name>``: a request larger
                                        than the budget fails, or goes to that queue
 ``oomless_max_evictions``  ``3``       times a task is requeued after an eviction

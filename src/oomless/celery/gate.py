@@ -14,9 +14,11 @@ clock, the logging, and the three things the broker needs:
   until they start (with early acks and late acks alike);
 * **give back**: a task that cannot fit beyond ``max_waiting`` (RabbitMQ
   pushes messages before the stop takes effect), or that has waited
-  ``give_back_after`` seconds, is republished (with its age) and acknowledged, so a worker with
-  room may run it; the gate then fetches nothing until a task here ends or
-  another ``give_back_after`` passes, so the message is not simply taken back;
+  ``give_back_after`` seconds while its queue on the broker is empty, is
+  republished (with its age) and acknowledged, so a worker with room may run
+  it; the gate then fetches nothing until a task here ends or another
+  ``give_back_after`` passes, so the message is not simply taken back (behind
+  a backlog it would only lose its turn: it is kept);
 * **reconcile**: once a second, a task the gate still counts as running that
   Celery no longer holds is released (a safety net; every normal end calls
   :meth:`MemoryGate.finish`).
@@ -180,6 +182,7 @@ class MemoryGate(LaxBoundedSemaphore):
         from celery.worker.state import reserved_requests
 
         now = self._clock()
+        req: Any  # the ledger's keys are Celery requests
         gone = [req for req in self._running() if req not in reserved_requests]
         for req in gone:
             logger.warning("oomless: %s[%s] ended without telling the gate; its slot and memory are freed",
@@ -187,7 +190,7 @@ class MemoryGate(LaxBoundedSemaphore):
             self.finish(req)
         backlog: dict[Any, int | None] = {}  # routing key -> messages ready in its queue
         for waiting in self.adm.overdue(now):
-            req: Any = waiting.key  # the ledger's keys are Celery requests
+            req = waiting.key
             queue = (req.delivery_info or {}).get("routing_key")
             if queue not in backlog:
                 backlog[queue] = ready_messages(req)
