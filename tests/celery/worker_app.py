@@ -132,6 +132,9 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
             f"time.sleep({hold})\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
+        deadline = time.monotonic() + 30  # the daemon is up (it wrote its pid) before the task goes on
+        while not os.path.exists(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if wait:
             time.sleep(hold)
         return mb
