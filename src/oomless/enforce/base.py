@@ -182,9 +182,10 @@ class Enforcer:
         ``worker``: the unreclaimable memory of the worker's cgroup when it is
         limited, else of the machine (MemTotal − MemAvailable), less what the
         running tasks hold above their baselines.  ``growth``: pool children that
-        have run no task yet are expected to reach the median of those that have.
+        have run no task yet are expected to reach the median of those that have
+        (what they hold already is in ``children``).
         """
-        tasks, mine, fresh, ran = 0, 0, 0, []
+        tasks, mine, fresh, ran = 0, 0, [], []
         for index in range(self.table.size):
             state = self.table.read(index)
             if state.pid <= 0 or proc.exited(state.pid):
@@ -198,7 +199,7 @@ class Enforcer:
             if self.table.ran(index):
                 ran.append(own)
             else:
-                fresh += 1
+                fresh.append(own)
         if self._group is not None:
             version, path, _ = self._group
             used, scope = cgroup.working_set(version, path), "the worker's cgroup"
@@ -210,7 +211,7 @@ class Enforcer:
         main = proc.rss(os.getpid())
         return Footprint(
             worker=max(main + mine, used - self.tasks_hold(tasks, mine)), main=main, children=mine,
-            slots=fresh + len(ran), growth=fresh * typical, scope=scope,
+            slots=len(fresh) + len(ran), growth=sum(max(0, typical - own) for own in fresh), scope=scope,
         )
 
     def tasks_hold(self, running: int, children: int) -> int:
