@@ -131,23 +131,13 @@ def test_waiting_tasks_start_in_priority_then_arrival_order():
     assert order == ["a", "b", "c", "d"]
 
 
-def test_within_a_priority_the_largest_request_that_fits_starts_first():
-    """Best fit: small tasks fill in beside a large one instead of leaving it for the end."""
+def test_a_task_that_waited_the_window_on_other_workers_goes_before_a_newer_arrival_here():
     adm = Admission(8 * MiB, slots=4, backfill_window=10)
     assert adm.submit("running", 8 * MiB, 0.0) == ["running"]
-    for key, mb in (("small1", 1), ("small2", 1), ("large", 6), ("mid", 3), ("urgent", 1)):
-        assert adm.submit(key, mb * MiB, 0.0, priority=-1 if key == "urgent" else 0) == []
-    # urgent has the better priority; then the largest that fits the 7 MiB left: large (6), small1 (1)
-    assert adm.finish("running", 1.0) == ["urgent", "large", "small1"]
-
-
-def test_a_task_that_waited_the_window_goes_first_whatever_its_size():
-    adm = Admission(8 * MiB, slots=4, backfill_window=10)
-    assert adm.submit("running", 8 * MiB, 0.0) == ["running"]
-    assert adm.submit("small", 2 * MiB, 0.0) == []
-    assert adm.submit("large", 7 * MiB, 5.0) == []
-    # small has waited 11 s (due), large 6 s: small goes first, and large no longer fits beside it
-    assert adm.finish("running", 11.0) == ["small"]
+    assert adm.submit("large", 7 * MiB, 0.0) == []
+    assert adm.submit("handed_back", 2 * MiB, 1.0, waited=20.0) == []  # arrived later, waited longer
+    # both due at 11 s; the one that waited longest goes first, and large no longer fits beside it
+    assert adm.finish("running", 11.0) == ["handed_back"]
 
 
 def test_a_smaller_task_backfills_while_a_larger_one_cannot_fit():
