@@ -179,14 +179,15 @@ def test_the_age_of_a_handed_back_task_counts_toward_the_window():
     assert adm.submit("small", 2 * MiB, 0.0) == []
 
 
-def test_give_back_returns_only_tasks_that_cannot_fit_and_waited_long_enough_here():
+def test_overdue_names_only_tasks_that_cannot_fit_and_waited_long_enough_here():
     adm = Admission(8 * MiB, slots=1, backfill_window=100, give_back_after=5)
     adm.submit("running", 6 * MiB, 0.0)
     adm.submit("fits-but-no-slot", MiB, 0.0)
     adm.submit("too-big", 4 * MiB, 0.0, waited=30.0)
     adm.submit("too-big-late", 4 * MiB, 3.0)
-    assert adm.give_back(4.9) == []
-    assert [w.key for w in adm.give_back(5.0)] == ["too-big"]
+    assert adm.overdue(4.9) == []
+    assert [w.key for w in adm.overdue(5.0)] == ["too-big"]
+    assert adm.forget("too-big")
     assert [w.key for w in adm.waiting] == ["fits-but-no-slot", "too-big-late"]
 
 

@@ -233,17 +233,11 @@ class Admission:
         return None
 
     def overdue(self, now: float) -> list[Waiting]:
-        """The waiting tasks that cannot fit and waited ``give_back_after`` here (left waiting)."""
+        """The waiting tasks that cannot fit and waited ``give_back_after`` here: the caller may hand
+        them back (and :meth:`forget` them) or keep them waiting."""
         if self.give_back_after is None or not self.waiting:
             return []
         return [w for w in self.cannot_fit() if now - w.here >= self.give_back_after]
-
-    def give_back(self, now: float) -> list[Waiting]:
-        """Remove and return the :meth:`overdue` tasks."""
-        out = self.overdue(now)
-        if out:
-            self.waiting = [w for w in self.waiting if w not in out]
-        return out
 
     def _start(self, key: Hashable, request: int, now: float, kind: Hashable) -> None:
         self.reserved += request

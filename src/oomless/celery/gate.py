@@ -122,7 +122,6 @@ class MemoryGate(LaxBoundedSemaphore):
     def _trim(self, now: float) -> None:
         """Give back at once what cannot fit beyond ``max_waiting`` (RabbitMQ pushes ahead of the stop)."""
         for w in self.adm.cannot_fit()[self.max_waiting:]:
-            self.adm.forget(w.key)
             self._give_back(w.key, now - w.since)
 
     def release(self) -> None:
@@ -205,18 +204,18 @@ class MemoryGate(LaxBoundedSemaphore):
                         backlog[queue],
                     )
                 continue
-            self.adm.forget(req)
             self._give_back(req, now - waiting.since)
         self._fetch_control(now)
 
     def _give_back(self, req: Any, waited: float) -> None:
+        """Republish a waiting ``req`` and stop holding it; if the broker says no, it keeps its place here."""
         try:
             republish(req, {WAITED: round(waited, 3)}, event="task-rejected")
-        except Exception as exc:  # the broker said no: keep it here, it still waits
-            logger.warning("oomless: could not give %s[%s] back to the broker: %s", req.name, req.id, exc)
-            now = self._clock()
-            self._start(self.adm.submit(req, _request(req), now, 0, waited, kind=(req.name, _request(req))), now)
+        except Exception as exc:
+            logger.warning("oomless: could not give %s[%s] back to the broker, it waits here: %s",
+                           req.name, req.id, exc)
             return
+        self.adm.forget(req)
         self._callbacks.pop(req, None)
         self._queued_at.pop(req, None)
         self._kept.discard(req)
