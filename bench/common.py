@@ -30,6 +30,23 @@ def broker_url() -> str:
         return f"redis+socket://{_embedded.socket_file}"
 
 
+def airflow_app(name: str, broker: str, queue: str, **conf: object):
+    """A benchmark's Celery app on ``broker`` (results there too), with Airflow's CeleryExecutor acks:
+    late, and rejected (redelivered) when the worker is lost; ``conf`` adds or overrides settings."""
+    from celery import Celery
+
+    app = Celery(name, broker=broker, backend=broker)
+    app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        **conf,
+    )
+    return app
+
+
 def versions() -> dict:
     import billiard
     import celery

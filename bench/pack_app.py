@@ -11,21 +11,14 @@ import os
 import time
 
 import redis
-from celery import Celery
+from common import airflow_app
 
 MiB = 2**20
 CHUNK = 64 * MiB
 SLACK = 24 * MiB  # interpreter churn beside the data, kept under the declared size
 
 broker = os.environ["OOMLESS_BENCH_BROKER"]
-app = Celery("pack", broker=broker, backend=broker)
-app.conf.update(
-    task_default_queue=os.environ.get("OOMLESS_BENCH_QUEUE", "pack"),
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    result_expires=3600,
-    broker_connection_retry_on_startup=True,
-)
+app = airflow_app("pack", broker, os.environ.get("OOMLESS_BENCH_QUEUE", "pack"))
 if os.environ.get("OOMLESS_BENCH_GOVERNED") == "1":
     import oomless
 

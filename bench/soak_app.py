@@ -19,7 +19,7 @@ import threading
 import time
 
 import redis
-from celery import Celery
+from common import airflow_app
 
 MiB = 2**20
 CHUNK = 32 * MiB
@@ -28,14 +28,9 @@ RUNAWAY_SECONDS = 20.0  # ... or seconds
 GROW_EVERY = 0.02  # s between chunks: ~1.6 GB/s
 
 broker = os.environ["OOMLESS_SOAK_BROKER"]
-app = Celery("soak", broker=broker, backend=broker)
-app.conf.update(
-    task_default_queue=os.environ.get("OOMLESS_SOAK_QUEUE", "soak"),
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
+app = airflow_app(
+    "soak", broker, os.environ.get("OOMLESS_SOAK_QUEUE", "soak"),
     worker_prefetch_multiplier=1,
-    result_expires=3600,
-    broker_connection_retry_on_startup=True,
     # A message a dead worker held comes back after this (Airflow sets a day; a soak cannot wait that long).
     broker_transport_options={"visibility_timeout": float(os.environ.get("OOMLESS_SOAK_VISIBILITY", "20"))},
     result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
