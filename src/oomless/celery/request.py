@@ -316,7 +316,7 @@ class GovernedRequest(Request):
             return super().on_failure(exc_info, send_failed_event, return_ok)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
         report = self._oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
-        if report is None and isinstance(exc, MemoryLimitExceeded) and self._oomless_kill is None:
+        if report is None and isinstance(exc, MemoryLimitExceeded):
             # Raised in the pool child: the limit refused an allocation before any kill (see child.guard).
             report = KillReport(self.id, self.worker_pid or 0, exc.limit, exc.peak, exc.mode, spared=True)
         if isinstance(exc, WorkerLostError):
