@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import gc
 import logging
 from typing import Any
 
@@ -123,11 +122,7 @@ class GovernorStep(bootsteps.StartStopStep):
                 logger.warning("oomless: %s", warning)
         atexit.register(gov.shutdown)
         if settings.gc_freeze:
-            # Python's cyclic GC writes to the header of every object it scans, so each pool child
-            # copies most of the worker's heap on its first collections (about 20 MiB a child here,
-            # charged to the worker).  Objects frozen before the fork are never scanned.
-            gc.collect()
-            gc.freeze()
+            child.share_with_children()
         return gov
 
     @staticmethod

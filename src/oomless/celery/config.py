@@ -32,8 +32,9 @@ key                        default     meaning
                                        subprocesses) are killed before the slot's
                                        next task, or kept (and charged to no task)
 ``oomless_gc_freeze``      ``True``    freeze the worker's heap (``gc.freeze()``) before
-                                       the pool forks: pool children then copy far
-                                       less of it
+                                       the pool forks, and build there what each child
+                                       would build alone (billiard's C parser): pool
+                                       children then copy far less of it
 ``oomless_malloc_trim``    ``True``    after a task that leaves its pool child 4 MiB or
                                        more above where it was, give the C heap's free
                                        memory back (glibc keeps up to 64 MiB of it)
