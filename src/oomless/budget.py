@@ -38,7 +38,8 @@ class Footprint:
     main: int  # the worker main process (its RSS)
     children: int  # the pool children's own memory (their baselines)
     slots: int  # live pool children
-    growth: int = 0  # what children that have not run a task yet are expected to add
+    growth: int = 0  # what children not started yet or that have not run a task yet are expected to add
+    unstarted: int = 0  # slots with no live child: one the pool may still start (autoscale) or a replacement
     scope: str = "the worker's cgroup"  # where ``worker`` was measured
 
     @property
@@ -77,7 +78,9 @@ def breakdown(budget: Budget, live: int, fp: Footprint) -> str:
     """``budget 4.9 GiB = worker cgroup limit 6.0 GiB − reserve 256.0 MiB − worker footprint …`` (log, doctor)."""
     parts = (
         f"main process {format_size(fp.main)}, {fp.slots} pool children {format_size(fp.children)}"
-        + (f", children still to grow ~{format_size(fp.growth)}" if fp.growth else "")
+        + (f", {fp.unstarted} more the pool may start" if fp.unstarted else "")
+        + (f", children still to {'start or ' if fp.unstarted else ''}grow ~{format_size(fp.growth)}"
+           if fp.growth else "")
         + f", other in {fp.scope} {format_size(fp.other)}"
     )
     if budget.auto:

@@ -132,3 +132,15 @@ def test_the_breakdown_names_every_part_with_its_number():
         "(main process 80.0 MiB, 20 pool children 400.0 MiB, children still to grow ~100.0 MiB, "
         "other in the worker's cgroup 120.0 MiB)"
     )
+
+
+def test_the_breakdown_names_the_children_an_autoscaled_pool_may_still_start():
+    from oomless.budget import Footprint, breakdown
+
+    budget = compute_budget("auto", None, machine=24 * GiB, cgroup_limit=6 * GiB)
+    fp = Footprint(worker=150 * MiB, main=80 * MiB, children=20 * MiB, slots=2, growth=140 * MiB, unstarted=14)
+    assert breakdown(budget, budget.live(fp.total), fp) == (
+        "budget 5.5 GiB = worker cgroup limit 6.0 GiB − reserve 256.0 MiB − worker footprint 290.0 MiB "
+        "(main process 80.0 MiB, 2 pool children 20.0 MiB, 14 more the pool may start, children still to "
+        "start or grow ~140.0 MiB, other in the worker's cgroup 50.0 MiB)"
+    )

@@ -26,6 +26,7 @@ before Celery requeues its message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -102,6 +103,7 @@ class Enforcer:
         self.before_kill: list[Callable[[KillReport], None]] = []
         self._thread: threading.Thread | None = None
         self.monitor_tid: int | None = None  # native thread id, for CPU accounting
+        self._child_cost_seen = 0  # what an idle pool child held privately, last seen (footprint)
         self._stopping = threading.Event()
         # pool-child half: what the running task started from
         self._baseline = 0
@@ -183,13 +185,18 @@ class Enforcer:
         limited, else of the machine (MemTotal − MemAvailable), less what the
         running tasks hold above their baselines.  ``growth``: pool children that
         have run no task yet are expected to reach the median of those that have
-        (what they hold already is in ``children``).
+        (what they hold already is in ``children``), and a slot with no live
+        child will get one that does (an autoscaled pool may start it whenever
+        Celery's autoscaler decides, a replacement is on its way).
         """
-        tasks, mine, fresh, ran = 0, 0, [], []
+        tasks, mine, fresh, ran, unstarted, idle = 0, 0, [], [], 0, []
         for index in range(self.table.size):
             state = self.table.read(index)
             if state.pid <= 0 or proc.exited(state.pid):
+                unstarted += 1
                 continue
+            if not state.running:
+                idle.append(state.pid)
             if state.running:
                 tasks += max(0, self.usage(index, state) or 0)
             own = self.child_memory(index, state)
@@ -208,11 +215,28 @@ class Enforcer:
         if used is None:
             used, scope = proc.mem_total() - proc.mem_available(), "the machine"
         typical = sorted(ran)[len(ran) // 2] if ran else 0
+        start = self._child_cost(idle) if unstarted else 0
         main = proc.rss(os.getpid())
         return Footprint(
             worker=max(main + mine, used - self.tasks_hold(tasks, mine)), main=main, children=mine,
-            slots=len(fresh) + len(ran), growth=sum(max(0, typical - own) for own in fresh), scope=scope,
+            slots=len(fresh) + len(ran), growth=sum(max(0, typical - own) for own in fresh) + unstarted * start,
+            scope=scope, unstarted=unstarted if start else 0,
         )
+
+    def _child_cost(self, idle: list[int]) -> int:
+        """What one more pool child costs: the median private memory (USS) of up to 3 idle ones
+        (the last one seen while every child runs a task).
+
+        Not their slot's own memory: most of what a child costs, it copied from the
+        worker's heap while starting, before it claimed its slot.
+        """
+        costs = []
+        for pid in idle[:3]:
+            with contextlib.suppress(OSError, LookupError):
+                costs.append(proc.uss(pid))
+        if costs:
+            self._child_cost_seen = sorted(costs)[len(costs) // 2]
+        return self._child_cost_seen
 
     def tasks_hold(self, running: int, children: int) -> int:
         """What tasks hold of the worker's memory, given what running tasks use above their baselines
