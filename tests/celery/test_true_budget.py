@@ -36,63 +36,49 @@ def worker_cgroup():
     group.remove()
 
 
-@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
-def test_tasks_within_their_requests_are_never_evicted_nor_kernel_killed_with_auto_and_a_wide_pool(
-    tmp_path, redis_url, worker_cgroup, mode
-):
-    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=16, conf=AIRFLOW,
-                          cgroup=worker_cgroup.path)
+def _at_requests(tmp_path, redis_url, group, mode, count, low_mb, high_mb, seed, **worker):
+    """``count`` tasks of ``low_mb``-``high_mb`` MiB (seeded) each requesting what it uses, in a worker
+    alone in ``group``.  Returns (results, outcomes, worker log)."""
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, conf=AIRFLOW, cgroup=group.path, **worker)
     app = make_app(redis_url, redis_url, worker.queue, mode, conf=AIRFLOW)
-    rng = random.Random(14)
+    rng = random.Random(seed)
     try:
         results = []
-        for _ in range(36):
-            mb = rng.randrange(128, 456, 8)
+        for _ in range(count):
+            mb = rng.randrange(low_mb, high_mb, 8)
             # t.hold holds mb MiB beside an interpreter that already runs: request what it uses
-            spec = oomless.Memory(request=(mb + 24) * MiB, limit=(mb + 24 + 128) * MiB)
-            results.append(app.tasks["t.hold"].apply_async([1.0, mb], memory=spec))
-        outcomes = [r.get(timeout=180, propagate=False) for r in results]
-    finally:
-        worker.stop()
-        app.close()
-    log = worker.text()
-    failures = [str(o) for o in outcomes if not isinstance(o, dict)]
-    assert [r.state for r in results] == ["SUCCESS"] * len(results), failures
-    assert "evicting" not in log, re.findall(r"evicting .*", log)[:3]
-    assert worker_cgroup.oom_kills() == 0
-    assert re.search(r"oomless: budget [\d.]+ \w+ = worker cgroup limit 2\.0 GiB − reserve 256\.0 MiB − worker "
-                     r"footprint [\d.]+ \w+ \(main process [\d.]+ \w+, 16 pool children", log)
-
-
-def test_an_autoscaled_pool_leaves_room_for_the_children_it_may_still_start(tmp_path, redis_url):
-    """``--autoscale 24,2``: the pool starts 2 children, and Celery's autoscaler starts more as
-    messages are reserved (at most 24).  Each is a footprint the budget must leave out: the
-    budget counts the ones the pool may still start at what an idle child holds privately, from
-    the first measure on (counted only once started, up to 22 × ~10 MiB would come out of the
-    reserve while the tasks hold what the budget let them).  Tasks within their requests are
-    never evicted."""
-    group = MemoryCgroup(2 * GiB)
-    worker = start_worker(tmp_path, redis_url, redis_url, mode="cgroup", concurrency=2, conf=AIRFLOW,
-                          cgroup=group.path, extra=("--autoscale", "24,2"))
-    app = make_app(redis_url, redis_url, worker.queue, "cgroup", conf=AIRFLOW)
-    rng = random.Random(15)
-    try:
-        results = []
-        for _ in range(60):
-            mb = rng.randrange(64, 200, 8)
             spec = oomless.Memory(request=(mb + 24) * MiB, limit=(mb + 24 + 128) * MiB)
             results.append(app.tasks["t.hold"].apply_async([1.0, mb], memory=spec))
         outcomes = [r.get(timeout=240, propagate=False) for r in results]
     finally:
         worker.stop()
         app.close()
-        kernel = group.oom_kills()
-        group.remove()
     log = worker.text()
     failures = [str(o) for o in outcomes if not isinstance(o, dict)]
     assert [r.state for r in results] == ["SUCCESS"] * len(results), failures
     assert "evicting" not in log, re.findall(r"evicting .*|oomless: budget .*", log)[:8]
-    assert kernel == 0
+    assert group.oom_kills() == 0
+    return log
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_tasks_within_their_requests_are_never_evicted_nor_kernel_killed_with_auto_and_a_wide_pool(
+    tmp_path, redis_url, worker_cgroup, mode
+):
+    log = _at_requests(tmp_path, redis_url, worker_cgroup, mode, 36, 128, 456, seed=14, concurrency=16)
+    assert re.search(r"oomless: budget [\d.]+ \w+ = worker cgroup limit 2\.0 GiB − reserve 256\.0 MiB − worker "
+                     r"footprint [\d.]+ \w+ \(main process [\d.]+ \w+, 16 pool children", log)
+
+
+def test_an_autoscaled_pool_leaves_room_for_the_children_it_may_still_start(tmp_path, redis_url, worker_cgroup):
+    """``--autoscale 24,2``: the pool starts 2 children, and Celery's autoscaler starts more as
+    messages are reserved (at most 24).  Each is a footprint the budget must leave out: the
+    budget counts the ones the pool may still start at what an idle child holds privately, from
+    the first measure on (counted only once started, up to 22 × ~10 MiB would come out of the
+    reserve while the tasks hold what the budget let them).  Tasks within their requests are
+    never evicted, and the kernel never kills."""
+    log = _at_requests(tmp_path, redis_url, worker_cgroup, "cgroup", 60, 64, 200, seed=15, concurrency=2,
+                       extra=("--autoscale", "24,2"))
     assert "Scaling up" in log
     counted = [int(live) + int(more) for live, more in re.findall(
         r"oomless: budget .*?, (\d+) pool children [\d.]+ \w+, (\d+) more the pool may start", log)]
