@@ -81,9 +81,11 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
                 "waited": max(0.0, now - w.since),
                 "fits": w.request <= adm.free,
             })
-        reserved, slots = adm.reserved, adm.slots
+        # what admission holds a slot and memory for: counted from the same ledger as ``reserved``
+        # (a task just admitted shows in ``running`` once its pool child has started it)
+        reserved, slots, admitted = adm.reserved, adm.slots, len(adm.running)
     else:
-        reserved, slots = sum(t["request"] or 0 for t in running), table.size
+        reserved, slots, admitted = sum(t["request"] or 0 for t in running), table.size, len(running)
     return {
         "hostname": hostname,
         "pid": os.getpid(),
@@ -101,6 +103,7 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
         "slots": slots,
         "admission": gate is not None,
         "running": sorted(running, key=lambda t: -(t["used"] or 0)),
+        "admitted": admitted,
         "waiting": waiting,
         "counts": dict(gov.counts),
         "at": wall,

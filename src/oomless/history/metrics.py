@@ -61,7 +61,7 @@ class _Snapshot(Collector):
              "Memory the worker holds itself (main process, pool children, the rest of its cgroup), "
              "left out of an auto budget."),
             ("oomless_slots", s["slots"], "Pool slots."),
-            ("oomless_running_tasks", len(s["running"]), "Tasks running."),
+            ("oomless_running_tasks", s["admitted"], "Tasks running (admitted: holding a slot and memory)."),
             ("oomless_waiting_tasks", len(s["waiting"]), "Tasks waiting for memory or a slot."),
             ("oomless_waiting_oldest_seconds", max((w["waited"] for w in s["waiting"]), default=0.0),
              "How long the longest-waiting task has waited."),
