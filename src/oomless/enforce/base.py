@@ -195,10 +195,10 @@ class Enforcer:
             if state.pid <= 0 or proc.exited(state.pid):
                 unstarted += 1
                 continue
-            if not state.running:
-                idle.append(state.pid)
             if state.running:
                 tasks += max(0, self.usage(index, state) or 0)
+            else:
+                idle.append(state.pid)
             own = self.child_memory(index, state)
             if own is None:
                 continue
