@@ -95,6 +95,7 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
         "footprint": None if gov.footprint is None else {
             "total": gov.footprint.total, "main": gov.footprint.main, "children": gov.footprint.children,
             "slots": gov.footprint.slots, "growth": gov.footprint.growth, "other": gov.footprint.other,
+            "unstarted": gov.footprint.unstarted,
             "scope": gov.footprint.scope,
         },
         "breakdown": None if gov.footprint is None else breakdown(gov.settings.budget, gov.budget, gov.footprint),
