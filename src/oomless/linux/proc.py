@@ -102,23 +102,26 @@ def reset_peak(pid: int) -> None:
         fh.write(b"5")
 
 
-def pss(pid: int) -> int:
-    """Proportional set size of ``pid``: shared pages divided among their sharers."""
+def _rollup(pid: int, *keys: bytes) -> int:
+    """The sum of ``keys`` (``b"Pss:"``, …) in ``/proc/PID/smaps_rollup``, in bytes."""
+    total, found = 0, False
     with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
         for line in fh:
-            if line.startswith(b"Pss:"):
-                return int(line.split()[1]) * 1024
-    raise LookupError(f"/proc/{pid}/smaps_rollup has no Pss line")
+            if line.startswith(keys):
+                total, found = total + int(line.split()[1]) * 1024, True
+    if not found:
+        raise LookupError(f"/proc/{pid}/smaps_rollup has no {b', '.join(keys).decode()} line")
+    return total
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of ``pid``: shared pages divided among their sharers."""
+    return _rollup(pid, b"Pss:")
 
 
 def uss(pid: int) -> int:
     """Unique set size of ``pid``: the pages only it maps (what starting one more such process costs)."""
-    total = 0
-    with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-        for line in fh:
-            if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
-                total += int(line.split()[1]) * 1024
-    return total
+    return _rollup(pid, b"Private_Clean:", b"Private_Dirty:")
 
 
 def children(pid: int) -> list[int]:
