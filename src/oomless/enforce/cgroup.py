@@ -74,6 +74,7 @@ class CgroupEnforcer(Enforcer):
         # pool-child half: non-tmpfs usage at the child's first task, tmpfs at the running task's start
         self._clean: tuple[int, int] | None = None
         self._shmem0 = 0
+        self._peak0 = self._own0 = 0  # where memory.peak cannot be reset: the slot's and the child's at task start
 
     # -- main process ---------------------------------------------------------
     def prepare(self) -> None:
@@ -359,6 +360,11 @@ class CgroupEnforcer(Enforcer):
         usage, self._shmem0 = self.groups.usage_shmem(index)
         if self._clean is None:
             self._clean = (usage - self._shmem0, self._shmem0)
+        if not self.groups.peak_resets(index):
+            # cgroup v2 before Linux 6.12: memory.peak is the slot's lifetime peak (see measure_peak).
+            self._peak0 = self.groups.peak(index)
+            self.own.reset_peak()
+            self._own0 = self.own.rss()
         return usage
 
     def held(self, index: int) -> int | None:
@@ -367,7 +373,13 @@ class CgroupEnforcer(Enforcer):
         return self._shmem0 if left_shmem > LEFTOVER_SHMEM or left_other > LEFTOVER_WATCH else None
 
     def measure_peak(self, index: int, pid: int) -> int:
-        return self.groups.peak(index)
+        peak = self.groups.peak(index)
+        if self.groups.peak_resets(index) or peak > self._peak0:
+            return peak  # per task; or, lifetime, a new high for the slot set by this task
+        # cgroup v2 before Linux 6.12, and the task stayed below the slot's earlier high: its
+        # peak is at most that high; the pool child's own high-water mark (as in watchdog mode)
+        # above its start, and what the slot holds now, bound it from below.
+        return max(self.groups.usage(index), self._baseline + max(0, self.own.peak() - self._own0))
 
     def refused_at_limit(self, index: int) -> tuple[int, int] | None:
         if self._limit is None:

@@ -329,6 +329,10 @@ class SlotGroups:
     def peak(self, index: int) -> int:
         raise NotImplementedError
 
+    def peak_resets(self, index: int) -> bool:
+        """Whether :meth:`reset_peak` makes :meth:`peak` per task (else it is the slot's lifetime peak)."""
+        return True
+
 
 class SlotGroupsV1(SlotGroups):
     """Slot groups on the cgroup v1 memory controller."""
@@ -428,6 +432,7 @@ class SlotGroupsV2(SlotGroups):
         self.parent = os.path.dirname(base)
         self._enabled_parent = False
         self._moved: int | None = None
+        self._lifetime_peak: set[int] = set()  # slots whose memory.peak cannot be reset (Linux < 6.12)
 
     def create(self, count: int, me: int | None = None) -> None:
         me = os.getpid() if me is None else me
@@ -497,10 +502,10 @@ class SlotGroupsV2(SlotGroups):
         return max(0, used - (file - shmem)), shmem
 
     def _peak_fd(self, index: int) -> int:
-        # Writing memory.peak resets it only for reads through the *same* file
-        # descriptor (Linux >= 6.12), so reset and read share one O_RDWR fd.
-        # Older kernels make the file read-only and keep a lifetime peak, which
-        # then bounds the task's peak from above.
+        # Writing "reset" to memory.peak resets it only for reads through the *same*
+        # file descriptor (Linux >= 6.12), so reset and read share one O_RDWR fd.
+        # Older kernels refuse the write (or the open for writing) and keep the
+        # slot's lifetime peak.
         for flags in (os.O_RDWR, os.O_RDONLY):
             fd = self._fds.get((index, "memory.peak", flags))
             if fd is not None:
@@ -508,16 +513,24 @@ class SlotGroupsV2(SlotGroups):
         try:
             return self._fd(index, "memory.peak", os.O_RDWR)
         except OSError:
+            self._lifetime_peak.add(index)
             return self._fd(index, "memory.peak", os.O_RDONLY)
 
     def reset_peak(self, index: int) -> None:
+        if index in self._lifetime_peak:
+            return
         try:
             os.write(self._peak_fd(index), b"reset")
         except OSError:
-            pass
+            self._lifetime_peak.add(index)
 
     def peak(self, index: int) -> int:
         return int(os.pread(self._peak_fd(index), 4096, 0))
+
+    def peak_resets(self, index: int) -> bool:
+        """Whether :meth:`reset_peak` worked (Linux >= 6.12; known after the first call); where it
+        did not, :meth:`peak` is the slot's lifetime peak."""
+        return index not in self._lifetime_peak
 
     def oom_kills(self, index: int) -> int:
         """How many processes the kernel has OOM-killed in this slot (``memory.events``)."""

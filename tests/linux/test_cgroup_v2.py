@@ -1,0 +1,323 @@
+"""Slot groups on a real cgroup v2 kernel (the guest of ``tests/v2vm/run``).
+
+Skipped on a host without a writable cgroup v2 memory controller (this
+project's machines); ``make test`` runs this module in a user-mode-linux guest
+booted with ``cgroup_no_v1=all``.  Each test makes a worker group
+``oomless-test-<pid>-<random>`` below this process's group (what systemd's
+``Delegate=yes`` hands a service), and the fixture removes it, also when a test
+fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from oomless.linux.cgroup import SlotGroupsV2, detect, v2_delegation_problem
+
+MiB = 2**20
+LIMIT = 64 * MiB
+
+HOST = detect()
+if HOST.version != 2 or HOST.path is None or not os.access(os.path.join(HOST.path, "cgroup.subtree_control"), os.W_OK):
+    pytest.skip(
+        f"needs a writable cgroup v2 memory controller (tests/v2vm/run boots one); this host: {HOST.reason}",
+        allow_module_level=True,
+    )
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read().strip()
+
+
+def _into(group: str):
+    """A preexec_fn that moves the new process into ``group``."""
+
+    def join() -> None:
+        with open(os.path.join(group, "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
+
+    return join
+
+
+def _events(path: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in _read(os.path.join(path, "memory.events")).splitlines())}
+
+
+def _rmdir_tree(path: str) -> None:
+    """Kill what is left below ``path`` (cgroup.kill) and remove the groups bottom-up."""
+    if not os.path.isdir(path):
+        return
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as fh:
+            fh.write("1")
+    except OSError:
+        pass
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            _rmdir_tree(entry.path)
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def worker_group():
+    """An empty delegated group for one "worker", memory enabled for it by its parent."""
+    assert HOST.path is not None
+    path = os.path.join(HOST.path, f"oomless-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        _rmdir_tree(path)
+        assert not os.path.exists(path), f"test cgroup {path} could not be removed"
+
+
+@pytest.fixture
+def groups(worker_group):
+    g = SlotGroupsV2(os.path.join(worker_group, "oomless-1-2"))
+    g.create(2)
+    try:
+        yield g
+    finally:
+        g.remove(kill=True)
+
+
+def _fork_member(groups: SlotGroupsV2, index: int, allocate: int, hold: float = 60) -> int:
+    """Fork a child that joins slot ``index`` at birth, touches ``allocate`` bytes, then sleeps."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(ready_r)
+            groups.join(index, os.getpid())
+            os.write(ready_w, b"j")
+            os.close(ready_w)
+            hog = b"\x01" * allocate if allocate else b""
+            time.sleep(hold)
+            del hog
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        joined = os.read(ready_r, 1) == b"j"
+    finally:
+        os.close(ready_r)
+    if not joined:
+        _reap(pid)
+        pytest.fail(f"forked child could not join slot {index}")
+    return pid
+
+
+def _reap(pid: int) -> int | None:
+    """SIGKILL (if needed) and reap a forked child; its wait status, or None if reaped already."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
+def _wait_for(read, at_least: int, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (value := read()) < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def _wait_empty(groups: SlotGroupsV2, index: int, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (members := groups.procs(index)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return members
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+
+def test_real_v2_create_enables_memory_for_the_slots_in_the_worker_group_and_the_base(groups, worker_group):
+    assert "memory" in _read(os.path.join(worker_group, "cgroup.subtree_control")).split()
+    assert "memory" in _read(os.path.join(groups.base, "cgroup.subtree_control")).split()
+    assert groups.slots() == [0, 1]
+
+
+def test_real_v2_a_new_slot_has_no_limit_and_kills_as_a_group(groups):
+    assert _read(os.path.join(groups.slot_dir(0), "memory.max")) == "max"
+    assert _read(os.path.join(groups.slot_dir(0), "memory.oom.group")) == "1"
+
+
+def test_real_v2_set_limit_writes_memory_max_and_none_lifts_it(groups):
+    groups.set_limit(1, LIMIT)
+    assert int(_read(os.path.join(groups.slot_dir(1), "memory.max"))) == LIMIT
+    groups.set_limit(1, None)
+    assert _read(os.path.join(groups.slot_dir(1), "memory.max")) == "max"
+
+
+def test_real_v2_a_worker_alone_in_its_group_moves_itself_to_a_leaf_and_back(worker_group):
+    # The "no internal processes" rule: the worker's own group cannot both hold the worker and
+    # enable memory for slot groups, so the worker moves into <base>/worker first, and back on removal.
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from oomless.linux.cgroup import SlotGroupsV2, v2_delegation_problem
+        assert v2_delegation_problem({worker_group!r}) is None, v2_delegation_problem({worker_group!r})
+        g = SlotGroupsV2({os.path.join(worker_group, "oomless-9-9")!r})
+        g.create(1)
+        print(open("/proc/self/cgroup").read().strip(), flush=True)
+        g.remove()
+        print(open("/proc/self/cgroup").read().strip(), flush=True)
+        enabled = open({os.path.join(worker_group, "cgroup.subtree_control")!r}).read().strip()
+        print(os.path.exists(g.base), enabled or "-")
+        """
+    )
+    rel = worker_group[len(HOST.path or ""):]
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        preexec_fn=_into(worker_group),
+    )
+    assert done.returncode == 0, done.stderr
+    inside, after, state = done.stdout.splitlines()
+    assert inside == f"0::{rel}/oomless-9-9/worker"
+    assert after == f"0::{rel}"
+    assert state == "False -"
+
+
+def test_real_v2_a_group_shared_with_another_process_is_refused_by_name(worker_group):
+    sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=_into(worker_group))
+    try:
+        problem = v2_delegation_problem(worker_group, me=os.getpid())
+        assert problem is not None and str(sleeper.pid) in problem and "no internal processes" in problem
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- accounting ----------------------------------------------------------------------------
+
+
+def test_real_v2_join_puts_a_forked_child_in_its_slot(groups):
+    pid = _fork_member(groups, 1, 0)
+    try:
+        assert groups.procs(1) == [pid]
+        assert groups.procs(0) == []
+    finally:
+        _reap(pid)
+
+
+def test_real_v2_usage_counts_what_a_member_allocated(groups):
+    before = groups.usage(1)
+    pid = _fork_member(groups, 1, 100 * MiB)
+    try:
+        assert _wait_for(lambda: groups.usage(1), before + 95 * MiB) >= before + 95 * MiB
+    finally:
+        _reap(pid)
+
+
+def test_real_v2_usage_counts_tmpfs_but_not_page_cache(groups):
+    # /dev/shm (tmpfs) cannot be reclaimed: it counts.  Page cache of a file read from disk
+    # (here the host's, through hostfs) can be dropped: it does not.
+    import pyarrow
+
+    shm = f"/dev/shm/oomless-test-{uuid.uuid4().hex[:8]}"
+    big = max((e.path for e in os.scandir(os.path.dirname(pyarrow.__file__)) if e.is_file()), key=os.path.getsize)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={shm}", "bs=1M", "count=48", "status=none"],
+                       preexec_fn=lambda: groups.join(1, os.getpid()), check=True)
+        subprocess.run(["cat", big], stdout=subprocess.DEVNULL, preexec_fn=lambda: groups.join(1, os.getpid()),
+                       check=True)
+        cache = os.path.getsize(big)
+        used, shmem = groups.usage_shmem(1)
+        assert shmem >= 46 * MiB
+        assert int(_read(os.path.join(groups.slot_dir(1), "memory.current"))) >= used + cache // 2  # precondition
+        assert 46 * MiB <= used < 46 * MiB + 16 * MiB
+    finally:
+        if os.path.exists(shm):
+            os.remove(shm)
+
+
+def test_real_v2_peak_reaches_what_a_member_allocated(groups):
+    pid = _fork_member(groups, 1, 100 * MiB)
+    try:
+        assert _wait_for(lambda: groups.peak(1), 95 * MiB) >= 95 * MiB
+    finally:
+        _reap(pid)
+
+
+def test_real_v2_reset_peak_lowers_the_peak_where_the_kernel_allows_it(groups):
+    pid = _fork_member(groups, 1, 100 * MiB)
+    _wait_for(lambda: groups.peak(1), 95 * MiB)
+    _reap(pid)
+    assert _wait_empty(groups, 1) == []
+    groups.reset_peak(1)
+    if groups.peak_resets(1):
+        assert groups.peak(1) < 50 * MiB
+    else:  # before Linux 6.12 memory.peak is read-only: the group's lifetime peak
+        assert groups.peak(1) >= 95 * MiB
+
+
+# --- the limit ---------------------------------------------------------------------------------
+
+
+def test_real_v2_the_kernel_kills_the_whole_slot_at_its_limit_and_says_so(groups):
+    groups.set_limit(0, LIMIT)
+    pids = [_fork_member(groups, 0, 0, hold=60)]
+    pids.append(_fork_member(groups, 0, 256 * MiB))
+    statuses = [_reap_wait(pid) for pid in reversed(pids)]
+    # memory.oom.group = 1: the sleeping member dies with the one that broke the limit.
+    assert all(os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGKILL for s in statuses), statuses
+    assert groups.oom_kills(0) >= 1
+    assert _events(groups.slot_dir(0))["oom_group_kill"] >= 1
+    assert groups.procs(0) == []
+
+
+def _reap_wait(pid: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} was not killed within {timeout} s")
+
+
+def test_real_v2_cgroup_kill_empties_a_slot(groups):
+    pids = [_fork_member(groups, 0, 0), _fork_member(groups, 0, 0)]
+    with open(os.path.join(groups.slot_dir(0), "cgroup.kill"), "w") as fh:
+        fh.write("1")
+    statuses = [_reap_wait(pid) for pid in pids]
+    assert all(os.WTERMSIG(s) == signal.SIGKILL for s in statuses)
+    assert _wait_empty(groups, 0) == []
+
+
+# --- removal -----------------------------------------------------------------------------------
+
+
+def test_real_v2_remove_kills_members_and_deletes_the_groups(worker_group):
+    groups = SlotGroupsV2(os.path.join(worker_group, "oomless-1-2"))
+    groups.create(2)
+    pid = _fork_member(groups, 1, 10 * MiB)
+    try:
+        assert groups.remove(kill=True) == [pid]
+        assert os.WTERMSIG(_reap_wait(pid)) == signal.SIGKILL
+        assert not os.path.exists(groups.base)
+    finally:
+        _reap(pid)
