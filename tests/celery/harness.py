@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oomless.linux.cgroup import detect
+
 HERE = Path(__file__).parent
 
 
@@ -24,6 +26,7 @@ class Worker:
     queue: str
     ready: bool = field(default=False)
     node: str = ""  # the worker's node name up to "@" (what a task's request.hostname starts with)
+    group: MemoryCgroup | None = None  # a cgroup v2 group made for this worker alone, removed by stop()
 
     @property
     def pid(self) -> int:
@@ -53,6 +56,9 @@ class Worker:
                 self.proc.wait(10)
         # Pool children lead their own process groups; make sure none outlived the worker.
         _kill_leftovers(self.env["OOMLESS_TEST_WORKER"])
+        if self.group is not None:
+            self.group.remove()
+            self.group = None
         return self.proc.returncode
 
 
@@ -93,20 +99,31 @@ def _join(cgroup: str) -> None:
         fh.write(str(os.getpid()))
 
 
+#: This process's memory cgroup; on cgroup v2 (the guest of tests/v2vm/run) every worker gets a
+#: delegated group of its own, as systemd's Delegate=yes gives a service.
+HOST = detect()
+V2 = HOST.version == 2 and HOST.usable
+
+
 class MemoryCgroup:
-    """A cgroup v1 memory group limited to ``limit`` bytes for one worker; :meth:`remove` kills what is
-    left in it (and below) and removes it."""
+    """A memory cgroup for one worker (cgroup v1: below the memory controller's root; v2: below this
+    process's group), limited to ``limit`` bytes unless ``None``; :meth:`remove` kills what is left
+    in it (and below) and removes it."""
 
-    ROOT = "/sys/fs/cgroup/memory"
-
-    def __init__(self, limit: int) -> None:
-        self.path = os.path.join(self.ROOT, f"oomless-test-{uuid.uuid4().hex[:8]}")
+    def __init__(self, limit: int | None) -> None:
+        parent = HOST.path if V2 else "/sys/fs/cgroup/memory"
+        assert parent is not None
+        self.path = os.path.join(parent, f"oomless-test-{uuid.uuid4().hex[:8]}")
         os.mkdir(self.path)
-        with open(os.path.join(self.path, "memory.limit_in_bytes"), "w") as fh:
-            fh.write(str(limit))
+        if limit is not None:
+            with open(os.path.join(self.path, "memory.max" if V2 else "memory.limit_in_bytes"), "w") as fh:
+                fh.write(str(limit))
 
     def oom_kills(self) -> int:
         """Kernel OOM kills in this group and every group below it."""
+        if V2:  # memory.events counts the whole subtree
+            with open(os.path.join(self.path, "memory.events")) as fh:
+                return sum(int(line.split()[1]) for line in fh if line.startswith("oom_kill "))
         total = 0
         for folder, _, _ in os.walk(self.path):
             try:
@@ -164,7 +181,8 @@ def start_worker(
     node: str | None = None,
 ) -> Worker:
     """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one;
-    ``cgroup``: a memory cgroup (v1 folder) the worker starts in; ``node``: its node name before ``@``
+    ``cgroup``: a memory cgroup folder the worker starts in (on cgroup v2, by default, one of its own);
+    ``node``: its node name before ``@``
     (a restarted worker keeps its name)."""
     queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
@@ -184,12 +202,16 @@ def start_worker(
         "-c", str(concurrency), "-l", "info", "-E", "-n", f"{node}@%h", "--without-gossip",
         "--without-mingle", *extra,
     ]
+    group = None
+    if cgroup is None and V2:
+        group = MemoryCgroup(None)
+        cgroup = group.path
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=None if cgroup is None else functools.partial(_join, cgroup),
         )
-    worker = Worker(proc, log, env, queue, node=node)
+    worker = Worker(proc, log, env, queue, node=node, group=group)
     if wait_ready:
         worker.wait_for("ready.")
         worker.ready = True

@@ -22,26 +22,46 @@ HOST = cgroup.detect()
 needs_cgroup = pytest.mark.skipif(not HOST.usable, reason=f"cgroup mode unavailable here: {HOST.reason}")
 
 
-def _groups_of(pid: int) -> list[str]:
-    assert HOST.path is not None
-    return [n for n in os.listdir(HOST.path) if n.startswith(f"oomless-{pid}-")]
+def _parent(worker) -> str:
+    """The group the worker was started in (cgroup v2: one of its own, see harness.start_worker)."""
+    path = worker.group.path if worker.group is not None else HOST.path
+    assert path is not None
+    return path
+
+
+def _groups_of(worker) -> list[str]:
+    return [n for n in os.listdir(_parent(worker)) if n.startswith(f"oomless-{worker.pid}-")]
 
 
 @needs_cgroup
 def test_slot_cgroups_exist_while_the_worker_runs_and_are_removed_when_it_stops(tmp_path, redis_url):
     worker = start_worker(tmp_path, redis_url, redis_url, mode="cgroup")
+    parent = _parent(worker)
     try:
-        (group,) = _groups_of(worker.pid)
-        assert sorted(os.listdir(os.path.join(HOST.path, group))).count("slot-0") == 1
+        (group,) = _groups_of(worker)
+        assert sorted(os.listdir(os.path.join(parent, group))).count("slot-0") == 1
+        if HOST.version == 2:  # "no internal processes": the worker moved into a leaf of its own
+            with open(f"/proc/{worker.pid}/cgroup") as fh:
+                assert fh.read().strip().endswith(f"/{group}/worker")
+        remains = os.path.join(parent, group)
+        assert worker.proc.poll() is None
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+        assert not os.path.exists(remains)
     finally:
-        assert worker.stop() == 0
-    assert _groups_of(worker.pid) == []
+        worker.stop()
 
 
 @needs_cgroup
+@pytest.mark.skipif(
+    HOST.version == 2,
+    reason="cgroup v2: no process can join a group that enables controllers for its children, so a successor "
+    "never starts in its crashed predecessor's group; the service manager removes that (systemd: KillMode="
+    "control-group and its cgroup trimming), and the successor kills the task processes by their mark",
+)
 def test_slot_cgroups_of_a_crashed_worker_are_removed_on_the_next_start(tmp_path, redis_url):
     crashed = start_worker(tmp_path, redis_url, redis_url, mode="cgroup")
-    (group,) = _groups_of(crashed.pid)
+    (group,) = _groups_of(crashed)
     os.kill(crashed.pid, signal.SIGKILL)
     crashed.proc.wait(10)
     assert os.path.isdir(os.path.join(HOST.path, group))

@@ -71,6 +71,9 @@ class CgroupEnforcer(Enforcer):
         self._wake_r, self._wake_w = -1, -1
         #: monitor: slot -> [row seq of the task, lowest non-tmpfs usage of the slot during it]
         self._lowest: dict[int, list[int]] = {}
+        #: monitor: slot -> [row seq of the task, highest use sampled] (when ``sampling``)
+        self._sampled: dict[int, list[int]] = {}
+        self.sampling = False
         # pool-child half: non-tmpfs usage at the child's first task, tmpfs at the running task's start
         self._clean: tuple[int, int] | None = None
         self._shmem0 = 0
@@ -91,6 +94,11 @@ class CgroupEnforcer(Enforcer):
                 f" (killed {len(killed)} leftover processes: {killed})" if killed else "",
             )
         self.groups.create(self.table.size)
+        # cgroup v2 before Linux 6.12: memory.peak cannot be reset per task; the monitor samples
+        # every running task's use and publishes its highest (see measure_peak).
+        self.sampling = isinstance(self.groups, cgroup.SlotGroupsV2) and not cgroup.v2_peak_resets(
+            self.groups.slot_dir(0)
+        )
         if isinstance(self.groups, cgroup.SlotGroupsV1):
             for index in range(self.table.size):
                 self._eventfds[self.groups.oom_eventfd(index)] = index
@@ -138,12 +146,15 @@ class CgroupEnforcer(Enforcer):
         evicting = self.budget is not None
         for index in range(self.table.size):
             state = self.table.read(index)
-            if not state.running or (not evicting and state.held is None):
+            if not state.running or (not evicting and state.held is None and not self.sampling):
                 continue
             try:
                 used = self._task_use(index, state)
             except OSError:
                 continue
+            if self.sampling:
+                fast = True
+                self._sample(index, state.seq, used)
             if state.held is not None:
                 fast = True
                 if state.limit is not None and used > state.limit:
@@ -231,6 +242,15 @@ class CgroupEnforcer(Enforcer):
         if other < lowest[1]:
             lowest[1] = other
         return other - lowest[1] + max(0, shmem - state.held)
+
+    def _sample(self, index: int, seq: int, used: int) -> None:
+        """Publish the highest use seen of the task that started at row sequence ``seq``."""
+        seen = self._sampled.get(index)
+        if seen is None or seen[0] != seq:
+            seen = self._sampled[index] = [seq, -1]
+        if used > seen[1]:
+            seen[1] = used
+            self.table.publish_tree_peak(index, seq, used)
 
     def _freed_leftovers(self, state: SlotState, used: int) -> KillReport:
         logger.warning(
@@ -378,7 +398,8 @@ class CgroupEnforcer(Enforcer):
             return peak  # per task; or, lifetime, a new high for the slot set by this task
         # cgroup v2 before Linux 6.12, and the task stayed below the slot's earlier high: its
         # peak is at most that high; the pool child's own high-water mark (as in watchdog mode)
-        # above its start, and what the slot holds now, bound it from below.
+        # above its start, what the slot holds now, and what the monitor sampled every 10 ms
+        # (task_end takes the highest) bound it from below.
         return max(self.groups.usage(index), self._baseline + max(0, self.own.peak() - self._own0))
 
     def refused_at_limit(self, index: int) -> tuple[int, int] | None:

@@ -505,22 +505,28 @@ class SlotGroupsV2(SlotGroups):
         # Writing "reset" to memory.peak resets it only for reads through the *same*
         # file descriptor (Linux >= 6.12), so reset and read share one O_RDWR fd.
         # Older kernels refuse the write (or the open for writing) and keep the
-        # slot's lifetime peak.
-        for flags in (os.O_RDWR, os.O_RDONLY):
-            fd = self._fds.get((index, "memory.peak", flags))
+        # slot's lifetime peak; before 5.19 there is no memory.peak: memory.current.
+        for name, flags in (("memory.peak", os.O_RDWR), ("memory.peak", os.O_RDONLY), ("memory.current", os.O_RDONLY)):
+            fd = self._fds.get((index, name, flags))
             if fd is not None:
                 return fd
-        try:
-            return self._fd(index, "memory.peak", os.O_RDWR)
-        except OSError:
-            self._lifetime_peak.add(index)
-            return self._fd(index, "memory.peak", os.O_RDONLY)
+        self._lifetime_peak.add(index)
+        for name, flags in (("memory.peak", os.O_RDWR), ("memory.peak", os.O_RDONLY)):
+            try:
+                fd = self._fd(index, name, flags)
+            except OSError:
+                continue
+            if flags == os.O_RDWR:
+                self._lifetime_peak.discard(index)  # until a reset is refused
+            return fd
+        return self._fd(index, "memory.current", os.O_RDONLY)
 
     def reset_peak(self, index: int) -> None:
+        fd = self._peak_fd(index)
         if index in self._lifetime_peak:
             return
         try:
-            os.write(self._peak_fd(index), b"reset")
+            os.write(fd, b"reset")
         except OSError:
             self._lifetime_peak.add(index)
 
@@ -529,7 +535,7 @@ class SlotGroupsV2(SlotGroups):
 
     def peak_resets(self, index: int) -> bool:
         """Whether :meth:`reset_peak` worked (Linux >= 6.12; known after the first call); where it
-        did not, :meth:`peak` is the slot's lifetime peak."""
+        did not, :meth:`peak` is the slot's lifetime peak (before 5.19: its current usage)."""
         return index not in self._lifetime_peak
 
     def oom_kills(self, index: int) -> int:
@@ -540,6 +546,21 @@ class SlotGroupsV2(SlotGroups):
                 if key == "oom_kill":
                     return int(value)
         return 0
+
+
+def v2_peak_resets(path: str) -> bool:
+    """Whether ``memory.peak`` of the v2 group at ``path`` can be reset per file descriptor (Linux >= 6.12)."""
+    try:
+        fd = os.open(os.path.join(path, "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"reset")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def group_name(pid: int | None = None) -> str:
