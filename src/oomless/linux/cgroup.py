@@ -433,6 +433,7 @@ class SlotGroupsV2(SlotGroups):
         self._enabled_parent = False
         self._moved: int | None = None
         self._lifetime_peak: set[int] = set()  # slots whose memory.peak cannot be reset (Linux < 6.12)
+        self._peak_fds: dict[int, int] = {}  # slot -> the fd peak() reads (memory.peak, or memory.current)
 
     def create(self, count: int, me: int | None = None) -> None:
         me = os.getpid() if me is None else me
@@ -504,22 +505,27 @@ class SlotGroupsV2(SlotGroups):
     def _peak_fd(self, index: int) -> int:
         # Writing "reset" to memory.peak resets it only for reads through the *same*
         # file descriptor (Linux >= 6.12), so reset and read share one O_RDWR fd.
-        # Older kernels refuse the write (or the open for writing) and keep the
-        # slot's lifetime peak; before 5.19 there is no memory.peak: memory.current.
+        # Older kernels refuse the write (EINVAL) and keep the slot's lifetime
+        # peak; before 5.19 there is no memory.peak, only memory.current.
+        fd = self._peak_fds.get(index)
+        if fd is not None:
+            return fd
         for name, flags in (("memory.peak", os.O_RDWR), ("memory.peak", os.O_RDONLY), ("memory.current", os.O_RDONLY)):
-            fd = self._fds.get((index, name, flags))
-            if fd is not None:
-                return fd
-        self._lifetime_peak.add(index)
-        for name, flags in (("memory.peak", os.O_RDWR), ("memory.peak", os.O_RDONLY)):
             try:
                 fd = self._fd(index, name, flags)
             except OSError:
+                if name == "memory.current":
+                    raise
                 continue
-            if flags == os.O_RDWR:
-                self._lifetime_peak.discard(index)  # until a reset is refused
+            if flags != os.O_RDWR:
+                self._lifetime_peak.add(index)
+            self._peak_fds[index] = fd
             return fd
-        return self._fd(index, "memory.current", os.O_RDONLY)
+        raise AssertionError("unreachable")
+
+    def close_files(self) -> None:
+        super().close_files()
+        self._peak_fds.clear()
 
     def reset_peak(self, index: int) -> None:
         fd = self._peak_fd(index)
