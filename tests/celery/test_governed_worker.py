@@ -47,11 +47,19 @@ def test_worker_reports_the_enforcement_mode_it_runs(governed):
     assert f"enforcement {governed.mode} (" in governed.text()
 
 
+def _kernel_kills(worker) -> int:
+    """OOM kills by the kernel in the worker's own cgroup (v2, see harness.start_worker); 0 elsewhere:
+    on v1 the slots never let the kernel kill (oom_kill_disable), the watchdog kills before it."""
+    return worker.group.oom_kills() if worker.group is not None else 0
+
+
 def test_task_over_its_limit_fails_with_memory_limit_exceeded(governed):
+    kernel_kills = _kernel_kills(governed)
     result = governed.app.tasks["t.hog"].delay(1024)
     with pytest.raises(oomless.MemoryLimitExceeded) as caught:
         result.get(timeout=60)
     exc = caught.value
+    assert _kernel_kills(governed) == kernel_kills  # cgroup v2: the governor killed it at memory.high
     assert exc.limit == 256 * MiB
     assert 256 * MiB <= exc.peak <= 256 * MiB + 64 * MiB
     assert result.state == "FAILURE"
@@ -190,9 +198,11 @@ def test_a_task_scoped_to_its_subprocesses_outlives_their_kill_and_decides_its_o
     # memory_scope="subprocesses" (Airflow's supervisor): the subprocess over the
     # limit dies, the task's own process lives on and sees the SIGKILL.
     spared = governed.app.tasks["t.spared"]
+    kernel_kills = _kernel_kills(governed)
     got = spared.delay(1024, fork).get(timeout=60)
     assert got["returncode"] == -9
     assert _alive(got["pid"])
+    assert _kernel_kills(governed) == kernel_kills
     line = governed.wait_for("] memory-killed: peak")
     assert "limit 256.0 MiB" in line
     # A fork without exec shares its parent's pages: they are not charged to it twice.

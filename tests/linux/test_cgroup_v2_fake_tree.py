@@ -23,6 +23,7 @@ _GROUP_FILES = {
     "cgroup.subtree_control": "",
     "cgroup.controllers": "memory\n",
     "memory.max": "max\n",
+    "memory.high": "max\n",
     "memory.current": "0\n",
     "memory.peak": "0\n",
     "memory.oom.group": "0\n",
@@ -113,8 +114,20 @@ def test_fake_tree_set_limit_writes_bytes_to_memory_max(tree):
 def test_fake_tree_set_limit_none_writes_max(tree):
     base, groups = tree
     _emptied(base / "slot-1" / "memory.max")
+    _emptied(base / "slot-1" / "memory.high")
     groups.set_limit(1, None)
     assert _control(base / "slot-1" / "memory.max") == "max"
+    assert _control(base / "slot-1" / "memory.high") == "max"
+
+
+def test_fake_tree_set_limit_with_high_writes_both(tree):
+    base, groups = tree
+    for name in ("memory.max", "memory.high"):
+        _emptied(base / "slot-1" / name)
+    groups.set_limit(1, 96 * MiB, high=64 * MiB)
+    assert (_control(base / "slot-1" / "memory.max"), _control(base / "slot-1" / "memory.high")) == (
+        str(96 * MiB), str(64 * MiB)
+    )
 
 
 def test_fake_tree_usage_subtracts_page_cache_from_memory_current(tree):

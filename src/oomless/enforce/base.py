@@ -107,6 +107,7 @@ class Enforcer:
         self._stopping = threading.Event()
         # pool-child half: what the running task started from
         self._baseline = 0
+        self._spare = False  # the running task's memory_scope is "subprocesses" (pool child half)
         self._limit: int | None = None
         self._seq = -1  # slot row sequence number the running task started at
         self.own = OwnMemory()  # the pool child's own /proc files
@@ -438,6 +439,7 @@ class Enforcer:
         ``memory_scope="subprocesses"``), so the task itself sees them die.
         """
         self._limit = spec.limit
+        self._spare = spare_root
         self._baseline = self.measure_baseline(index, pid)
         self._seq = self.table.start(
             index, pid, task_id, spec.limit, spec.request, self._baseline, time.time_ns(), self.oom_count(index),

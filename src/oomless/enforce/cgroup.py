@@ -7,9 +7,15 @@ tree (child and every subprocess, however it daemonizes) go over: overshoot 0.
 
 v1: with ``oom_kill_disable`` the kernel pauses the slot at its limit and
 signals an eventfd; the monitor thread reads the peak, files the report, and
-SIGKILLs every member of the slot group.  v2: the kernel kills the slot's
-group itself (``memory.oom.group``); ``memory.events`` proves it afterwards,
-checked when Celery reports the pool child lost.
+SIGKILLs every member of the slot group.  v2 has no such pause: the slot's
+``memory.high`` is its limit, where the kernel starts to throttle it and
+notifies ``memory.events``; the monitor, woken by that (or by its own poll),
+finds the task over its limit and kills it as on v1 (only the subprocesses of
+a ``memory_scope="subprocesses"`` task).  ``memory.max`` sits
+:func:`backstop` above: only a task that outruns the monitor meets the
+kernel's OOM killer, which then takes the slot's whole tree
+(``memory.oom.group``; only the largest process for a subprocess-scoped task)
+and ``memory.events`` proves it when Celery reports the pool child lost.
 
 Memory an earlier task left in the slot (a file in /dev/shm, a pool child's
 global it filled) is in the next task's baseline; were that task to free it,
@@ -55,6 +61,11 @@ LEFTOVER_WATCH = 64 * 2**20
 LEFTOVER_SHMEM = 2**20
 
 
+def backstop(limit: int) -> int:
+    """cgroup v2: how far above a task's limit the kernel's hard limit (``memory.max``) sits."""
+    return max(32 * 2**20, limit // 8)
+
+
 class CgroupEnforcer(Enforcer):
     """Per-slot memory cgroups below the worker's own group."""
 
@@ -67,6 +78,8 @@ class CgroupEnforcer(Enforcer):
         base = os.path.join(host.path, cgroup.group_name(worker_pid))
         self.groups = cgroup.slot_groups(host.version, base)
         self._eventfds: dict[int, int | None] = {}  # eventfd -> slot index (None: the slots' shared group)
+        self._events: dict[int, int] = {}  # v2: memory.events fd -> slot index
+        self._whole: bool | None = None  # v2 pool child: its slot's memory.oom.group as last written
         self._shared_limit: int | None = None
         self._wake_r, self._wake_w = -1, -1
         #: monitor: slot -> [row seq of the task, lowest non-tmpfs usage of the slot during it]
@@ -103,12 +116,18 @@ class CgroupEnforcer(Enforcer):
             for index in range(self.table.size):
                 self._eventfds[self.groups.oom_eventfd(index)] = index
             self._eventfds[self.groups.oom_eventfd(None)] = None
+        elif isinstance(self.groups, cgroup.SlotGroupsV2):
+            for index in range(self.table.size):
+                self._events[self.groups.events_fd(index)] = index
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def monitor(self) -> None:
         poller = select.epoll()
         for efd in self._eventfds:
             poller.register(efd, select.EPOLLIN)
+        for efd in self._events:
+            # kernfs files always poll readable; a change shows as POLLPRI (plus POLLERR).
+            poller.register(efd, select.EPOLLPRI)
         poller.register(self._wake_r, select.EPOLLIN)
         timeout = 0.1
         checks = 0
@@ -117,6 +136,9 @@ class CgroupEnforcer(Enforcer):
                 for fd, _ in poller.poll(timeout):
                     if fd == self._wake_r:
                         return
+                    if fd in self._events:
+                        self._over_high(self._events[fd], fd)
+                        continue
                     try:
                         os.read(fd, 8)
                     except BlockingIOError:
@@ -155,6 +177,9 @@ class CgroupEnforcer(Enforcer):
             if self.sampling:
                 fast = True
                 self._sample(index, state.seq, used)
+            if self._events and state.limit is not None and used > state.limit:
+                self._kill_slot(index, self._over_limit(state, used))  # v2: a memory.events notice missed
+                continue
             if state.held is not None:
                 fast = True
                 if state.limit is not None and used > state.limit:
@@ -242,6 +267,24 @@ class CgroupEnforcer(Enforcer):
         if other < lowest[1]:
             lowest[1] = other
         return other - lowest[1] + max(0, shmem - state.held)
+
+    def _over_high(self, index: int, fd: int) -> None:
+        """v2: the slot's memory.events changed (it went over memory.high, its task's limit, or the
+        kernel acted); kill its task if what it holds that cannot be reclaimed is over its limit."""
+        os.pread(fd, 4096, 0)  # re-arms the notice
+        state = self.table.read(index)
+        if not state.running or state.limit is None:
+            return
+        try:
+            used = self._task_use(index, state)
+        except OSError:
+            return
+        if used > state.limit:
+            self._kill_slot(index, self._over_limit(state, used))
+
+    def _over_limit(self, state: SlotState, used: int) -> KillReport:
+        assert state.limit is not None
+        return KillReport(state.task_id, state.pid, state.limit, used, self.mode, spared=state.spare_root)
 
     def _sample(self, index: int, seq: int, used: int) -> None:
         """Publish the highest use seen of the task that started at row sequence ``seq``."""
@@ -342,8 +385,8 @@ class CgroupEnforcer(Enforcer):
             return None
         # The main process never reset memory.peak through its own fd (v2 resets
         # are per fd), so this is a lifetime peak; at an OOM kill the slot was
-        # at its limit, which bounds the task's peak.
-        peak = min(max(0, self.groups.peak(index) - state.baseline), state.limit)
+        # at its hard limit, which bounds the task's peak.
+        peak = min(max(0, self.groups.peak(index) - state.baseline), state.limit + backstop(state.limit))
         return KillReport(task_id, pid, state.limit, peak, self.mode)
 
     def stop(self) -> None:
@@ -351,9 +394,10 @@ class CgroupEnforcer(Enforcer):
         if self._wake_w >= 0:
             os.write(self._wake_w, b"x")
         super().stop()
-        for efd in self._eventfds:
+        for efd in [*self._eventfds, *self._events]:
             os.close(efd)
         self._eventfds.clear()
+        self._events.clear()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -415,8 +459,16 @@ class CgroupEnforcer(Enforcer):
         return 0
 
     def arm(self, index: int, limit: int | None) -> None:
-        if limit is not None:
+        if limit is None:
+            return
+        if not isinstance(self.groups, cgroup.SlotGroupsV2):
             self.groups.set_limit(index, self._baseline + limit)
+            return
+        if self._whole is not (not self._spare):
+            self._whole = not self._spare
+            self.groups.set_oom_group(index, self._whole)
+        high = self._baseline + limit
+        self.groups.set_limit(index, high + backstop(limit), high=high)
 
     def disarm(self, index: int) -> None:
         if self._limit is not None:

@@ -490,12 +490,30 @@ class SlotGroupsV2(SlotGroups):
         path = self.slot_dir(index)
         # Kill the slot's whole tree together when the kernel has to act.
         _write(os.path.join(path, "memory.oom.group"), 1)
+        _write(os.path.join(path, "memory.high"), "max")
         _write(os.path.join(path, "memory.max"), "max")
         if os.path.exists(os.path.join(path, "memory.swap.max")):
             _write(os.path.join(path, "memory.swap.max"), 0)
 
-    def set_limit(self, index: int, limit: int | None) -> None:
-        self._set(index, "memory.max", "max" if limit is None else limit)
+    def set_limit(self, index: int, limit: int | None, high: int | None = None) -> None:
+        """The slot's hard limit (``memory.max``: the kernel OOM-kills there) and the point where
+        the kernel starts to throttle it and says so in ``memory.events`` (``memory.high``)."""
+        if limit is None:
+            self._set(index, "memory.high", "max")
+            self._set(index, "memory.max", "max")
+            return
+        self._set(index, "memory.max", limit)
+        self._set(index, "memory.high", "max" if high is None else high)
+
+    def set_oom_group(self, index: int, whole: bool) -> None:
+        """Whether a kernel OOM kill in the slot takes its whole tree (else only the process the
+        kernel picks: the largest)."""
+        self._set(index, "memory.oom.group", int(whole))
+
+    def events_fd(self, index: int) -> int:
+        """A new descriptor of the slot's ``memory.events``: poll it for ``POLLPRI`` (the kernel
+        notifies each change, such as going over ``memory.high``); read it to re-arm."""
+        return os.open(os.path.join(self.slot_dir(index), "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
 
     def usage_shmem(self, index: int) -> tuple[int, int]:
         used = int(self._get(index, "memory.current"))
