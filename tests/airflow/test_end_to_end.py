@@ -16,6 +16,8 @@ pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python
 sys.path.insert(0, str(Path(__file__).parent))
 from stack import Stack, _kill_marked  # noqa: E402
 
+from ..celery.harness import V2, MemoryCgroup  # noqa: E402
+
 DAG = "oomless_memory_demo"
 NEED = 320  # MiB the hungry tasks use (OOMLESS_DEMO_MIB); first limit 240 MiB, then 480 MiB
 KILLED = "oomless: this try was killed because its task process tree exceeded its memory limit of 240.0 MiB"
@@ -25,9 +27,13 @@ KILLED = "oomless: this try was killed because its task process tree exceeded it
 def run(request, tmp_path_factory, redis_url):
     mode = request.param
     home = tmp_path_factory.mktemp(f"airflow-{mode}")
+    # cgroup v2 (the guest of tests/v2vm/run): the worker alone in a delegated group, as systemd's
+    # Delegate=yes gives a service.
+    group = MemoryCgroup(None) if V2 else None
     stack = Stack(
         home,
         redis_url,
+        worker_preexec=None if group is None else group.join,
         env={
             "AIRFLOW__OOMLESS__BUDGET": "3GiB",
             "AIRFLOW__OOMLESS__ENFORCEMENT": mode,
@@ -50,6 +56,8 @@ def run(request, tmp_path_factory, redis_url):
     finally:
         left = stack.stop()
         stack.left_after_stop = left
+        if group is not None:
+            group.remove()
         assert _kill_marked(stack.marker) == [], "processes of the deployment survived its stop"
 
 
@@ -140,7 +148,7 @@ def test_the_history_records_each_try_with_its_airflow_ids(run):
 
 
 def _slot_groups(worker_pid: int) -> list[Path]:
-    root = Path("/sys/fs/cgroup/memory")
+    root = Path("/sys/fs/cgroup/memory") if not V2 else Path("/sys/fs/cgroup")
     return list(root.rglob(f"oomless-{worker_pid}-*")) if root.is_dir() else []
 
 

@@ -119,6 +119,10 @@ class MemoryCgroup:
             with open(os.path.join(self.path, "memory.max" if V2 else "memory.limit_in_bytes"), "w") as fh:
                 fh.write(str(limit))
 
+    def join(self) -> None:
+        """Move the calling process into this group (a ``preexec_fn``)."""
+        _join(self.path)
+
     def oom_kills(self) -> int:
         """Kernel OOM kills in this group and every group below it."""
         if V2:  # memory.events counts the whole subtree
