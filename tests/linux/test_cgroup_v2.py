@@ -202,13 +202,39 @@ def test_real_v2_a_worker_alone_in_its_group_moves_itself_to_a_leaf_and_back(wor
 
 
 def test_real_v2_a_group_shared_with_another_process_is_refused_by_name(worker_group):
-    sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=_into(worker_group))
+    # A process outside this one's family (its parent shell is gone: it is init's now).
+    spawned = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], preexec_fn=_into(worker_group),
+                             capture_output=True, text=True, check=True)
+    stranger = int(spawned.stdout)
     try:
         problem = v2_delegation_problem(worker_group, me=os.getpid())
-        assert problem is not None and str(sleeper.pid) in problem and "no internal processes" in problem
+        assert problem is not None and str(stranger) in problem and "no internal processes" in problem
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        os.kill(stranger, signal.SIGKILL)
+
+
+def test_real_v2_the_workers_own_child_in_its_group_moves_with_it(worker_group):
+    # `airflow celery worker` starts a bundle cleanup process before the pool: the worker's own
+    # child, in the worker's group.  It moves into the leaf with the worker, and back.
+    script = textwrap.dedent(
+        f"""
+        import subprocess
+        from oomless.linux.cgroup import SlotGroupsV2, v2_delegation_problem
+        child = subprocess.Popen(["sleep", "60"])
+        assert v2_delegation_problem({worker_group!r}) is None, v2_delegation_problem({worker_group!r})
+        g = SlotGroupsV2({os.path.join(worker_group, "oomless-9-9")!r})
+        g.create(1)
+        print(open(f"/proc/{{child.pid}}/cgroup").read().strip(), flush=True)
+        g.remove()
+        print(open(f"/proc/{{child.pid}}/cgroup").read().strip(), flush=True)
+        child.kill()
+        """
+    )
+    rel = worker_group[len(HOST.path or ""):]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_into(worker_group))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"0::{rel}/oomless-9-9/worker", f"0::{rel}"]
 
 
 # --- accounting ----------------------------------------------------------------------------

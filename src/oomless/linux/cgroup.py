@@ -141,16 +141,18 @@ def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
 
     The "no internal processes" rule: a group that enables the memory
     controller for its children may hold no processes itself.  The worker moves
-    itself into a leaf of its own (``<base>/worker``) to satisfy it, which
-    works only when it is the group's only process, or when the controller is
-    already enabled there (the group is then empty of processes already).
+    itself and its own descendants (``airflow celery worker`` starts a bundle
+    cleanup process before the pool) into a leaf of its own
+    (``<base>/worker``) to satisfy it, which works only when no other process
+    is in the group, or when the controller is already enabled there (the
+    group is then empty of processes already).
     """
     if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK):
         return f"cgroup v2 group {path} is not delegated to this user (not writable)"
     if "memory" in _words(os.path.join(path, "cgroup.subtree_control")):
         return None
     me = os.getpid() if me is None else me
-    others = [p for p in _pids(os.path.join(path, "cgroup.procs")) if p != me]
+    others = [p for p in _pids(os.path.join(path, "cgroup.procs")) if p not in _family(me)]
     if others:
         shown = ", ".join(map(str, others[:5])) + (" …" if len(others) > 5 else "")
         return (
@@ -159,6 +161,17 @@ def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
             f"run the worker alone in a delegated group (systemd: Delegate=yes; a container with its own cgroup)"
         )
     return None
+
+
+def _family(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in proc.all_children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _words(path: str) -> list[str]:
@@ -440,18 +453,30 @@ class SlotGroupsV2(SlotGroups):
         leaf = os.path.join(self.base, self.LEAF)
         os.makedirs(leaf, exist_ok=True)
         if "memory" not in _words(os.path.join(self.parent, "cgroup.subtree_control")):
-            if me in _pids(os.path.join(self.parent, "cgroup.procs")):
-                _write(os.path.join(leaf, "cgroup.procs"), me)
-                self._moved = me
-            try:
-                _write(os.path.join(self.parent, "cgroup.subtree_control"), "+memory")
-            except OSError as exc:
-                self._move_back()
-                raise OSError(
-                    exc.errno,
-                    f"could not enable the memory controller below {self.parent}: {exc.strerror} "
-                    f"(cgroup v2 allows it only in a group without processes of its own)",
-                ) from None
+            for attempt in range(5):
+                # Move this process and its own descendants still in the parent; a process they
+                # fork meanwhile is born in the parent and makes the kernel say EBUSY: again.
+                family = _family(me)
+                for pid in _pids(os.path.join(self.parent, "cgroup.procs")):
+                    if pid in family:
+                        try:
+                            _write(os.path.join(leaf, "cgroup.procs"), pid)
+                        except ProcessLookupError:
+                            continue
+                        if pid == me:
+                            self._moved = me
+                try:
+                    _write(os.path.join(self.parent, "cgroup.subtree_control"), "+memory")
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY and attempt < 4:
+                        continue
+                    self._move_back()
+                    raise OSError(
+                        exc.errno,
+                        f"could not enable the memory controller below {self.parent}: {exc.strerror} "
+                        f"(cgroup v2 allows it only in a group without processes of its own)",
+                    ) from None
             self._enabled_parent = True
         _write(os.path.join(self.base, "cgroup.subtree_control"), "+memory")
         super().create(count)
@@ -479,12 +504,16 @@ class SlotGroupsV2(SlotGroups):
         return killed
 
     def _move_back(self) -> None:
-        if self._moved is not None:
+        """Move this process, and what of its family is still in the leaf, back to the parent."""
+        if self._moved is None:
+            return
+        for pid in [self._moved, *_pids(os.path.join(self.base, self.LEAF, "cgroup.procs"))]:
             try:
-                _write(os.path.join(self.parent, "cgroup.procs"), self._moved)
-                self._moved = None
+                _write(os.path.join(self.parent, "cgroup.procs"), pid)
             except OSError:
-                pass
+                if pid == self._moved:
+                    return
+        self._moved = None
 
     def _prepare_slot(self, index: int) -> None:
         path = self.slot_dir(index)
