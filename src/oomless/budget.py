@@ -18,7 +18,7 @@ Pure functions and values; the readings come from the enforcer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .units import format_size, parse_size
 
@@ -68,6 +68,19 @@ class Budget:
     reserve: int = 0
     auto: bool = False
     whence: str = ""  # the ceiling in words ("worker cgroup limit 6.0 GiB")
+    #: what it was computed from (configured, reserve, configured_by), for :meth:`rebased`
+    inputs: tuple = field(default=(), compare=False, repr=False)
+
+    def rebased(self, machine: int, cgroup_limit: int | None) -> Budget:
+        """The same configuration on a new ceiling (the worker's cgroup limit changed at run time).
+        A limit the reserve does not fit leaves a budget of 0, with a warning."""
+        if not self.inputs:
+            return self
+        configured, reserve, configured_by = self.inputs
+        try:
+            return compute_budget(configured, reserve, machine, cgroup_limit, configured_by)
+        except ValueError as exc:
+            return replace(self, bytes=0, ceiling=min(machine, cgroup_limit or machine), warning=str(exc))
 
     def live(self, footprint: int) -> int:
         """The budget once the worker's footprint is known (an explicit budget does not move)."""
@@ -114,9 +127,12 @@ def compute_budget(
                 f"{configured_by}={configured}",
                 warning=f"{configured_by}={configured} is more than the {whence}: tasks that fit the budget "
                 f"can still exhaust the host; lower the budget",
-                ceiling=total, whence=whence,
+                ceiling=total, whence=whence, inputs=(configured, reserve, configured_by),
             )
-        return Budget(size, f"{configured_by}={configured}", ceiling=total, whence=whence)
+        return Budget(
+            size, f"{configured_by}={configured}", ceiling=total, whence=whence,
+            inputs=(configured, reserve, configured_by),
+        )
     if reserve is None:
         reserved = max(DEFAULT_RESERVE_FLOOR, int(total * DEFAULT_RESERVE_FRACTION))
         reserve_text = f"reserve {format_size(reserved)} (default: max(256 MiB, 3 %))"
@@ -130,5 +146,5 @@ def compute_budget(
         )
     return Budget(
         total - reserved, f"auto: {whence} − {reserve_text} − the worker's footprint", ceiling=total,
-        reserve=reserved, auto=True, whence=whence,
+        reserve=reserved, auto=True, whence=whence, inputs=(configured, reserve, configured_by),
     )

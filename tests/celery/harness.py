@@ -119,6 +119,13 @@ class MemoryCgroup:
             with open(os.path.join(self.path, "memory.max" if V2 else "memory.limit_in_bytes"), "w") as fh:
                 fh.write(str(limit))
 
+    def set_limit(self, limit: int | None) -> None:
+        """Change the group's limit (``None``: none), as an operator would at run time."""
+        name = "memory.max" if V2 else "memory.limit_in_bytes"
+        value = ("max" if V2 else "-1") if limit is None else str(limit)
+        with open(os.path.join(self.path, name), "w") as fh:
+            fh.write(value)
+
     def join(self) -> None:
         """Move the calling process into this group (a ``preexec_fn``)."""
         _join(self.path)

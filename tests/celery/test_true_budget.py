@@ -188,3 +188,43 @@ def test_a_pool_child_does_not_build_billiards_c_parser_for_itself(prepared):
         assert cost < 3 * MiB, cost
     else:
         assert cost >= 4 * MiB, cost
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_auto_follows_a_cgroup_limit_changed_at_run_time_and_spares_running_tasks(tmp_path, redis_url, mode):
+    """A Kubernetes in-place resize, ``systemctl set-property … MemoryMax=``: the worker re-reads its
+    group's limit once a second.  The budget moves with one log line; a task running within its
+    request when the limit shrinks is not killed for it."""
+    group = MemoryCgroup(3 * GiB)
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, cgroup=group.path, concurrency=2)
+    app = make_app(redis_url, redis_url, worker.queue, mode)
+    try:
+        first = int(_status(app, worker.node)["budget"])
+        held = app.tasks["t.hold"].apply_async([6.0, 200], memory=oomless.Memory(request=260 * MiB))
+        worker.wait_for(f"t.hold[{held.id}] received")
+        group.set_limit(2 * GiB)
+        said = "the worker's cgroup limit changed from 3.0 GiB to 2.0 GiB: budget"
+        worker.wait_for(said, timeout=30)
+        second = int(_status(app, worker.node)["budget"])
+        # The default reserve is max(256 MiB, 3 %): the same 256 MiB at both limits.
+        assert 1 * GiB - 96 * MiB <= first - second <= 1 * GiB + 96 * MiB, (first, second)
+        assert held.get(timeout=60)["pid"] > 0  # it ran to the end: not killed, not evicted
+        group.set_limit(None)
+        worker.wait_for("the worker's cgroup limit changed from 2.0 GiB to none: budget", timeout=30)
+    finally:
+        worker.stop()
+        app.close()
+        group.remove()
+    log = worker.text()
+    assert log.count(said) == 1
+    assert "evicting" not in log and group.oom_kills() == 0
+
+
+def _status(app, node: str) -> dict:
+    from oomless.celery.control import COMMAND
+
+    for reply in app.control.broadcast(COMMAND, reply=True, timeout=2.0):
+        for name, body in reply.items():
+            if name.startswith(f"{node}@"):
+                return body
+    raise AssertionError(f"no {COMMAND} reply from {node}")

@@ -144,3 +144,23 @@ def test_the_breakdown_names_the_children_an_autoscaled_pool_may_still_start():
         "(main process 80.0 MiB, 2 pool children 20.0 MiB, 14 more the pool may start, children still to "
         "start or grow ~140.0 MiB, other in the worker's cgroup 50.0 MiB)"
     )
+
+
+def test_rebased_moves_an_auto_budget_to_a_new_cgroup_limit():
+    before = compute_budget("auto", None, 24 * GiB, 6 * GiB)
+    after = before.rebased(24 * GiB, 4 * GiB)
+    assert (after.ceiling, after.bytes, after.auto) == (4 * GiB, 4 * GiB - 256 * MiB, True)
+    assert after.whence == "worker cgroup limit 4.0 GiB"
+    assert before.rebased(24 * GiB, None).ceiling == 24 * GiB
+
+
+def test_rebased_keeps_an_explicit_budget_and_warns_when_it_no_longer_fits():
+    before = compute_budget("3GiB", None, 24 * GiB, 6 * GiB)
+    after = before.rebased(24 * GiB, 2 * GiB)
+    assert (after.bytes, after.ceiling) == (3 * GiB, 2 * GiB)
+    assert after.warning is not None and "more than the worker cgroup limit 2.0 GiB" in after.warning
+
+
+def test_rebased_onto_a_limit_the_reserve_does_not_fit_leaves_nothing_and_says_why():
+    after = compute_budget("auto", "1GiB", 24 * GiB, 6 * GiB).rebased(24 * GiB, 512 * MiB)
+    assert after.bytes == 0 and after.warning is not None and "oomless_reserve 1.0 GiB" in after.warning

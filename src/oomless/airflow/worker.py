@@ -33,7 +33,6 @@ from typing import Any
 from ..celery.child import SUBPROCESSES
 from ..celery.governor import Governor, Plugin
 from ..enforce.base import KillReport
-from ..linux.cgroup import SlotGroupsV2
 from ..units import format_size
 from . import messages
 from .spec import AIRFLOW_HEADER, TryInfo
@@ -83,13 +82,6 @@ class AirflowPlugin(Plugin):
             return
         task.memory_scope = SUBPROCESSES
         self._backend = app.backend
-        groups = getattr(governor.enforcer, "groups", None)
-        if isinstance(groups, SlotGroupsV2):
-            logger.warning(
-                "oomless: cgroup v2 kills a whole slot on a kernel OOM (memory.oom.group), Airflow's supervisor "
-                "included: such a try then ends by Airflow's heartbeat timeout. Set [oomless] enforcement = "
-                "watchdog on this worker to kill only the task runner."
-            )
         try:
             from airflow.configuration import conf
 

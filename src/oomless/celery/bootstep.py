@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -99,6 +100,7 @@ class GovernorStep(bootsteps.StartStopStep):
         if enforcer.node:
             enforcer.sweep_previous()
         gov = governor.Governor(settings, choice, enforcer, children_report=isolating)
+        gov.limit_source, gov._limit = functools.partial(cgroup.current_limit, host), host.limit
         governor.current = gov
         for path in settings.plugins:
             plugin = symbol_by_name(path)()

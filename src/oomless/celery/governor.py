@@ -6,9 +6,11 @@ pool forks (pool children inherit it and use only the enforcer's child half).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..budget import Footprint, breakdown
@@ -111,6 +113,10 @@ class Governor:
         #: the largest budget measured since start (before the first measurement: the configured one)
         self.capacity = settings.budget.bytes
         self._measured = False
+        #: reads the worker's cgroup limit now (set by the bootstep); the budget follows its changes
+        self.limit_source: Callable[[], int | None] | None = None
+        self._limit: int | None = None
+        self._limit_change: tuple[int | None, int | None] | None = None
         self._stopped = False
         #: the admission gate, when the pool uses Celery's slot semaphore (prefork)
         self.gate: MemoryGate | None = None
@@ -181,6 +187,7 @@ class Governor:
         Returns the budget.
         """
         now = time.monotonic() if now is None else now
+        self._follow_limit()
         try:
             fp = self.enforcer.footprint()
         except OSError as exc:
@@ -214,7 +221,17 @@ class Governor:
             if self.gate is not None:
                 self.gate.set_budget(live)
         said = self._said_budget
-        if said is None or abs(live - said) >= max(64 * 2**20, said // 50) or fp.slots > self._said_slots:
+        if self._limit_change is not None:
+            old, new = self._limit_change
+            self._limit_change = None
+            self._said_budget, self._said_slots = live, max(self._said_slots, fp.slots)
+            logger.warning(
+                "oomless: the worker's cgroup limit changed from %s to %s: %s", _limit_text(old), _limit_text(new),
+                breakdown(self.settings.budget, live, fp),
+            )
+            if self.settings.budget.warning:
+                logger.warning("oomless: %s", self.settings.budget.warning)
+        elif said is None or abs(live - said) >= max(64 * 2**20, said // 50) or fp.slots > self._said_slots:
             self._said_budget, self._said_slots = live, max(self._said_slots, fp.slots)
             logger.info("oomless: %s", breakdown(self.settings.budget, live, fp))
             budget = self.settings.budget
@@ -225,6 +242,23 @@ class Governor:
                     format_size(budget.bytes), format_size(fp.total), budget.whence,
                 )
         return live
+
+    def _follow_limit(self) -> None:
+        """Re-read the worker's cgroup limit; when it changed, rebase the budget on it (admission
+        shrinks or grows; running tasks are not killed for it, see the eviction rules)."""
+        if self.limit_source is None:
+            return
+        try:
+            limit = self.limit_source()
+        except (OSError, ValueError):
+            return
+        if limit == self._limit:
+            return
+        self._limit_change, self._limit = (self._limit, limit), limit
+        self.settings = dataclasses.replace(self.settings, budget=self.settings.budget.rebased(proc.mem_total(), limit))
+        self._footprints.clear()
+        self._samples.clear()
+        self._measured = False  # the capacity (largest budget seen) starts again from the new ceiling
 
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)
@@ -358,3 +392,7 @@ class Governor:
                 self.metrics.close()
             if self.recorder is not None:
                 self.recorder.close()
+
+
+def _limit_text(limit: int | None) -> str:
+    return "none" if limit is None else format_size(limit)

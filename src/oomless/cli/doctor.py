@@ -197,12 +197,11 @@ def _airflow(mode: str, cgroup_version: int | None) -> dict[str, Any] | None:
         found = {name: version(name) for name in ("apache-airflow", "apache-airflow-providers-celery")}
     except PackageNotFoundError:
         return None
-    if mode == "cgroup" and cgroup_version == 2:
-        how = ("cgroup v2 kills a whole slot on a kernel OOM, Airflow's supervisor included (the try then ends "
-               "by heartbeat timeout): set [oomless] enforcement = watchdog for Airflow workers on this host")
-    elif mode in ("cgroup", "watchdog"):
-        how = f"a try over its limit loses its task runner and everything below it ({mode}); its supervisor " \
-              "survives and Airflow fails or retries the try, with the reason in the try's log"
+    if mode in ("cgroup", "watchdog"):
+        how = f"a try over its limit loses its task runner and everything below it ({mode}"
+        if mode == "cgroup" and cgroup_version == 2:
+            how += ", cgroup v2: killed by oomless at memory.high, the kernel's limit a backstop above"
+        how += "); its supervisor survives and Airflow fails or retries the try, with the reason in the try's log"
     else:
         how = "enforcement is off: tries are accounted, never killed"
     return {"versions": found, "enforcement": how}

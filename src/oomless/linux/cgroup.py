@@ -39,6 +39,7 @@ class CgroupHost:
     writable: bool
     limit: int | None  # memory limit of this group (or an ancestor), None: unlimited
     reason: str  # one sentence: why (not) usable
+    root: str | None = None  # where the hierarchy is mounted (limits are read from path up to it)
 
     @property
     def usable(self) -> bool:
@@ -115,8 +116,9 @@ def detect(proc_cgroup: str = "/proc/self/cgroup") -> CgroupHost:
         path = os.path.normpath(root + v1_rel)
         limit = _limit_up(path, root, "memory.limit_in_bytes")
         if not os.access(path, os.W_OK):
-            return CgroupHost(1, path, False, limit, f"cgroup v1 memory group {path} is not writable by this user")
-        return CgroupHost(1, path, True, limit, f"cgroup v1 memory group {path} is writable")
+            why = f"cgroup v1 memory group {path} is not writable by this user"
+            return CgroupHost(1, path, False, limit, why, root)
+        return CgroupHost(1, path, True, limit, f"cgroup v1 memory group {path} is writable", root)
     v2_rel = next((rel for hid, ctrls, rel in lines if hid == "0" and ctrls == ""), None)
     root2 = next((mp for mp, fstype, _ in mounts if fstype == "cgroup2"), None)
     if v2_rel is None or root2 is None:
@@ -132,8 +134,17 @@ def detect(proc_cgroup: str = "/proc/self/cgroup") -> CgroupHost:
     limit = _limit_up(path, root2, "memory.max")
     reason = v2_delegation_problem(path)
     if reason:
-        return CgroupHost(2, path, False, limit, reason)
-    return CgroupHost(2, path, True, limit, f"cgroup v2 group {path} is delegated and writable")
+        return CgroupHost(2, path, False, limit, reason, root2)
+    return CgroupHost(2, path, True, limit, f"cgroup v2 group {path} is delegated and writable", root2)
+
+
+def current_limit(host: CgroupHost) -> int | None:
+    """The memory limit of ``host``'s group or its tightest ancestor, read now (``None``: none, or
+    no group); a limit changed at run time (a Kubernetes in-place resize, ``systemctl
+    set-property … MemoryMax=``) shows here.  A few small reads: once a second, not per task."""
+    if host.path is None or host.root is None or host.version is None:
+        return host.limit
+    return _limit_up(host.path, host.root, "memory.limit_in_bytes" if host.version == 1 else "memory.max")
 
 
 def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
