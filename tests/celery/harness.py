@@ -190,11 +190,12 @@ def start_worker(
     queue: str | None = None,
     cgroup: str | None = None,
     node: str | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> Worker:
     """A governed worker subprocess; ``conf`` is merged into the app's config; ``queue``: share one;
     ``cgroup``: a memory cgroup folder the worker starts in (on cgroup v2, by default, one of its own);
     ``node``: its node name before ``@``
-    (a restarted worker keeps its name)."""
+    (a restarted worker keeps its name); ``wrap``: a command the worker's command line is appended to."""
     queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
         os.environ,
@@ -209,7 +210,7 @@ def start_worker(
     node = node or f"{uuid.uuid4().hex[:6]}-{queue}"
     log = tmp / f"worker-{node}-{uuid.uuid4().hex[:4]}.log"
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker_app", "worker",
+        *wrap, sys.executable, "-m", "celery", "-A", "worker_app", "worker",
         "-c", str(concurrency), "-l", "info", "-E", "-n", f"{node}@%h", "--without-gossip",
         "--without-mingle", *extra,
     ]

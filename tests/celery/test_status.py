@@ -22,6 +22,10 @@ def _status(app, node: str, timeout: float = 2.0) -> dict:
     raise AssertionError(f"no {COMMAND} reply from {node}")
 
 
+def _used(app, node: str) -> list[int]:
+    return [int(r["used"]) for r in _status(app, node)["running"]]
+
+
 @pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
 def test_status_shows_budget_running_tasks_with_live_memory_and_waiting_tasks(tmp_path, redis_url, mode):
     worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, extra=("--memory-budget", "1GiB"))
@@ -29,7 +33,9 @@ def test_status_shows_budget_running_tasks_with_live_memory_and_waiting_tasks(tm
     try:
         big = app.tasks["t.hold"].apply_async([6, 200], memory="600MiB")
         worker.wait_for(f"t.hold[{big.id}] received")
-        time.sleep(1.5)  # it allocated its 200 MiB
+        deadline = time.monotonic() + 20  # until it allocated its 200 MiB (slower on a loaded machine)
+        while time.monotonic() < deadline and max(_used(app, worker.node), default=0) < 180 * MiB:
+            time.sleep(0.1)
         second = app.tasks["t.hold"].apply_async([1, 0], memory="600MiB")  # cannot fit beside the first
         worker.wait_for(f"t.hold[{second.id}] waits")
         status = _status(app, worker.node)

@@ -135,12 +135,18 @@ def on_process_init(**_: Any) -> None:
     index = getattr(current_process(), "index", None)
     pid = os.getpid()
     try:
-        proc.set_oom_score_adj(CHILD_OOM_SCORE_ADJ)
+        # Only ever raised: a score already higher (a Kubernetes BestEffort pod: 1000) stays, and
+        # lowering one would need CAP_SYS_RESOURCE.
+        if proc.oom_score_adj() < CHILD_OOM_SCORE_ADJ:
+            proc.set_oom_score_adj(CHILD_OOM_SCORE_ADJ)
+    except OSError as exc:
+        logger.warning("oomless: pool child %d could not raise its oom_score_adj: %s", pid, exc)
+    try:
         # Lead a process group of our own, so the watchdog can also reach
         # subprocesses orphaned when their parent died (they keep the group).
         os.setpgid(0, 0)
     except OSError as exc:
-        logger.warning("oomless: pool child %d could not raise its oom_score_adj or lead a group: %s", pid, exc)
+        logger.warning("oomless: pool child %d could not lead a process group: %s", pid, exc)
     if index is None or index >= gov.enforcer.table.size:
         logger.error("oomless: pool child %d has slot index %r outside the table; it runs unenforced", pid, index)
         return

@@ -158,6 +158,11 @@ def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
     is in the group, or when the controller is already enabled there (the
     group is then empty of processes already).
     """
+    if _read_only(path):
+        return (
+            f"cgroup v2 group {path} is mounted read-only (a container's view of its own cgroup): "
+            f"its memory.max is the budget's ceiling, the watchdog enforces"
+        )
     if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK):
         return f"cgroup v2 group {path} is not delegated to this user (not writable)"
     if "memory" in _words(os.path.join(path, "cgroup.subtree_control")):
@@ -172,6 +177,13 @@ def v2_delegation_problem(path: str, me: int | None = None) -> str | None:
             f"run the worker alone in a delegated group (systemd: Delegate=yes; a container with its own cgroup)"
         )
     return None
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _family(pid: int) -> set[int]:

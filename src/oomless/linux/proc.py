@@ -462,6 +462,11 @@ def oom_kills() -> int | None:
     return None
 
 
+def oom_score_adj(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as fh:
+        return int(fh.read())
+
+
 def set_oom_score_adj(value: int, pid: int | str = "self") -> None:
     """Make ``pid`` a likelier (positive) or less likely (negative) OOM-killer victim."""
     with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
