@@ -50,9 +50,13 @@ def test_status_shows_budget_running_tasks_with_live_memory_and_waiting_tasks(tm
         assert (waiting["id"], waiting["request"], waiting["fits"]) == (second.id, 600 * MiB, False)
         assert waiting["waited"] > 0
         big.get(timeout=30), second.get(timeout=30)
-        # The result reaches the client before the worker's main process hears that the task ended.
+        # The result reaches the client before the worker's main process hears that the task ended
+        # (the pool child clears its slot row first, the main process then releases the reservation).
         deadline = time.monotonic() + 10
-        while (after := _status(app, worker.node))["running"] and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            after = _status(app, worker.node)
+            if (after["running"], after["waiting"], after["reserved"]) == ([], [], 0):
+                break
             time.sleep(0.1)
         assert (after["running"], after["waiting"], after["reserved"]) == ([], [], 0)
         assert after["counts"]["ok"] == 2
