@@ -205,7 +205,10 @@ def test_auto_follows_a_cgroup_limit_changed_at_run_time_and_spares_running_task
         group.set_limit(2 * GiB)
         said = "the worker's cgroup limit changed from 3.0 GiB to 2.0 GiB: budget"
         worker.wait_for(said, timeout=30)
-        second = int(_status(app, worker.node)["budget"])
+        status = _status(app, worker.node)
+        second = int(status["budget"])
+        # Eviction's "available" reads the new limit too (what is left below 2 GiB, not below 3 GiB).
+        assert status["ceiling"] == 2 * GiB and status["available"] < 2 * GiB - 200 * MiB, status
         # The default reserve is max(256 MiB, 3 %): the same 256 MiB at both limits.
         assert 1 * GiB - 96 * MiB <= first - second <= 1 * GiB + 96 * MiB, (first, second)
         assert held.get(timeout=60)["pid"] > 0  # it ran to the end: not killed, not evicted

@@ -256,6 +256,7 @@ class Governor:
             return
         self._limit_change, self._limit = (self._limit, limit), limit
         self.settings = dataclasses.replace(self.settings, budget=self.settings.budget.rebased(proc.mem_total(), limit))
+        self.enforcer.follow_limit(limit)
         self._footprints.clear()
         self._samples.clear()
         self._measured = False  # the capacity (largest budget seen) starts again from the new ceiling

@@ -101,6 +101,9 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
         "breakdown": None if gov.footprint is None else breakdown(gov.settings.budget, gov.budget, gov.footprint),
         "reserved": reserved,
         "used": sum(t["used"] or 0 for t in running),
+        # what the worker can still get: the machine's MemAvailable, less where its cgroup is limited
+        "available": gov.enforcer.available(),
+        "ceiling": gov.settings.budget.ceiling,
         "slots": slots,
         "admission": gate is not None,
         "running": sorted(running, key=lambda t: -(t["used"] or 0)),

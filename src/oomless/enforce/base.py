@@ -95,6 +95,7 @@ class Enforcer:
     budget: int | None = None
     eviction_margin = 0
     _group: tuple[int, str, int] | None = None  # (cgroup version, path, limit) of the worker
+    _host: CgroupHost | None = None
 
     def __init__(self, table: SlotTable) -> None:
         self.table = table
@@ -164,8 +165,13 @@ class Enforcer:
         request, or when less than ``margin`` is available to the worker (its own memory cgroup, when
         limited, or the machine).  ``budget`` ``None``: only measure (:meth:`footprint`)."""
         self.budget, self.eviction_margin = budget, margin
-        if host is not None and host.version and host.path and host.limit:
-            self._group = (host.version, host.path, host.limit)
+        self._host = host
+        self.follow_limit(None if host is None else host.limit)
+
+    def follow_limit(self, limit: int | None) -> None:
+        """The worker's cgroup limit is ``limit`` (``None``: none); the governor says so when it changes."""
+        host = self._host
+        self._group = (host.version, host.path, limit) if host and host.version and host.path and limit else None
 
     def child_memory(self, index: int, state: SlotState) -> int | None:
         """The pool child's own memory in slot ``index`` (its baseline while a task runs), ``None`` if none.
