@@ -347,3 +347,41 @@ def test_real_v2_remove_kills_members_and_deletes_the_groups(worker_group):
         assert not os.path.exists(groups.base)
     finally:
         _reap(pid)
+
+
+# --- the worker group's own pressure signals -------------------------------------------------------
+
+
+def test_real_v2_group_signals_see_the_worker_group_hit_its_own_limit_not_a_slots(worker_group):
+    from oomless.admission.eviction import group_pressure
+    from oomless.linux.cgroup import GroupSignals
+
+    with open(os.path.join(worker_group, "cgroup.subtree_control"), "w") as fh:
+        fh.write("+memory")
+    slot = os.path.join(worker_group, "slot")
+    os.mkdir(slot)
+    signals = GroupSignals(worker_group)
+    try:
+        signals.read()
+        # A slot at its own limit: an event of the slot, not of the worker's group.
+        with open(os.path.join(slot, "memory.max"), "w") as fh:
+            fh.write(str(LIMIT))
+        _run_in(slot, 256 * MiB)
+        assert group_pressure(*signals.read()) is None
+        # The worker's group at its limit: its own event.
+        with open(os.path.join(slot, "memory.max"), "w") as fh:
+            fh.write("max")
+        with open(os.path.join(worker_group, "memory.max"), "w") as fh:
+            fh.write(str(LIMIT))
+        _run_in(slot, 256 * MiB)
+        grown, _some, _full = signals.read()
+        assert grown.get("max", 0) > 0 and grown.get("oom", 0) > 0, grown
+        assert "out of memory" in group_pressure(grown, None, None)
+    finally:
+        signals.close()
+
+
+def _run_in(group: str, allocate: int) -> None:
+    """A process in ``group`` that touches ``allocate`` bytes (the kernel kills it at a limit)."""
+    done = subprocess.run([sys.executable, "-c", f"b = b'x' * {allocate}"], preexec_fn=_into(group), timeout=60)
+    assert done.returncode == -signal.SIGKILL

@@ -391,3 +391,33 @@ def test_fake_tree_v2_delegation_problem_ignores_processes_when_memory_is_alread
     (delegated / "cgroup.procs").write_text("17\n")
     (delegated / "cgroup.subtree_control").write_text("memory\n")
     assert v2_delegation_problem(str(delegated), me=ME) is None
+
+
+def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
+    # PSI (memory.pressure) exists on neither this machine's kernel nor the UML guest's.
+    from oomless.linux.cgroup import GroupSignals
+
+    events = tmp_path / "memory.events.local"
+    events.write_text("low 0\nhigh 0\nmax 4\noom 0\noom_kill 0\noom_group_kill 0\n")
+    (tmp_path / "memory.pressure").write_text(
+        "some avg10=12.50 avg60=3.00 avg300=1.00 total=123\nfull avg10=0.40 avg60=0.10 avg300=0.00 total=45\n"
+    )
+    signals = GroupSignals(str(tmp_path))
+    try:
+        assert signals.has_psi
+        assert signals.read() == ({}, 12.5, 0.4)  # the first look only sets where counting starts
+        events.write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n")
+        assert signals.read() == ({"max": 5, "oom": 1, "oom_kill": 1}, 12.5, 0.4)
+    finally:
+        signals.close()
+
+
+def test_fake_tree_group_signals_without_psi(tmp_path):
+    from oomless.linux.cgroup import GroupSignals
+
+    (tmp_path / "memory.events.local").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    signals = GroupSignals(str(tmp_path))
+    try:
+        assert not signals.has_psi and signals.read() == ({}, None, None)
+    finally:
+        signals.close()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oomless.admission import Admission, Infeasible
-from oomless.admission.eviction import Use, choose_victim, pressure
+from oomless.admission.eviction import Use, choose_victim, group_pressure, pressure
 
 MiB = 2**20
 
@@ -246,3 +246,23 @@ def test_pressure_names_the_numbers():
         "only 50.0 MiB is available to the worker, less than the eviction margin of 100.0 MiB"
     )
     assert pressure(1, 8 * MiB, available=150 * MiB, margin=100 * MiB) is None
+
+
+# --- cgroup v2: the worker group's own pressure signals (group_pressure) ------------------------
+
+
+def test_group_pressure_says_when_the_kernel_found_the_worker_group_out_of_memory():
+    assert "out of memory (2 time(s)" in group_pressure({"oom": 2}, None, None)
+
+
+def test_group_pressure_at_the_groups_limit_counts_only_with_stalls():
+    # Reclaim at memory.max is routine for page cache: pressure only while tasks stall on it.
+    assert group_pressure({"max": 3}, None, None) is None
+    assert group_pressure({"max": 3}, 2.0, 0.0) is None
+    assert "memory.max and its tasks stall on memory 25.0 %" in group_pressure({"max": 3}, 25.0, 1.0)
+    assert "all its tasks stall on memory 6.0 %" in group_pressure({"high": 1}, 10.0, 6.0)
+
+
+def test_group_pressure_ignores_stalls_without_an_event_of_the_group_itself():
+    # A task throttled at its own slot's memory.high stalls, but the worker group hit no limit.
+    assert group_pressure({}, 90.0, 90.0) is None

@@ -13,7 +13,11 @@ Pressure, either of:
 * the tasks together use more than the budget (what the operator promised the
   host they would use at most);
 * the memory still available to the worker (its cgroup's limit minus its
-  working set, or the machine's MemAvailable) is below ``margin``.
+  working set, or the machine's MemAvailable) is below ``margin``;
+* cgroup v2, the worker's own group (:func:`group_pressure`): the kernel found
+  it out of memory, or it is at its own ``memory.max``/``memory.high`` while
+  its tasks stall on memory (PSI).  Stalls behind a slot's own limit (a task
+  near its limit) do not count: they raise no event of the worker's group.
 
 No I/O here; the enforcers feed it readings.
 """
@@ -25,7 +29,10 @@ from dataclasses import dataclass
 
 from ..units import format_size
 
-__all__ = ["Use", "pressure", "choose_victim"]
+__all__ = ["Use", "pressure", "group_pressure", "choose_victim", "PSI_FULL", "PSI_SOME"]
+
+#: PSI thresholds (avg10, % of time): every task of the group stalled on memory / at least one.
+PSI_FULL, PSI_SOME = 5.0, 20.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,26 @@ def pressure(total_used: int, budget: int, available: int | None = None, margin:
             f"only {format_size(max(0, available))} is available to the worker, less than the "
             f"eviction margin of {format_size(margin)}"
         )
+    return None
+
+
+def group_pressure(events: dict[str, int], some: float | None, full: float | None) -> str | None:
+    """cgroup v2: why the worker's own group is under memory pressure, or ``None``.
+
+    ``events``: how much each ``memory.events.local`` counter grew since the last look; ``some``,
+    ``full``: ``memory.pressure`` avg10 (``None``: no PSI on this kernel).
+    """
+    if events.get("oom", 0) > 0:
+        return f"the kernel found the worker's cgroup out of memory ({events['oom']} time(s) since the last look)"
+    at = [name for name in ("max", "high") if events.get(name, 0) > 0]
+    if not at:
+        return None
+    if full is not None and full >= PSI_FULL:
+        return (f"the worker's cgroup is at its memory.{at[0]} and all its tasks stall on memory "
+                f"{full:.1f} % of the time (PSI full avg10)")
+    if some is not None and some >= PSI_SOME:
+        return (f"the worker's cgroup is at its memory.{at[0]} and its tasks stall on memory "
+                f"{some:.1f} % of the time (PSI some avg10)")
     return None
 
 

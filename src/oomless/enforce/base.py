@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..admission.eviction import Use, choose_victim, pressure
+from ..admission.eviction import Use, choose_victim, group_pressure, pressure
 from ..budget import Footprint
 from ..linux import cgroup, proc
 from ..linux.cgroup import CgroupHost
@@ -96,6 +96,7 @@ class Enforcer:
     eviction_margin = 0
     _group: tuple[int, str, int] | None = None  # (cgroup version, path, limit) of the worker
     _host: CgroupHost | None = None
+    _signals: cgroup.GroupSignals | None = None  # cgroup v2: the worker group's PSI and events
 
     def __init__(self, table: SlotTable) -> None:
         self.table = table
@@ -154,6 +155,9 @@ class Enforcer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
         for fd in (self.notify_r, self.notify_w):
             try:
                 os.close(fd)
@@ -167,6 +171,8 @@ class Enforcer:
         self.budget, self.eviction_margin = budget, margin
         self._host = host
         self.follow_limit(None if host is None else host.limit)
+        if host is not None and host.version == 2 and host.path is not None and budget is not None:
+            self._signals = cgroup.GroupSignals(host.path)
 
     def follow_limit(self, limit: int | None) -> None:
         """The worker's cgroup limit is ``limit`` (``None``: none); the governor says so when it changes."""
@@ -280,6 +286,11 @@ class Enforcer:
         if available is None and check_available:
             available = self.available()
         why = pressure(total, self.budget, available, margin)
+        if why is None and check_available and self._signals is not None:
+            try:
+                why = group_pressure(*self._signals.read())
+            except (OSError, ValueError, KeyError):
+                why = None
         if why is None:
             return None
         victim = choose_victim(uses)

@@ -138,6 +138,53 @@ def detect(proc_cgroup: str = "/proc/self/cgroup") -> CgroupHost:
     return CgroupHost(2, path, True, limit, f"cgroup v2 group {path} is delegated and writable", root2)
 
 
+class GroupSignals:
+    """cgroup v2: the pressure signals of one group (the worker's own), read through kept-open files.
+
+    ``memory.events.local`` counts what happened at this group's own limits (not its slots');
+    ``memory.pressure`` is PSI, absent on kernels without it (``CONFIG_PSI``, ``psi=0``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fds = {name: _open_ro(os.path.join(path, name)) for name in ("memory.events.local", "memory.pressure")}
+        self._last: dict[str, int] | None = None
+
+    @property
+    def has_psi(self) -> bool:
+        return self._fds["memory.pressure"] is not None
+
+    def read(self) -> tuple[dict[str, int], float | None, float | None]:
+        """(growth of each local event counter since the last call, PSI some avg10, PSI full avg10)."""
+        grown: dict[str, int] = {}
+        fd = self._fds["memory.events.local"]
+        if fd is not None:
+            now = {k.decode(): int(v) for k, v in (ln.split() for ln in os.pread(fd, 4096, 0).splitlines() if ln)}
+            if self._last is not None:
+                grown = {k: v - self._last.get(k, 0) for k, v in now.items() if v > self._last.get(k, 0)}
+            self._last = now
+        some = full = None
+        fd = self._fds["memory.pressure"]
+        if fd is not None:
+            for line in os.pread(fd, 4096, 0).decode().splitlines():
+                kind, _, rest = line.partition(" ")
+                avg10 = float(dict(f.split("=") for f in rest.split())["avg10"])
+                some, full = (avg10, full) if kind == "some" else (some, avg10)
+        return grown, some, full
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def _open_ro(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def current_limit(host: CgroupHost) -> int | None:
     """The memory limit of ``host``'s group or its tightest ancestor, read now (``None``: none, or
     no group); a limit changed at run time (a Kubernetes in-place resize, ``systemctl
