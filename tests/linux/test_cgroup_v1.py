@@ -11,7 +11,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -19,6 +18,8 @@ import pytest
 from oomless.linux import proc
 from oomless.linux.cgroup import SlotGroupsV1, detect, group_name, stale_groups
 from oomless.linux.kill import kill_pids
+
+from .slot_helpers import fork_member, reap, rmdir_tree, wait_empty, wait_for
 
 MiB = 2**20
 LIMIT = 64 * MiB
@@ -30,21 +31,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _rmdir_tree(path: str) -> None:
-    """Remove cgroup directories bottom-up (cgroupfs removes control files with the directory)."""
-    if not os.path.isdir(path):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _rmdir_tree(entry.path)
-    for _ in range(100):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -63,7 +49,7 @@ def base():
                     with open(os.path.join(root, "memory.limit_in_bytes"), "w") as fh:
                         fh.write("-1")  # let paused members run so SIGKILL can complete
                     kill_pids(pids)
-        _rmdir_tree(path)
+        rmdir_tree(path)
         assert not os.path.exists(path), f"test cgroup {path} could not be removed"
 
 
@@ -77,48 +63,10 @@ def groups(base):
         g.remove(kill=True)
 
 
-def _fork_member(groups: SlotGroupsV1, index: int, allocate: int) -> int:
-    """Fork a child that joins slot ``index`` at birth, touches ``allocate`` bytes, then sleeps."""
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.close(ready_r)
-            groups.join(index, os.getpid())
-            os.write(ready_w, b"j")
-            os.close(ready_w)
-            hog = b"\x01" * allocate if allocate else b""  # at a slot's limit this pauses the child
-            time.sleep(60)
-            del hog
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    try:
-        joined = os.read(ready_r, 1) == b"j"
-    finally:
-        os.close(ready_r)
-    if not joined:
-        _reap(pid)
-        pytest.fail(f"forked child could not join slot {index}")
-    return pid
 
 
-def _reap(pid: int) -> None:
-    """SIGKILL (if needed) and reap a forked child, if not reaped yet."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
-def _wait_for(read, at_least: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while (value := read()) < at_least and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture
@@ -129,21 +77,16 @@ def oom_slot(groups):
     """
     groups.set_limit(0, LIMIT)
     efd = groups.oom_eventfd(0)
-    pid = _fork_member(groups, 0, 256 * MiB)
+    pid = fork_member(groups, 0, 256 * MiB)
     try:
         fired = bool(select.select([efd], [], [], 20)[0])
         yield groups, pid, efd, fired
     finally:
         groups.set_limit(0, None)  # let a paused child run so SIGKILL completes
-        _reap(pid)
+        reap(pid)
         os.close(efd)
 
 
-def _wait_empty(groups: SlotGroupsV1, index: int, timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (members := groups.procs(index)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return members
 
 
 # --- creation and membership ----------------------------------------------------------
@@ -178,21 +121,21 @@ def test_set_limit_none_removes_the_limit(groups):
 
 
 def test_join_puts_a_forked_child_in_its_slot(groups):
-    pid = _fork_member(groups, 1, 0)
+    pid = fork_member(groups, 1, 0)
     try:
         assert groups.procs(1) == [pid]
         assert groups.procs(0) == []
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 def test_usage_counts_what_a_member_allocated(groups):
     before = groups.usage(1)
-    pid = _fork_member(groups, 1, 100 * MiB)
+    pid = fork_member(groups, 1, 100 * MiB)
     try:
-        assert _wait_for(lambda: groups.usage(1), before + 95 * MiB) >= before + 95 * MiB
+        assert wait_for(lambda: groups.usage(1), before + 95 * MiB) >= before + 95 * MiB
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 def test_usage_excludes_page_cache_charged_to_the_slot(groups, tmp_path):
@@ -208,12 +151,12 @@ def test_usage_excludes_page_cache_charged_to_the_slot(groups, tmp_path):
 
 
 def test_reset_peak_lowers_the_peak_to_current_usage(groups):
-    pid = _fork_member(groups, 1, 100 * MiB)
+    pid = fork_member(groups, 1, 100 * MiB)
     try:
-        assert _wait_for(lambda: groups.peak(1), 95 * MiB) >= 95 * MiB
+        assert wait_for(lambda: groups.peak(1), 95 * MiB) >= 95 * MiB
     finally:
-        _reap(pid)
-    assert _wait_empty(groups, 1) == []
+        reap(pid)
+    assert wait_empty(groups, 1) == []
     groups.reset_peak(1)
     assert groups.peak(1) < 50 * MiB
 
@@ -257,7 +200,7 @@ def test_governor_kill_of_the_slot_members_empties_the_slot(oom_slot):
     assert kill_pids(groups.procs(0)) == [pid]
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    assert _wait_empty(groups, 0) == []
+    assert wait_empty(groups, 0) == []
 
 
 def test_a_slot_is_no_longer_under_oom_after_its_members_are_killed(oom_slot):
@@ -265,7 +208,7 @@ def test_a_slot_is_no_longer_under_oom_after_its_members_are_killed(oom_slot):
     assert fired
     kill_pids(groups.procs(0))
     os.waitpid(pid, 0)
-    assert _wait_empty(groups, 0) == []
+    assert wait_empty(groups, 0) == []
     assert groups.under_oom(0) is False
 
 
@@ -284,7 +227,7 @@ def test_remove_kills_members_paused_at_their_limit_and_returns_them(base):
     groups.create(1)
     groups.set_limit(0, LIMIT)
     efd = groups.oom_eventfd(0)
-    pid = _fork_member(groups, 0, 256 * MiB)
+    pid = fork_member(groups, 0, 256 * MiB)
     try:
         assert select.select([efd], [], [], 20)[0]
         assert groups.remove(kill=True) == [pid]
@@ -293,7 +236,7 @@ def test_remove_kills_members_paused_at_their_limit_and_returns_them(base):
         assert not os.path.exists(base)
     finally:
         os.close(efd)
-        _reap(pid)
+        reap(pid)
 
 
 def test_remove_of_a_base_that_does_not_exist_is_a_no_op(base):

@@ -22,6 +22,8 @@ import pytest
 
 from oomless.linux.cgroup import SlotGroupsV2, detect, v2_delegation_problem
 
+from .slot_helpers import fork_member, reap, rmdir_tree, wait_empty, wait_for
+
 MiB = 2**20
 LIMIT = 64 * MiB
 
@@ -52,26 +54,6 @@ def _events(path: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in _read(os.path.join(path, "memory.events")).splitlines())}
 
 
-def _rmdir_tree(path: str) -> None:
-    """Kill what is left below ``path`` (cgroup.kill) and remove the groups bottom-up."""
-    if not os.path.isdir(path):
-        return
-    try:
-        with open(os.path.join(path, "cgroup.kill"), "w") as fh:
-            fh.write("1")
-    except OSError:
-        pass
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _rmdir_tree(entry.path)
-    for _ in range(200):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -83,7 +65,7 @@ def worker_group():
     try:
         yield path
     finally:
-        _rmdir_tree(path)
+        rmdir_tree(path)
         assert not os.path.exists(path), f"test cgroup {path} could not be removed"
 
 
@@ -97,58 +79,12 @@ def groups(worker_group):
         g.remove(kill=True)
 
 
-def _fork_member(groups: SlotGroupsV2, index: int, allocate: int, hold: float = 60) -> int:
-    """Fork a child that joins slot ``index`` at birth, touches ``allocate`` bytes, then sleeps."""
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.close(ready_r)
-            groups.join(index, os.getpid())
-            os.write(ready_w, b"j")
-            os.close(ready_w)
-            hog = b"\x01" * allocate if allocate else b""
-            time.sleep(hold)
-            del hog
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    try:
-        joined = os.read(ready_r, 1) == b"j"
-    finally:
-        os.close(ready_r)
-    if not joined:
-        _reap(pid)
-        pytest.fail(f"forked child could not join slot {index}")
-    return pid
 
 
-def _reap(pid: int) -> int | None:
-    """SIGKILL (if needed) and reap a forked child; its wait status, or None if reaped already."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        return os.waitpid(pid, 0)[1]
-    except ChildProcessError:
-        return None
 
 
-def _wait_for(read, at_least: int, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while (value := read()) < at_least and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
-def _wait_empty(groups: SlotGroupsV2, index: int, timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (members := groups.procs(index)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return members
 
 
 # --- layout ------------------------------------------------------------------------------------
@@ -241,21 +177,21 @@ def test_real_v2_the_workers_own_child_in_its_group_moves_with_it(worker_group):
 
 
 def test_real_v2_join_puts_a_forked_child_in_its_slot(groups):
-    pid = _fork_member(groups, 1, 0)
+    pid = fork_member(groups, 1, 0)
     try:
         assert groups.procs(1) == [pid]
         assert groups.procs(0) == []
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 def test_real_v2_usage_counts_what_a_member_allocated(groups):
     before = groups.usage(1)
-    pid = _fork_member(groups, 1, 100 * MiB)
+    pid = fork_member(groups, 1, 100 * MiB)
     try:
-        assert _wait_for(lambda: groups.usage(1), before + 95 * MiB) >= before + 95 * MiB
+        assert wait_for(lambda: groups.usage(1), before + 95 * MiB) >= before + 95 * MiB
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 def test_real_v2_usage_counts_tmpfs_but_not_page_cache(groups):
@@ -281,18 +217,18 @@ def test_real_v2_usage_counts_tmpfs_but_not_page_cache(groups):
 
 
 def test_real_v2_peak_reaches_what_a_member_allocated(groups):
-    pid = _fork_member(groups, 1, 100 * MiB)
+    pid = fork_member(groups, 1, 100 * MiB)
     try:
-        assert _wait_for(lambda: groups.peak(1), 95 * MiB) >= 95 * MiB
+        assert wait_for(lambda: groups.peak(1), 95 * MiB) >= 95 * MiB
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 def test_real_v2_reset_peak_lowers_the_peak_where_the_kernel_allows_it(groups):
-    pid = _fork_member(groups, 1, 100 * MiB)
-    _wait_for(lambda: groups.peak(1), 95 * MiB)
-    _reap(pid)
-    assert _wait_empty(groups, 1) == []
+    pid = fork_member(groups, 1, 100 * MiB)
+    wait_for(lambda: groups.peak(1), 95 * MiB)
+    reap(pid)
+    assert wait_empty(groups, 1) == []
     groups.reset_peak(1)
     if groups.peak_resets(1):
         assert groups.peak(1) < 50 * MiB
@@ -305,8 +241,8 @@ def test_real_v2_reset_peak_lowers_the_peak_where_the_kernel_allows_it(groups):
 
 def test_real_v2_the_kernel_kills_the_whole_slot_at_its_limit_and_says_so(groups):
     groups.set_limit(0, LIMIT)
-    pids = [_fork_member(groups, 0, 0, hold=60)]
-    pids.append(_fork_member(groups, 0, 256 * MiB))
+    pids = [fork_member(groups, 0, 0, hold=60)]
+    pids.append(fork_member(groups, 0, 256 * MiB))
     statuses = [_reap_wait(pid) for pid in reversed(pids)]
     # memory.oom.group = 1: the sleeping member dies with the one that broke the limit.
     assert all(os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGKILL for s in statuses), statuses
@@ -326,12 +262,12 @@ def _reap_wait(pid: int, timeout: float = 30) -> int:
 
 
 def test_real_v2_cgroup_kill_empties_a_slot(groups):
-    pids = [_fork_member(groups, 0, 0), _fork_member(groups, 0, 0)]
+    pids = [fork_member(groups, 0, 0), fork_member(groups, 0, 0)]
     with open(os.path.join(groups.slot_dir(0), "cgroup.kill"), "w") as fh:
         fh.write("1")
     statuses = [_reap_wait(pid) for pid in pids]
     assert all(os.WTERMSIG(s) == signal.SIGKILL for s in statuses)
-    assert _wait_empty(groups, 0) == []
+    assert wait_empty(groups, 0) == []
 
 
 # --- removal -----------------------------------------------------------------------------------
@@ -340,13 +276,13 @@ def test_real_v2_cgroup_kill_empties_a_slot(groups):
 def test_real_v2_remove_kills_members_and_deletes_the_groups(worker_group):
     groups = SlotGroupsV2(os.path.join(worker_group, "oomless-1-2"))
     groups.create(2)
-    pid = _fork_member(groups, 1, 10 * MiB)
+    pid = fork_member(groups, 1, 10 * MiB)
     try:
         assert groups.remove(kill=True) == [pid]
         assert os.WTERMSIG(_reap_wait(pid)) == signal.SIGKILL
         assert not os.path.exists(groups.base)
     finally:
-        _reap(pid)
+        reap(pid)
 
 
 # --- the worker group's own pressure signals -------------------------------------------------------
