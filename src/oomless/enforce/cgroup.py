@@ -323,6 +323,8 @@ class CgroupEnforcer(Enforcer):
             ))
         else:
             logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
+        if spare is None and members and isinstance(self.groups, cgroup.SlotGroupsV2):
+            self.groups.kill_all(index)  # the whole slot at once; what is left below gets SIGKILL by PID
         deadline = time.monotonic() + 5
         first = True
         while members and time.monotonic() < deadline:

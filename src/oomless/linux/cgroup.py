@@ -609,6 +609,15 @@ class SlotGroupsV2(SlotGroups):
         kernel picks: the largest)."""
         self._set(index, "memory.oom.group", int(whole))
 
+    def kill_all(self, index: int) -> bool:
+        """SIGKILL every process in the slot at once, forks in flight included (``cgroup.kill``,
+        Linux >= 5.14; the kernel picks no PID, so none can have been reused); ``False`` where missing."""
+        try:
+            _write(os.path.join(self.slot_dir(index), "cgroup.kill"), 1)
+            return True
+        except OSError:
+            return False
+
     def events_fd(self, index: int) -> int:
         """A new descriptor of the slot's ``memory.events``: poll it for ``POLLPRI`` (the kernel
         notifies each change, such as going over ``memory.high``); read it to re-arm."""
