@@ -177,14 +177,14 @@ class CgroupEnforcer(Enforcer):
             if self.sampling:
                 fast = True
                 self._sample(index, state.seq, used)
-            if self._events and state.limit is not None and used > state.limit:
-                self._kill_slot(index, self._over_limit(state, used))  # v2: a memory.events notice missed
-                continue
             if state.held is not None:
                 fast = True
                 if state.limit is not None and used > state.limit:
                     self._kill_slot(index, self._freed_leftovers(state, used))
                     continue
+            if self._events and state.limit is not None and used > state.limit:
+                self._kill_slot(index, self._over_limit(state, used))  # v2: a memory.events notice missed
+                continue
             request = state.request or 0
             # A task that declared a request it may outgrow; tasks with no spec at all are
             # checked at the slower pace, so plain Celery tasks pay (almost) nothing.

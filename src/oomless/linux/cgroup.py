@@ -636,18 +636,18 @@ class SlotGroupsV2(SlotGroups):
         fd = self._peak_fds.get(index)
         if fd is not None:
             return fd
-        for name, flags in (("memory.peak", os.O_RDWR), ("memory.peak", os.O_RDONLY), ("memory.current", os.O_RDONLY)):
+        for flags in (os.O_RDWR, os.O_RDONLY):
             try:
-                fd = self._fd(index, name, flags)
+                fd = self._fd(index, "memory.peak", flags)
             except OSError:
-                if name == "memory.current":
-                    raise
                 continue
             if flags != os.O_RDWR:
                 self._lifetime_peak.add(index)
             self._peak_fds[index] = fd
             return fd
-        raise AssertionError("unreachable")
+        self._lifetime_peak.add(index)
+        fd = self._peak_fds[index] = self._fd(index, "memory.current", os.O_RDONLY)
+        return fd
 
     def close_files(self) -> None:
         super().close_files()
