@@ -2,7 +2,8 @@ SHELL := /bin/bash
 # Two commands on a fresh machine (see README.md):
 #   make demo   runs the demo on the embedded Redis (no services needed)
 #   make test   runs the test suite, then its cgroup-mode tests again on a cgroup-v2 kernel
-#               (a user-mode-linux guest, tests/v2vm/run; one "NOT TESTED" line where it cannot)
+#               (a user-mode-linux guest, tests/v2vm/run; one "NOT TESTED" line where it cannot),
+#               and its PSI test on Debian's generic kernel under QEMU (tests/v2vm/run --qemu)
 # Both create .venv from requirements.lock first; nothing global is assumed.
 
 PYTHON ?= python3
@@ -25,6 +26,7 @@ test: $(BIN)/.installed
 	@command -v chromium >/dev/null || (echo "installing Debian's chromium (tests/history/test_report.py draws the report in it)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest
 	$(BIN)/python tests/v2vm/run
+	$(BIN)/python tests/v2vm/run --qemu
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench examples

@@ -317,6 +317,54 @@ def test_real_v2_group_signals_see_the_worker_group_hit_its_own_limit_not_a_slot
         signals.close()
 
 
+def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group):
+    """PSI (``memory.pressure``) read from a real kernel: a task held at the worker group's
+    ``memory.high`` stalls (no swap: the kernel throttles it), and :func:`group_pressure` names
+    the stall with the figure.  User-mode-linux has no PSI; ``tests/v2vm/run --qemu`` boots a
+    kernel that has it."""
+    from oomless.admission.eviction import PSI_SOME, group_pressure
+    from oomless.linux.cgroup import GroupSignals
+
+    signals = GroupSignals(worker_group)
+    try:
+        if not signals.has_psi:
+            assert os.environ.get("OOMLESS_V2VM_KIND") != "qemu", "Debian's generic kernel has PSI: psi=0?"
+            pytest.skip("this kernel has no PSI (memory.pressure); tests/v2vm/run --qemu boots one that has")
+        with open(os.path.join(worker_group, "cgroup.subtree_control"), "w") as fh:
+            fh.write("+memory")
+        slot = os.path.join(worker_group, "slot")
+        os.mkdir(slot)
+        _, some, full = signals.read()
+        assert some is not None and full is not None and some < PSI_SOME, (some, full)
+        with open(os.path.join(worker_group, "memory.high"), "w") as fh:
+            fh.write(str(LIMIT))
+        # Grows to 4x the group's memory.high, 4 MiB at a time, and holds it.
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "import time\nkept = []\nfor _ in range(64):\n    kept.append(b'x' * 4194304)\n"
+             "time.sleep(600)"],
+            preexec_fn=_into(slot),
+        )
+        try:
+            seen: dict[str, int] = {}
+            why = None
+            deadline = time.monotonic() + 240  # PSI's avg10 moves every 2 s; TCG is ~20x slower
+            while why is None and time.monotonic() < deadline:
+                time.sleep(1)
+                grown, some, full = signals.read()
+                for name, count in grown.items():
+                    seen[name] = seen.get(name, 0) + count
+                why = group_pressure(grown, some, full)  # what the monitor says, looking once a second
+            assert seen.get("high", 0) > 0, seen
+            assert why is not None and "at its memory.high" in why and "PSI" in why, (why, seen, some, full)
+            assert seen.get("oom", 0) == 0 and seen.get("max", 0) == 0, seen  # memory.high throttles, never kills
+            assert hog.poll() is None
+        finally:
+            hog.kill()
+            hog.wait()
+    finally:
+        signals.close()
+
+
 def _run_in(group: str, allocate: int) -> None:
     """A process in ``group`` that touches ``allocate`` bytes (the kernel kills it at a limit)."""
     done = subprocess.run([sys.executable, "-c", f"b = b'x' * {allocate}"], preexec_fn=_into(group), timeout=60)
