@@ -128,6 +128,35 @@ def test_overcommitted_tasks_end_in_a_result_in_watchdog_mode_even_when_the_kern
     assert all(ended), [str(o) for o in outcomes]
 
 
+def test_a_budget_larger_than_the_cgroup_ends_in_evictions_at_the_slots_shared_limit_not_kernel_kills(
+    tmp_path, redis_url, worker_cgroup
+):
+    """An explicit budget above the cgroup's limit (the worker warns) never evicts by itself, and
+    four tasks that each grow to 704 MiB in a 2 GiB cgroup leave more than the eviction margin
+    available until the slots' shared limit stops them (v1: paused, the OOM killer off; v2: the
+    base group's memory.high throttles them): the governor evicts there, the kernel never kills.
+    The v1 test of that limit; on v2 the guest of tests/v2vm/run runs it."""
+    worker = start_worker(tmp_path, redis_url, redis_url, mode="cgroup", concurrency=4, conf=AIRFLOW,
+                          cgroup=worker_cgroup.path, extra=("--memory-budget", "8GiB"))
+    app = make_app(redis_url, redis_url, worker.queue, "cgroup", conf=AIRFLOW)
+    try:
+        spec = oomless.Memory(request="128MiB", limit="1GiB")
+        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(4)]
+        outcomes = [r.get(timeout=240, propagate=False) for r in results]
+    finally:
+        worker.stop()
+        app.close()
+    log = worker.text()
+    assert "is more than the worker cgroup limit 2.0 GiB" in log
+    assert worker_cgroup.oom_kills() == 0
+    assert "the slots together reached the memory left to tasks in the worker" in log, re.findall(r"evicting .*", log)
+    # The budget admits a requeued task again at once, so one may run out of requeues: it then
+    # fails by name, never lost, never killed by the kernel.
+    ended = [r.state == "SUCCESS" or isinstance(o, oomless.EvictedForMemoryPressure)
+             for r, o in zip(results, outcomes, strict=True)]
+    assert all(ended) and "SUCCESS" in [r.state for r in results], [str(o) for o in outcomes]
+
+
 @pytest.mark.parametrize("trim", [True, False])
 def test_a_pool_child_gives_back_the_heap_a_task_freed(tmp_path, redis_url, trim):
     """glibc keeps a freed block of up to 32 MiB resident after a larger one was freed: in 24

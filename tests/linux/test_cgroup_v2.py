@@ -11,6 +11,7 @@ fails.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -50,8 +51,9 @@ def _into(group: str):
     return join
 
 
-def _events(path: str) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in _read(os.path.join(path, "memory.events")).splitlines())}
+def _events(path: str, local: bool = False) -> dict[str, int]:
+    text = _read(os.path.join(path, "memory.events.local" if local else "memory.events"))
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
 
 
 
@@ -259,6 +261,38 @@ def _reap_wait(pid: int, timeout: float = 30) -> int:
             return status
         time.sleep(0.02)
     raise AssertionError(f"pid {pid} was not killed within {timeout} s")
+
+
+def test_real_v2_the_slots_stall_at_their_shared_limit_unkilled_and_the_kernel_says_so(groups):
+    """v2 cannot turn the OOM killer off (v1's pause at the shared limit): the slots' shared limit
+    is the base group's memory.high.  Past it the kernel throttles the members (no swap: they
+    stall) and kills none, and notifies the base group's memory.events.local, which the
+    governor's monitor polls; lifted, the members run on."""
+    fd = groups.events_fd(None)
+    poller = select.epoll()
+    try:
+        os.pread(fd, 4096, 0)
+        poller.register(fd, select.EPOLLPRI)
+        groups.set_total_limit(groups.shared_usage() + LIMIT)
+        assert _read(os.path.join(groups.base, "memory.high")) == str(groups.shared_usage() + LIMIT)
+        assert not groups.at_total_limit()
+        pid = fork_member(groups, 0, 4 * LIMIT, hold=60)
+        try:
+            assert poller.poll(60), "no notice from the base group's memory.events.local"
+            assert wait_for(lambda: int(groups.at_total_limit()), 1) == 1
+            assert _events(groups.base, local=True)["high"] > 0
+            time.sleep(1)
+            assert os.waitpid(pid, os.WNOHANG) == (0, 0), "the member died at memory.high"
+            assert groups.at_total_limit() and _events(groups.base)["oom_kill"] == 0
+            groups.set_total_limit(None)
+            assert _read(os.path.join(groups.base, "memory.high")) == "max"
+            assert wait_for(lambda: groups.usage(0), 4 * LIMIT) >= 4 * LIMIT  # it finished allocating
+            assert not groups.at_total_limit()
+        finally:
+            reap(pid)
+    finally:
+        poller.close()
+        os.close(fd)
 
 
 def test_real_v2_cgroup_kill_empties_a_slot(groups):

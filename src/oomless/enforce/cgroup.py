@@ -78,7 +78,7 @@ class CgroupEnforcer(Enforcer):
         base = os.path.join(host.path, cgroup.group_name(worker_pid))
         self.groups = cgroup.slot_groups(host.version, base)
         self._eventfds: dict[int, int | None] = {}  # eventfd -> slot index (None: the slots' shared group)
-        self._events: dict[int, int] = {}  # v2: memory.events fd -> slot index
+        self._events: dict[int, int | None] = {}  # v2: memory.events fd -> slot index (None: the base group)
         self._whole: bool | None = None  # v2 pool child: its slot's memory.oom.group as last written
         self._shared_limit: int | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -117,7 +117,7 @@ class CgroupEnforcer(Enforcer):
                 self._eventfds[self.groups.oom_eventfd(index)] = index
             self._eventfds[self.groups.oom_eventfd(None)] = None
         elif isinstance(self.groups, cgroup.SlotGroupsV2):
-            for index in range(self.table.size):
+            for index in [*range(self.table.size), None]:
                 self._events[self.groups.events_fd(index)] = index
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
@@ -137,19 +137,23 @@ class CgroupEnforcer(Enforcer):
                     if fd == self._wake_r:
                         return
                     if fd in self._events:
-                        self._over_high(self._events[fd], fd)
-                        continue
-                    try:
-                        os.read(fd, 8)
-                    except BlockingIOError:
-                        continue
-                    index = self._eventfds[fd]
-                    if not isinstance(self.groups, cgroup.SlotGroupsV1) or not self.groups.under_oom(index):
-                        continue
-                    if index is None:
-                        self._shared_oom()
+                        index = self._events[fd]
+                        if index is not None:
+                            self._over_high(index, fd)
+                            continue
+                        os.pread(fd, 4096, 0)  # re-arms the notice
                     else:
-                        self._kill_slot(index)
+                        try:
+                            os.read(fd, 8)
+                        except BlockingIOError:
+                            continue
+                        index = self._eventfds[fd]
+                        if index is not None:
+                            if isinstance(self.groups, cgroup.SlotGroupsV1) and self.groups.under_oom(index):
+                                self._kill_slot(index)
+                            continue
+                    if self.groups.at_total_limit():
+                        self._at_shared_limit()
                 checks += 1
                 timeout = self._check_slots(checks)
         finally:
@@ -204,14 +208,14 @@ class CgroupEnforcer(Enforcer):
         """Limit what the slots hold together to what they hold now plus what the worker still has
         available, less ``headroom`` (governor, once a second); returns the limit set.
 
-        v1: the shared group pauses at that limit instead of OOM-killing (see
-        :meth:`_shared_oom`), so the kernel never has to pick a victim in the
-        worker's cgroup while the worker itself (main process) stays within
-        ``headroom`` of what it held at the last call.  v2: nothing (issue 15).
+        At that limit the kernel stalls the slots instead of OOM-killing (v1: the
+        shared group's limit with the OOM killer off pauses them; v2: the base
+        group's ``memory.high`` throttles them, the worker's leaf included) and
+        notifies, and :meth:`_at_shared_limit` evicts: the kernel never has to pick
+        a victim in the worker's cgroup while the worker itself (main process)
+        stays within ``headroom`` of what it held at the last call.
         """
-        if not isinstance(self.groups, cgroup.SlotGroupsV1):
-            return None
-        held = self.groups.total_usage()
+        held = self.groups.shared_usage()
         limit = max(held + 16 * 2**20, held + self.available() - headroom)
         if self._shared_limit is not None and abs(limit - self._shared_limit) < 2**20:
             return self._shared_limit
@@ -223,10 +227,9 @@ class CgroupEnforcer(Enforcer):
         self._shared_limit = limit
         return limit
 
-    def _shared_oom(self) -> None:
-        """The slots together reached their shared limit and the kernel paused them: evict the task
+    def _at_shared_limit(self) -> None:
+        """The slots together reached their shared limit and the kernel stalls them: evict the task
         most over its request (the newest on a tie), until the kernel lets the slots run again."""
-        assert isinstance(self.groups, cgroup.SlotGroupsV1)
         limit = self._shared_limit
         why = (f"the slots together reached the memory left to tasks in the worker "
                f"({format_size(limit) if limit else 'their limit'})")
@@ -250,8 +253,8 @@ class CgroupEnforcer(Enforcer):
                 return
             index = int(victim.key)  # type: ignore[call-overload]
             self._kill_slot(index, self.eviction_report(states[index], victim, why))
-            for _ in range(20):  # the kernel resumes the slots once the victim's memory is freed
-                if not self.groups.under_oom(None):
+            for _ in range(40):  # the kernel resumes the slots once the victim's memory is freed
+                if not self.groups.at_total_limit():
                     return
                 time.sleep(0.005)
 

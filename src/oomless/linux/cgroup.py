@@ -386,10 +386,21 @@ class SlotGroups:
         """Let paused members run again so a kill can complete (v1 oom_kill_disable)."""
 
     def set_total_limit(self, limit: int | None) -> None:
-        """Limit what the slots hold together (v1 only; elsewhere the slots have no shared limit)."""
+        """Limit what the slots hold together (``None``: no limit): at it the kernel stalls them
+        instead of OOM-killing, and says so (v1: ``memory.limit_in_bytes`` of the slots' parent with
+        the OOM killer off; v2: ``memory.high`` of the base group, the worker's leaf included)."""
 
     def total_usage(self) -> int:
+        """What the slots hold together."""
         return sum(self.usage(index) for index in self.slots())
+
+    def shared_usage(self) -> int:
+        """What the group :meth:`set_total_limit` limits holds that is not page cache."""
+        return self.total_usage()
+
+    def at_total_limit(self) -> bool:
+        """Whether the slots are stalled at the limit :meth:`set_total_limit` set."""
+        return False
 
     # -- pool child (its own slot only) -------------------------------------
     def join(self, index: int, pid: int) -> None:
@@ -467,6 +478,9 @@ class SlotGroupsV1(SlotGroups):
             os.close(ofd)
         return efd
 
+    def at_total_limit(self) -> bool:
+        return self.under_oom(None)
+
     def under_oom(self, index: int | None) -> bool:
         """Whether the slot (``None``: the slots' shared group) is paused at its limit."""
         path = self.base if index is None else self.slot_dir(index)
@@ -488,6 +502,9 @@ class SlotGroupsV1(SlotGroups):
     def total_usage(self) -> int:
         """What the slots hold together that is not page cache."""
         return working_set(1, self.base) or 0
+
+    def shared_usage(self) -> int:
+        return self.total_usage()
 
 
 class SlotGroupsV2(SlotGroups):
@@ -618,10 +635,29 @@ class SlotGroupsV2(SlotGroups):
         except OSError:
             return False
 
-    def events_fd(self, index: int) -> int:
-        """A new descriptor of the slot's ``memory.events``: poll it for ``POLLPRI`` (the kernel
-        notifies each change, such as going over ``memory.high``); read it to re-arm."""
-        return os.open(os.path.join(self.slot_dir(index), "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+    def events_fd(self, index: int | None) -> int:
+        """A new descriptor of the slot's ``memory.events`` (``None``: the base group's own,
+        ``memory.events.local``): poll it for ``POLLPRI`` (the kernel notifies each change, such as
+        going over ``memory.high``); read it to re-arm."""
+        path = os.path.join(self.base, "memory.events.local") if index is None else os.path.join(
+            self.slot_dir(index), "memory.events")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def set_total_limit(self, limit: int | None) -> None:
+        # memory.high, not memory.max: v2 cannot turn the OOM killer off, but past memory.high the
+        # kernel throttles the allocating processes (no swap: they stall) and notifies
+        # memory.events.local, and the governor evicts.  Never written below what the group holds.
+        _write(os.path.join(self.base, "memory.high"), "max" if limit is None else limit)
+
+    def shared_usage(self) -> int:
+        return working_set(2, self.base) or 0
+
+    def at_total_limit(self) -> bool:
+        # Over memory.high in what cannot be reclaimed: page cache alone the kernel reclaims, and
+        # the slots run on.
+        with open(os.path.join(self.base, "memory.high")) as fh:
+            high = fh.read().strip()
+        return high != "max" and self.shared_usage() > int(high)
 
     def usage_shmem(self, index: int) -> tuple[int, int]:
         used = int(self._get(index, "memory.current"))
