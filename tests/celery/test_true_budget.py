@@ -10,6 +10,7 @@ the kernel never kills inside the worker's cgroup.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 import oomless
 
-from .harness import MemoryCgroup, start_worker
+from .harness import V2, MemoryCgroup, start_worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import make_app  # noqa: E402
@@ -155,6 +156,56 @@ def test_a_budget_larger_than_the_cgroup_ends_in_evictions_at_the_slots_shared_l
     ended = [r.state == "SUCCESS" or isinstance(o, oomless.EvictedForMemoryPressure)
              for r, o in zip(results, outcomes, strict=True)]
     assert all(ended) and "SUCCESS" in [r.state for r in results], [str(o) for o in outcomes]
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
+def test_psi_a_worker_group_stalled_at_its_memory_high_evicts_the_task_most_over_its_request(
+    tmp_path, redis_url, worker_cgroup, mode
+):
+    """systemd's ``MemoryHigh=`` below ``MemoryMax=`` (Kubernetes' memory QoS does the same): past
+    it the kernel throttles the worker's tasks and they stall, while the budget and the eviction
+    margin still leave room.  The worker's group says so in memory.events.local and PSI, and the
+    governor evicts the task most over its request, never the one within it; the kernel kills
+    none.  Needs cgroup v2 with PSI: the QEMU guest of ``tests/v2vm/run --qemu``."""
+    if not (V2 and os.path.exists(os.path.join(worker_cgroup.path, "memory.pressure"))):
+        assert os.environ.get("OOMLESS_V2VM_KIND") != "qemu", "the QEMU guest's kernel has PSI"
+        pytest.skip("needs cgroup v2 with PSI (memory.pressure); tests/v2vm/run --qemu boots such a kernel")
+    with open(os.path.join(worker_cgroup.path, "memory.high"), "w") as fh:
+        fh.write(str(896 * MiB))  # the steady task and the worker fit; with the greedy one they do not
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=2, cgroup=worker_cgroup.path)
+    app = make_app(redis_url, redis_url, worker.queue, mode)
+    try:
+        grow = app.tasks["t.grow"]
+        steady = grow.apply_async((400, 0.5, 4.0), memory={"request": "440MiB", "limit": "480MiB"})
+        greedy = grow.apply_async((704, 1.0, 0.2), countdown=1, memory={"request": "300MiB", "limit": "900MiB"})
+        assert steady.get(timeout=240)["end"] > 0
+        outcome = greedy.get(timeout=240, propagate=False)
+    finally:
+        worker.stop()
+        app.close()
+    log = worker.text()
+    assert f"t.grow[{greedy.id}] evicted for node memory pressure (the worker's cgroup is at its memory.high " in log
+    assert "of the time (PSI " in log, re.findall(r"evicting .*", log)
+    assert f"t.grow[{steady.id}] evicted" not in log
+    assert worker_cgroup.oom_kills() == 0
+    # Requeued, it ran again (and may have been evicted again while the steady task held its memory).
+    assert greedy.state == "SUCCESS" or isinstance(outcome, oomless.EvictedForMemoryPressure), outcome
+
+
+def test_doctor_names_the_worker_groups_psi_and_memory_high_on_cgroup_v2(worker_cgroup):
+    if not V2:
+        pytest.skip("cgroup v2 only (tests/v2vm/run boots it)")
+    with open(os.path.join(worker_cgroup.path, "memory.high"), "w") as fh:
+        fh.write(str(896 * MiB))
+    done = subprocess.run([sys.executable, "-m", "oomless.cli", "doctor"], capture_output=True, text=True,
+                          timeout=120, preexec_fn=worker_cgroup.join, env=dict(os.environ, COLUMNS="400"))
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0, out
+    assert "its memory.high is 896.0 MiB: past it the kernel throttles the whole worker" in out
+    if os.path.exists(os.path.join(worker_cgroup.path, "memory.pressure")):
+        assert "eviction also reads this group's memory.events.local and PSI (memory.pressure)" in out
+    else:
+        assert "this kernel has no PSI (memory.pressure: CONFIG_PSI off or booted with psi=0)" in out
 
 
 @pytest.mark.parametrize("trim", [True, False])

@@ -394,7 +394,8 @@ def test_fake_tree_v2_delegation_problem_ignores_processes_when_memory_is_alread
 
 
 def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
-    # PSI (memory.pressure) exists on neither this machine's kernel nor the UML guest's.
+    # PSI (memory.pressure) exists on neither this machine's kernel nor the UML guest's (the
+    # QEMU guest has it: tests/linux/test_cgroup_v2.py).
     from oomless.linux.cgroup import GroupSignals
 
     events = tmp_path / "memory.events.local"
@@ -405,9 +406,20 @@ def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
     signals = GroupSignals(str(tmp_path))
     try:
         assert signals.has_psi
-        assert signals.read() == ({}, 12.5, 0.4)  # the first look only sets where counting starts
+        assert signals.read(now=100.0) == ({}, 0.0, 0.0)  # the first look only sets where counting starts
+        # 1 s later: stalls of 0.3 s (some) and 0.1 s (full) in PSI's totals (microseconds).
         events.write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n")
-        assert signals.read() == ({"max": 5, "oom": 1, "oom_kill": 1}, 12.5, 0.4)
+        (tmp_path / "memory.pressure").write_text(
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=300123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=100045\n"
+        )
+        grown, some, full = signals.read(now=101.0)
+        assert grown == {"max": 5, "oom": 1, "oom_kill": 1}
+        assert (round(some, 3), round(full, 3)) == (30.0, 10.0)  # avg10 still says 0: it lags
+        # Within the window the counting still starts at the first look; past it, at the last
+        # look at or before its start.
+        assert signals.read(now=101.5)[0] == {"max": 5, "oom": 1, "oom_kill": 1}
+        grown, some, full = signals.read(now=103.2)
+        assert grown == {} and (some, full) == (0.0, 0.0)
     finally:
         signals.close()
 

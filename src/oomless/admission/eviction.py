@@ -31,7 +31,7 @@ from ..units import format_size
 
 __all__ = ["Use", "pressure", "group_pressure", "choose_victim", "PSI_FULL", "PSI_SOME"]
 
-#: PSI thresholds (avg10, % of time): every task of the group stalled on memory / at least one.
+#: PSI thresholds (% of the time over a few seconds): every task of the group stalled on memory / at least one.
 PSI_FULL, PSI_SOME = 5.0, 20.0
 
 
@@ -64,8 +64,9 @@ def pressure(total_used: int, budget: int, available: int | None = None, margin:
 def group_pressure(events: dict[str, int], some: float | None, full: float | None) -> str | None:
     """cgroup v2: why the worker's own group is under memory pressure, or ``None``.
 
-    ``events``: how much each ``memory.events.local`` counter grew since the last look; ``some``,
-    ``full``: ``memory.pressure`` avg10 (``None``: no PSI on this kernel).
+    ``events``: how much each ``memory.events.local`` counter grew over the last few seconds;
+    ``some``, ``full``: the % of that time some / all of the group's tasks stalled on memory (PSI;
+    ``None``: no PSI on this kernel).
     """
     if events.get("oom", 0) > 0:
         return f"the kernel found the worker's cgroup out of memory ({events['oom']} time(s) since the last look)"
@@ -74,10 +75,10 @@ def group_pressure(events: dict[str, int], some: float | None, full: float | Non
         return None
     if full is not None and full >= PSI_FULL:
         return (f"the worker's cgroup is at its memory.{at[0]} and all its tasks stall on memory "
-                f"{full:.1f} % of the time (PSI full avg10)")
+                f"{full:.1f} % of the time (PSI full)")
     if some is not None and some >= PSI_SOME:
         return (f"the worker's cgroup is at its memory.{at[0]} and its tasks stall on memory "
-                f"{some:.1f} % of the time (PSI some avg10)")
+                f"{some:.1f} % of the time (PSI some)")
     return None
 
 

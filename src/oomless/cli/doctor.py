@@ -12,6 +12,7 @@ configuration is invalid).  ``--json`` prints one JSON object either way.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from typing import Any
@@ -85,6 +86,7 @@ def diagnose(
             "usually see /sys/fs/cgroup read-only and get the watchdog"
         ),
     }
+    report["cgroup"]["pressure"] = _group_pressure(host)
     problem = watchdog_problem()
     report["watchdog"] = {
         "works": problem is None, "problem": problem,
@@ -187,6 +189,28 @@ def _observe(settings: Any) -> dict[str, Any]:
         "learned": settings.learned,
         "metrics": None if settings.metrics_port is None else f"{settings.metrics_address}:{settings.metrics_port}",
     }
+
+
+def _group_pressure(host: Any) -> str | None:
+    """cgroup v2: which of the worker group's own pressure signals eviction reads (None: not v2)."""
+    from ..units import format_size
+
+    if host.version != 2 or host.path is None:
+        return None
+    try:
+        with open(os.path.join(host.path, "memory.high")) as fh:
+            high = fh.read().strip()
+    except OSError:
+        high = "max"
+    where = ("" if high == "max" else
+             f"; its memory.high is {format_size(int(high))}: past it the kernel throttles the whole worker")
+    if os.path.exists(os.path.join(host.path, "memory.pressure")):
+        return ("eviction also reads this group's memory.events.local and PSI (memory.pressure): a task most over "
+                "its request is evicted when the group is at its memory.high or memory.max and its tasks stall on "
+                f"memory{where}")
+    return ("eviction also reads this group's memory.events.local, but this kernel has no PSI (memory.pressure: "
+            "CONFIG_PSI off or booted with psi=0): a stall at the group's memory.high evicts nothing, only an OOM "
+            f"event of the group does{where}")
 
 
 def _airflow(mode: str, cgroup_version: int | None) -> dict[str, Any] | None:
@@ -461,6 +485,8 @@ def _print(report: dict[str, Any]) -> None:
         where = f"v{cg['version']} at {cg['path']}"
     lines.append(("cgroup", f"{where}: writable" if cg["writable"] else f"{where}: NOT usable: {cg['reason']}"))
     lines.append(("", cg["note"]))
+    if cg.get("pressure"):
+        lines.append(("pressure", cg["pressure"]))
     wd = report["watchdog"]
     lines.append(("watchdog", "works (/proc is readable)" if wd["works"] else f"cannot work: {wd['problem']}"))
     if "overshoot" in wd:

@@ -17,9 +17,11 @@ join its slot group at birth and never move while a task runs.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import select
+import time
 from dataclasses import dataclass
 
 from . import proc
@@ -142,41 +144,56 @@ class GroupSignals:
     """cgroup v2: the pressure signals of one group (the worker's own), read through kept-open files.
 
     ``memory.events.local`` counts what happened at this group's own limits (not its slots');
-    ``memory.pressure`` is PSI, absent on kernels without it (``CONFIG_PSI``, ``psi=0``).
+    ``memory.pressure`` is PSI, absent on kernels without it (``CONFIG_PSI``, ``psi=0``).  Both
+    are read over the same sliding window of at least :attr:`WINDOW` seconds: PSI's ``avg10``
+    moves only every 2 s and lags a stall, so the share of time stalled is taken from its
+    ``total`` (microseconds, current at every read) instead.
     """
+
+    WINDOW = 2.0
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fds = {name: _open_ro(os.path.join(path, name)) for name in ("memory.events.local", "memory.pressure")}
-        self._last: dict[str, int] | None = None
+        #: (when, event counters, PSI some total, PSI full total), the oldest at or before the window's start
+        self._looks: collections.deque[tuple[float, dict[str, int], int, int]] = collections.deque()
 
     @property
     def has_psi(self) -> bool:
         return self._fds["memory.pressure"] is not None
 
-    def read(self) -> tuple[dict[str, int], float | None, float | None]:
-        """(growth of each local event counter since the last call, PSI some avg10, PSI full avg10)."""
-        grown: dict[str, int] = {}
+    def read(self, now: float | None = None) -> tuple[dict[str, int], float | None, float | None]:
+        """(growth of each local event counter, % of the time some / all of the group's tasks
+        stalled on memory), over the last :attr:`WINDOW` seconds or since the previous look if
+        that was longer ago; the first look only sets where counting starts.  PSI ``None``: no PSI."""
+        now = time.monotonic() if now is None else now
+        events: dict[str, int] = {}
         fd = self._fds["memory.events.local"]
         if fd is not None:
-            now = {k.decode(): int(v) for k, v in (ln.split() for ln in os.pread(fd, 4096, 0).splitlines() if ln)}
-            if self._last is not None:
-                grown = {k: v - self._last.get(k, 0) for k, v in now.items() if v > self._last.get(k, 0)}
-            self._last = now
-        some = full = None
-        fd = self._fds["memory.pressure"]
-        if fd is not None:
-            for line in os.pread(fd, 4096, 0).decode().splitlines():
+            events = {k.decode(): int(v) for k, v in (ln.split() for ln in os.pread(fd, 4096, 0).splitlines() if ln)}
+        totals = {"some": 0, "full": 0}
+        psi = self._fds["memory.pressure"]
+        if psi is not None:
+            for line in os.pread(psi, 4096, 0).decode().splitlines():
                 kind, _, rest = line.partition(" ")
-                avg10 = float(dict(f.split("=") for f in rest.split())["avg10"])
-                some, full = (avg10, full) if kind == "some" else (some, avg10)
-        return grown, some, full
+                totals[kind] = int(dict(f.split("=") for f in rest.split())["total"])
+        looks = self._looks
+        looks.append((now, events, totals["some"], totals["full"]))
+        while len(looks) > 1 and looks[1][0] <= now - self.WINDOW:
+            looks.popleft()
+        then, before, some0, full0 = looks[0]
+        grown = {k: v - before.get(k, 0) for k, v in events.items() if v > before.get(k, 0)}
+        if psi is None:
+            return grown, None, None
+        span = (now - then) * 1e6
+        if span <= 0:
+            return grown, 0.0, 0.0
+        return grown, 100 * (totals["some"] - some0) / span, 100 * (totals["full"] - full0) / span
 
     def close(self) -> None:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
-
 
 def _open_ro(path: str) -> int | None:
     try:
