@@ -86,15 +86,15 @@ def test_an_autoscaled_pool_leaves_room_for_the_children_it_may_still_start(tmp_
     assert counted and set(counted) == {24}, re.findall(r"oomless: budget .*", log)
 
 
-def _overcommit(tmp_path, redis_url, worker_cgroup, mode):
-    """Requests far below what the tasks use (limits above it): admission starts eight at once,
-    5.6 GiB in a 2 GiB cgroup.  Returns (results, outcomes, worker log)."""
-    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=8, conf=AIRFLOW,
-                          cgroup=worker_cgroup.path)
+def _overcommit(tmp_path, redis_url, worker_cgroup, mode, count=8, extra=()):
+    """Requests far below what the tasks use (limits above it): admission starts ``count`` at once,
+    704 MiB each in a 2 GiB cgroup.  Returns (results, outcomes, worker log)."""
+    worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=count, conf=AIRFLOW,
+                          cgroup=worker_cgroup.path, extra=extra)
     app = make_app(redis_url, redis_url, worker.queue, mode, conf=AIRFLOW)
     try:
         spec = oomless.Memory(request="128MiB", limit="1GiB")
-        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(8)]
+        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(count)]
         outcomes = [r.get(timeout=240, propagate=False) for r in results]
     finally:
         worker.stop()
@@ -105,8 +105,9 @@ def _overcommit(tmp_path, redis_url, worker_cgroup, mode):
 def test_overcommitted_tasks_end_in_governor_evictions_never_in_kernel_oom_kills_in_cgroup_mode(
     tmp_path, redis_url, worker_cgroup
 ):
-    # The slots share a parent group limited to what the worker has left, with the kernel's
-    # OOM killer off: at that limit the kernel pauses them and the governor evicts.
+    # The slots share a parent group limited to what the worker has left: at that limit the
+    # kernel stalls them (v1: paused, the OOM killer off; v2: throttled past memory.high) and the
+    # governor evicts.
     results, outcomes, log = _overcommit(tmp_path, redis_url, worker_cgroup, "cgroup")
     assert worker_cgroup.oom_kills() == 0
     assert "evicting" in log
@@ -137,17 +138,8 @@ def test_a_budget_larger_than_the_cgroup_ends_in_evictions_at_the_slots_shared_l
     available until the slots' shared limit stops them (v1: paused, the OOM killer off; v2: the
     base group's memory.high throttles them): the governor evicts there, the kernel never kills.
     The v1 test of that limit; on v2 the guest of tests/v2vm/run runs it."""
-    worker = start_worker(tmp_path, redis_url, redis_url, mode="cgroup", concurrency=4, conf=AIRFLOW,
-                          cgroup=worker_cgroup.path, extra=("--memory-budget", "8GiB"))
-    app = make_app(redis_url, redis_url, worker.queue, "cgroup", conf=AIRFLOW)
-    try:
-        spec = oomless.Memory(request="128MiB", limit="1GiB")
-        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(4)]
-        outcomes = [r.get(timeout=240, propagate=False) for r in results]
-    finally:
-        worker.stop()
-        app.close()
-    log = worker.text()
+    results, outcomes, log = _overcommit(tmp_path, redis_url, worker_cgroup, "cgroup", count=4,
+                                         extra=("--memory-budget", "8GiB"))
     assert "is more than the worker cgroup limit 2.0 GiB" in log
     assert worker_cgroup.oom_kills() == 0
     assert "the slots together reached the memory left to tasks in the worker" in log, re.findall(r"evicting .*", log)
