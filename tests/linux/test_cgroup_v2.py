@@ -96,6 +96,10 @@ def test_real_v2_create_enables_memory_for_the_slots_in_the_worker_group_and_the
     assert "memory" in _read(os.path.join(worker_group, "cgroup.subtree_control")).split()
     assert "memory" in _read(os.path.join(groups.base, "cgroup.subtree_control")).split()
     assert groups.slots() == [0, 1]
+    # The worker's leaf shares the base group's memory.high (the slots' shared limit): no swap for it.
+    for group in (os.path.join(groups.base, groups.LEAF), groups.slot_dir(0)):
+        if os.path.exists(os.path.join(group, "memory.swap.max")):
+            assert _read(os.path.join(group, "memory.swap.max")) == "0"
 
 
 def test_real_v2_a_new_slot_has_no_limit_and_kills_as_a_group(groups):
@@ -273,8 +277,9 @@ def test_real_v2_the_slots_stall_at_their_shared_limit_unkilled_and_the_kernel_s
     try:
         os.pread(fd, 4096, 0)
         poller.register(fd, select.EPOLLPRI)
-        groups.set_total_limit(groups.shared_usage() + LIMIT)
-        assert _read(os.path.join(groups.base, "memory.high")) == str(groups.shared_usage() + LIMIT)
+        limit = groups.shared_usage() + LIMIT
+        groups.set_total_limit(limit)
+        assert _read(os.path.join(groups.base, "memory.high")) == str(limit)
         assert not groups.at_total_limit()
         pid = fork_member(groups, 0, 4 * LIMIT, hold=60)
         try:
@@ -332,19 +337,21 @@ def test_real_v2_group_signals_see_the_worker_group_hit_its_own_limit_not_a_slot
     os.mkdir(slot)
     signals = GroupSignals(worker_group)
     try:
-        signals.read()
+        # Looks one second apart for the signals' window, however long each step takes in the guest.
+        signals.read(now=1.0)
         # A slot at its own limit: an event of the slot, not of the worker's group.
         with open(os.path.join(slot, "memory.max"), "w") as fh:
             fh.write(str(LIMIT))
         _run_in(slot, 256 * MiB)
-        assert group_pressure(*signals.read()) is None
+        assert _events(slot)["oom_kill"] >= 1
+        assert group_pressure(*signals.read(now=2.0)) is None
         # The worker's group at its limit: its own event.
         with open(os.path.join(slot, "memory.max"), "w") as fh:
             fh.write("max")
         with open(os.path.join(worker_group, "memory.max"), "w") as fh:
             fh.write(str(LIMIT))
         _run_in(slot, 256 * MiB)
-        grown, _some, _full = signals.read()
+        grown, _some, _full = signals.read(now=3.0)
         assert grown.get("max", 0) > 0 and grown.get("oom", 0) > 0, grown
         assert "out of memory" in group_pressure(grown, None, None)
     finally:
@@ -356,7 +363,7 @@ def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group
     ``memory.high`` stalls (no swap: the kernel throttles it), and :func:`group_pressure` names
     the stall with the figure.  User-mode-linux has no PSI; ``tests/v2vm/run --qemu`` boots a
     kernel that has it."""
-    from oomless.admission.eviction import PSI_SOME, group_pressure
+    from oomless.admission.eviction import group_pressure
     from oomless.linux.cgroup import GroupSignals
 
     signals = GroupSignals(worker_group)
@@ -368,8 +375,7 @@ def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group
             fh.write("+memory")
         slot = os.path.join(worker_group, "slot")
         os.mkdir(slot)
-        _, some, full = signals.read()
-        assert some is not None and full is not None and some < PSI_SOME, (some, full)
+        signals.read()
         with open(os.path.join(worker_group, "memory.high"), "w") as fh:
             fh.write(str(LIMIT))
         # Grows to 4x the group's memory.high, 4 MiB at a time, and holds it.
@@ -381,7 +387,7 @@ def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group
         try:
             seen: dict[str, int] = {}
             why = None
-            deadline = time.monotonic() + 240  # PSI's avg10 moves every 2 s; TCG is ~20x slower
+            deadline = time.monotonic() + 240
             while why is None and time.monotonic() < deadline:
                 time.sleep(1)
                 grown, some, full = signals.read()

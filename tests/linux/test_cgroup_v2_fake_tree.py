@@ -415,11 +415,28 @@ def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
         grown, some, full = signals.read(now=101.0)
         assert grown == {"max": 5, "oom": 1, "oom_kill": 1}
         assert (round(some, 3), round(full, 3)) == (30.0, 10.0)  # avg10 still says 0: it lags
-        # Within the window the counting still starts at the first look; past it, at the last
-        # look at or before its start.
-        assert signals.read(now=101.5)[0] == {"max": 5, "oom": 1, "oom_kill": 1}
+        # Within the window the counting still starts at the first look; past it, at the newest
+        # look at or before its start (101.0, not 101.5, which is after it).
+        events.write_text("low 0\nhigh 2\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n")
+        assert signals.read(now=101.5)[0] == {"high": 2, "max": 5, "oom": 1, "oom_kill": 1}
         grown, some, full = signals.read(now=103.2)
-        assert grown == {} and (some, full) == (0.0, 0.0)
+        assert grown == {"high": 2} and (some, full) == (0.0, 0.0)
+        # After a gap of more than three windows (no task ran, no look) the counting starts again.
+        events.write_text("low 0\nhigh 2\nmax 9\noom 2\noom_kill 2\noom_group_kill 0\n")
+        assert signals.read(now=200.0) == ({}, 0.0, 0.0)
+    finally:
+        signals.close()
+
+
+def test_fake_tree_group_signals_treat_an_unreadable_pressure_file_as_no_psi(tmp_path):
+    # psi=0 at boot: memory.pressure exists, reading it fails (EOPNOTSUPP); a directory stands in.
+    from oomless.linux.cgroup import GroupSignals
+
+    (tmp_path / "memory.events.local").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    (tmp_path / "memory.pressure").mkdir()
+    signals = GroupSignals(str(tmp_path))
+    try:
+        assert not signals.has_psi and signals.read() == ({}, None, None)
     finally:
         signals.close()
 

@@ -155,6 +155,13 @@ class GroupSignals:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fds = {name: _open_ro(os.path.join(path, name)) for name in ("memory.events.local", "memory.pressure")}
+        psi = self._fds["memory.pressure"]
+        if psi is not None:
+            try:
+                os.pread(psi, 4096, 0)
+            except OSError:  # a kernel booted with psi=0 keeps the file and refuses to read it (EOPNOTSUPP)
+                os.close(psi)
+                self._fds["memory.pressure"] = None
         #: (when, event counters, PSI some total, PSI full total), the oldest at or before the window's start
         self._looks: collections.deque[tuple[float, dict[str, int], int, int]] = collections.deque()
 
@@ -165,7 +172,8 @@ class GroupSignals:
     def read(self, now: float | None = None) -> tuple[dict[str, int], float | None, float | None]:
         """(growth of each local event counter, % of the time some / all of the group's tasks
         stalled on memory), over the last :attr:`WINDOW` seconds or since the previous look if
-        that was longer ago; the first look only sets where counting starts.  PSI ``None``: no PSI."""
+        that was longer ago (up to 3 windows; a look after a longer gap starts again); the first
+        look only sets where counting starts.  PSI ``None``: no PSI."""
         now = time.monotonic() if now is None else now
         events: dict[str, int] = {}
         fd = self._fds["memory.events.local"]
@@ -178,6 +186,8 @@ class GroupSignals:
                 kind, _, rest = line.partition(" ")
                 totals[kind] = int(dict(f.split("=") for f in rest.split())["total"])
         looks = self._looks
+        if looks and looks[-1][0] < now - 3 * self.WINDOW:
+            looks.clear()  # no look for a while (no task ran): what happened then is no task's doing
         looks.append((now, events, totals["some"], totals["full"]))
         while len(looks) > 1 and looks[1][0] <= now - self.WINDOW:
             looks.popleft()
@@ -194,6 +204,7 @@ class GroupSignals:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
+
 
 def _open_ro(path: str) -> int | None:
     try:
@@ -583,6 +594,12 @@ class SlotGroupsV2(SlotGroups):
                     ) from None
             self._enabled_parent = True
         _write(os.path.join(self.base, "cgroup.subtree_control"), "+memory")
+        # The base group's memory.high (the slots' shared limit) covers the worker's leaf too: on a
+        # host with swap the kernel would page the worker out to stay under it rather than stall
+        # the slots, and the governor would see no pressure.  No swap for the worker, as for its slots.
+        swap = os.path.join(leaf, "memory.swap.max")
+        if os.path.exists(swap):
+            _write(swap, 0)
         super().create(count)
 
     def remove(self, kill: bool = True, attempts: int = 50) -> list[int]:
@@ -654,11 +671,14 @@ class SlotGroupsV2(SlotGroups):
 
     def events_fd(self, index: int | None) -> int:
         """A new descriptor of the slot's ``memory.events`` (``None``: the base group's own,
-        ``memory.events.local``): poll it for ``POLLPRI`` (the kernel notifies each change, such as
-        going over ``memory.high``); read it to re-arm."""
-        path = os.path.join(self.base, "memory.events.local") if index is None else os.path.join(
-            self.slot_dir(index), "memory.events")
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        ``memory.events.local``; before Linux 5.2, its ``memory.events``): poll it for ``POLLPRI``
+        (the kernel notifies each change, such as going over ``memory.high``); read it to re-arm."""
+        if index is not None:
+            return os.open(os.path.join(self.slot_dir(index), "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.open(os.path.join(self.base, "memory.events.local"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return os.open(os.path.join(self.base, "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
 
     def set_total_limit(self, limit: int | None) -> None:
         # memory.high, not memory.max: v2 cannot turn the OOM killer off, but past memory.high the
@@ -667,7 +687,10 @@ class SlotGroupsV2(SlotGroups):
         _write(os.path.join(self.base, "memory.high"), "max" if limit is None else limit)
 
     def shared_usage(self) -> int:
-        return working_set(2, self.base) or 0
+        used = working_set(2, self.base)
+        if used is None:  # never a limit computed from "holds nothing"
+            raise OSError(errno.EIO, f"cannot read what {self.base} holds")
+        return used
 
     def at_total_limit(self) -> bool:
         # Over memory.high in what cannot be reclaimed: page cache alone the kernel reclaims, and
