@@ -83,13 +83,22 @@ def tools() -> tuple[str, str]:
     return qemu, busybox
 
 
-def kernel(cache: str) -> tuple[str, str]:
-    """(the vmlinuz of Debian's current linux-image-amd64, the folder of its modules), fetched once."""
+def _kernel_package() -> tuple[str | None, str]:
+    """(the package linux-image-amd64 depends on, e.g. linux-image-6.1.0-57-amd64, or None; apt-cache's complaint)."""
     depends = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True)
     package = next((line.split()[-1] for line in depends.stdout.splitlines()
                     if line.strip().startswith("Depends:") and "linux-image-" in line), None)
+    return package, depends.stderr.strip()[-200:]
+
+
+def kernel(cache: str) -> tuple[str, str]:
+    """(the vmlinuz of Debian's current linux-image-amd64, the folder of its modules), fetched once."""
+    package, why = _kernel_package()
+    if package is None and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)  # a machine with no package lists yet
+        package, why = _kernel_package()
     if package is None:
-        raise Unavailable(f"apt-cache finds no linux-image-amd64 kernel package ({depends.stderr.strip()[-200:]})")
+        raise Unavailable(f"apt-cache finds no linux-image-amd64 kernel package ({why})")
     home = os.path.join(cache, package)
     vmlinuz, modules = os.path.join(home, "vmlinuz"), os.path.join(home, "modules")
     if os.path.exists(vmlinuz):
