@@ -21,7 +21,7 @@ import pytest
 
 import oomless
 
-from .harness import V2, MemoryCgroup, start_worker
+from .harness import SLACK, V2, MemoryCgroup, start_worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import make_app  # noqa: E402
@@ -50,7 +50,7 @@ def _at_requests(tmp_path, redis_url, group, mode, count, low_mb, high_mb, seed,
             # t.hold holds mb MiB beside an interpreter that already runs: request what it uses
             spec = oomless.Memory(request=(mb + 24) * MiB, limit=(mb + 24 + 128) * MiB)
             results.append(app.tasks["t.hold"].apply_async([1.0, mb], memory=spec))
-        outcomes = [r.get(timeout=240, propagate=False) for r in results]
+        outcomes = [r.get(timeout=240 * SLACK, propagate=False) for r in results]
     finally:
         worker.stop()
         app.close()
@@ -95,7 +95,7 @@ def _overcommit(tmp_path, redis_url, worker_cgroup, mode, count=8, extra=()):
     try:
         spec = oomless.Memory(request="128MiB", limit="1GiB")
         results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(count)]
-        outcomes = [r.get(timeout=240, propagate=False) for r in results]
+        outcomes = [r.get(timeout=240 * SLACK, propagate=False) for r in results]
     finally:
         worker.stop()
         app.close()
@@ -170,8 +170,8 @@ def test_psi_a_worker_group_stalled_at_its_memory_high_evicts_the_task_most_over
         grow = app.tasks["t.grow"]
         steady = grow.apply_async((400, 0.5, 4.0), memory={"request": "440MiB", "limit": "480MiB"})
         greedy = grow.apply_async((704, 1.0, 0.2), countdown=1, memory={"request": "300MiB", "limit": "900MiB"})
-        assert steady.get(timeout=240)["end"] > 0
-        outcome = greedy.get(timeout=240, propagate=False)
+        assert steady.get(timeout=240 * SLACK)["end"] > 0
+        outcome = greedy.get(timeout=240 * SLACK, propagate=False)
     finally:
         worker.stop()
         app.close()
