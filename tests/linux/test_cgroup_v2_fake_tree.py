@@ -450,3 +450,17 @@ def test_fake_tree_group_signals_without_psi(tmp_path):
         assert not signals.has_psi and signals.read() == ({}, None, None)
     finally:
         signals.close()
+
+
+def test_fake_tree_shared_limit_reads_as_not_reached_where_the_group_cannot_be_read(tmp_path):
+    # The monitor asks on every notice of the base group; a group being removed must not crash it.
+    from oomless.linux.cgroup import SlotGroupsV2
+
+    groups = SlotGroupsV2(str(tmp_path / "oomless-1-2"))
+    assert groups.at_total_limit() is False
+    (tmp_path / "oomless-1-2").mkdir()
+    (tmp_path / "oomless-1-2" / "memory.high").write_text("1048576\n")
+    assert groups.at_total_limit() is False  # memory.current and memory.stat missing
+    (tmp_path / "oomless-1-2" / "memory.current").write_text("4194304\n")
+    (tmp_path / "oomless-1-2" / "memory.stat").write_text("file 0\nshmem 0\n")
+    assert groups.at_total_limit() is True

@@ -695,9 +695,12 @@ class SlotGroupsV2(SlotGroups):
     def at_total_limit(self) -> bool:
         # Over memory.high in what cannot be reclaimed: page cache alone the kernel reclaims, and
         # the slots run on.
-        with open(os.path.join(self.base, "memory.high")) as fh:
-            high = fh.read().strip()
-        return high != "max" and self.shared_usage() > int(high)
+        try:
+            with open(os.path.join(self.base, "memory.high")) as fh:
+                high = fh.read().strip()
+            return high != "max" and self.shared_usage() > int(high)
+        except (OSError, ValueError):  # the group is going (the worker stops): nothing to evict for
+            return False
 
     def usage_shmem(self, index: int) -> tuple[int, int]:
         used = int(self._get(index, "memory.current"))
