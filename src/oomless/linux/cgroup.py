@@ -531,9 +531,6 @@ class SlotGroupsV1(SlotGroups):
         """What the slots hold together that is not page cache."""
         return working_set(1, self.base) or 0
 
-    def shared_usage(self) -> int:
-        return self.total_usage()
-
 
 class SlotGroupsV2(SlotGroups):
     """Slot groups on a delegated cgroup v2 subtree.
