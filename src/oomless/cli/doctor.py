@@ -204,7 +204,12 @@ def _group_pressure(host: Any) -> str | None:
         high = "max"
     where = ("" if high == "max" else
              f"; its memory.high is {format_size(int(high))}: past it the kernel throttles the whole worker")
-    if os.path.exists(os.path.join(host.path, "memory.pressure")):
+    from ..linux.cgroup import GroupSignals
+
+    signals = GroupSignals(host.path)  # what the worker reads: a psi=0 kernel's unreadable file is no PSI
+    psi = signals.has_psi
+    signals.close()
+    if psi:
         return ("eviction also reads this group's memory.events.local and PSI (memory.pressure): a task most over "
                 "its request is evicted when the group is at its memory.high or memory.max and its tasks stall on "
                 f"memory{where}")
