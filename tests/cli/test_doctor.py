@@ -378,7 +378,7 @@ def test_doctor_judges_the_result_backend_without_connecting_to_it(tmp_path):
     result = doctor("-A", spec, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout)["results"]
-    assert results["backend"] == "db+postgresql+psycopg://nobody:**@127.0.0.1:1/none"
+    assert results["backend"] == "db+postgresql+psycopg://nobody:***@127.0.0.1:1/none"
     assert results["kind"] == "database" and results["expires"] is None
     assert [p.split(":")[0] for p in results["problems"]] == ["result_expires = None"]
 
@@ -439,7 +439,7 @@ def test_doctor_judges_airflows_default_celery_result_backend(tmp_path):
     # No [celery] result_backend: the provider stores results on the metadata database, where only
     # celery beat (which Airflow does not run) or airflow db clean removes them.
     assert line(result.stdout, "results").startswith(
-        "db+postgresql+psycopg://airflow:**@127.0.0.1:5432/airflow (database): results older than 1 day")
+        "db+postgresql+psycopg://airflow:***@127.0.0.1:5432/airflow (database): results older than 1 day")
     assert "airflow db clean --tables celery_taskmeta,celery_tasksetmeta" in result.stdout
     assert not [w for w in warnings_of(result.stdout) if "result" in w or "pickle" in w]
 

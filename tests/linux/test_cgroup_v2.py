@@ -328,7 +328,7 @@ def test_real_v2_remove_kills_members_and_deletes_the_groups(worker_group):
 
 
 def test_real_v2_group_signals_see_the_worker_group_hit_its_own_limit_not_a_slots(worker_group):
-    from oomless.admission.eviction import group_pressure
+    from oomless.enforce.eviction import group_pressure
     from oomless.linux.cgroup import GroupSignals
 
     with open(os.path.join(worker_group, "cgroup.subtree_control"), "w") as fh:
@@ -363,7 +363,7 @@ def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group
     ``memory.high`` stalls (no swap: the kernel throttles it), and :func:`group_pressure` names
     the stall with the figure.  User-mode-linux has no PSI; ``tests/v2vm/run --qemu`` boots a
     kernel that has it."""
-    from oomless.admission.eviction import group_pressure
+    from oomless.enforce.eviction import group_pressure
     from oomless.linux.cgroup import GroupSignals
 
     signals = GroupSignals(worker_group)

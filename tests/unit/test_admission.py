@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oomless.admission import Admission, Infeasible
-from oomless.admission.eviction import Use, choose_victim, group_pressure, pressure
+from oomless.enforce.eviction import Use, choose_victim, group_pressure, pressure
 
 MiB = 2**20
 

@@ -85,14 +85,14 @@ OPTIONS: dict[str, tuple[str, str | None, str | None, str]] = {
 
 def get_provider_info() -> dict[str, Any]:
     """Airflow's providers manager reads this through the ``apache_airflow_provider`` entry point."""
-    from .. import __version__
+    from importlib.metadata import version
 
     return {
         "package-name": "oomless",
         "name": "oomless",
         "description": "Memory as a first-class, enforced resource for Airflow tasks on the CeleryExecutor: "
         "per-task memory limits, clear memory failures in the task log, retries that escalate memory.",
-        "versions": [__version__],
+        "versions": [version("oomless")],
         "config": {
             SECTION: {
                 "description": "Memory of the tries that run on oomless-governed Airflow Celery workers. "

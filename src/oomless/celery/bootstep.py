@@ -26,6 +26,7 @@ from ..errors import EnforcementUnavailable, InvalidMemorySpec
 from ..linux import cgroup
 from ..spec import Memory
 from ..units import format_size
+from ..urls import redact
 from . import child, control, governor  # noqa: F401  (control: registers the oomless_status command)
 from .config import load_settings
 from .gate import MemoryGate, install_gate
@@ -159,7 +160,7 @@ class GovernorStep(bootsteps.StartStopStep):
             gov.enforcer.start()
             port = gov.settings.metrics_port
             if port is not None and gov.metrics is None:
-                from ..history.metrics import WorkerMetrics
+                from .metrics import WorkerMetrics
 
                 gov.metrics = WorkerMetrics(gov, w.hostname)
                 try:
@@ -185,7 +186,7 @@ class GovernorStep(bootsteps.StartStopStep):
                     # A refresh forgets the per-name specs the requests cached, so they pick it up.
                     gov.learned = Learned(lambda: Store(url), on_update=gov.task_specs.clear)
                     gov.learned.start()
-                logger.info("oomless: recording every attempt in %s", _redacted(url))
+                logger.info("oomless: recording every attempt in %s", redact(url))
 
     def register_with_event_loop(self, w: Any, hub: Any) -> None:
         """On every (re)connection: the kill notices and the gate's timer join the event loop."""
@@ -201,12 +202,6 @@ class GovernorStep(bootsteps.StartStopStep):
 
     def terminate(self, w: Any) -> None:
         """Nothing, as for :meth:`stop`."""
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @signals.worker_shutdown.connect(weak=False)

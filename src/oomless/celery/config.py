@@ -52,6 +52,7 @@ from typing import Any
 
 from ..budget import Budget, compute_budget
 from ..errors import InvalidMemorySpec
+from ..history.url import resolve as resolve_history
 from ..linux import proc
 from ..linux.cgroup import CgroupHost
 from ..spec import Memory
@@ -100,7 +101,7 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         default = Memory.coerce(conf.get("oomless_default_memory"), what="oomless_default_memory")
     except InvalidMemorySpec as exc:
         raise ValueError(str(exc)) from None
-    history = _history(conf.get("oomless_history"))
+    history = resolve_history(conf.get("oomless_history"))
     learned = _flag(conf, "oomless_learned", False)
     if learned and history is None:
         raise ValueError("oomless_learned=True needs the history it learns from: set oomless_history too "
@@ -128,22 +129,6 @@ def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) ->
         kill_leftovers=_leftovers(conf.get("oomless_leftovers")),
         gc_freeze=_flag(conf, "oomless_gc_freeze", True),
         malloc_trim=_flag(conf, "oomless_malloc_trim", True),
-    )
-
-
-def _history(value: Any) -> str | None:
-    """``oomless_history``: unset/"off" (None), "default" (the default SQLite file) or a URL."""
-    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "off")):
-        return None
-    if isinstance(value, str) and value.strip().lower() in ("default", "on"):
-        from ..history.store import default_url
-
-        return default_url()
-    if isinstance(value, str) and "://" in value:
-        return value.strip()
-    raise ValueError(
-        f"oomless_history={value!r} is not understood; use 'default' (an SQLite file), an SQLAlchemy URL "
-        f"such as 'postgresql+psycopg://user@host/db', or 'off'"
     )
 
 

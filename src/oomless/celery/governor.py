@@ -26,7 +26,7 @@ from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
     from ..history.learned import Learned
-    from ..history.metrics import WorkerMetrics
+    from .metrics import WorkerMetrics
     from ..history.pss import PssSampler
     from ..history.recorder import Recorder
     from .gate import MemoryGate

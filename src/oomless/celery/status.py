@@ -2,7 +2,7 @@
 
 :func:`snapshot` is read by ``oomless top`` (through the ``oomless_status``
 remote-control command, see :mod:`oomless.celery.control`) and by the
-Prometheus collector (:mod:`oomless.history.metrics`).  It runs in the worker
+Prometheus collector (:mod:`oomless.celery.metrics`).  It runs in the worker
 main process, on the event loop or on the metrics server's thread: it reads
 the slot table and the admission ledger and opens a /proc or cgroup file per
 running task, nothing more.  Sizes are bytes, times seconds.

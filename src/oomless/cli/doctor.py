@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..enforce.modes import MODES
+from ..urls import redact
 from .common import AppNotLoaded, load_app
 
 __all__ = ["doctor", "diagnose"]
@@ -181,9 +182,7 @@ def _observe(settings: Any) -> dict[str, Any]:
     """History, learned sizes and metrics: where they go, or how to turn them on (docs/history.md)."""
     history = None
     if settings.history is not None:
-        from sqlalchemy.engine import make_url
-
-        history = make_url(settings.history).render_as_string(hide_password=True)
+        history = redact(settings.history)
     return {
         "history": history,
         "learned": settings.learned,
@@ -262,15 +261,12 @@ def _results(app: Any) -> dict[str, Any]:
 
     from celery.app.backends import by_url
     from kombu.serialization import registry
-    from kombu.utils.url import maybe_sanitize_url
 
     conf = app.conf
     setting = conf.result_backend
     problems: list[str] = []
-    # rpc:// and friends carry no password; maybe_sanitize_url would turn them into rpc:///
     shown = "none" if not setting else (
-        (maybe_sanitize_url(setting) if "@" in setting else setting) if isinstance(setting, str)
-        else getattr(setting, "__name__", repr(setting)))
+        redact(setting) if isinstance(setting, str) else getattr(setting, "__name__", repr(setting)))
     try:
         cls: Any
         url: str | None

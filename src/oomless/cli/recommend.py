@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..units import format_size
+from ..urls import redact
 
 __all__ = ["recommend", "parse_since"]
 
@@ -62,7 +63,8 @@ def open_store(url: str | None) -> Any:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from ..history.store import SCHEMA_VERSION, Store, default_url
+    from ..history.store import SCHEMA_VERSION, Store
+    from ..history.url import default_url
 
     url = url or default_url()
     if url.startswith("sqlite:///"):
@@ -75,7 +77,8 @@ def open_store(url: str | None) -> Any:
                 f"(see docs/history.md); or give --history URL"
             )
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        make_url(url)
+        shown = redact(url)
     except ArgumentError:
         raise click.UsageError(f"--history {url!r} is not an SQLAlchemy URL (e.g. sqlite:///path or "
                                f"postgresql+psycopg://user@host/db)") from None

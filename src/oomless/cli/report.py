@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import click
 
+from ..urls import redact
 from .recommend import history_option, since_option
 
 __all__ = ["report"]
@@ -48,7 +49,7 @@ def report(url: str | None, since: str | None, output: str, bucket: float | None
 
     when = parse_since(since)
     store = open_store(url)
-    shown = store.engine.url.render_as_string(hide_password=True)
+    shown = redact(store.url)
     columns = (TextColumn("reading the history"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:

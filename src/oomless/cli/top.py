@@ -28,7 +28,6 @@ import sys
 import time
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.console import Console, Group, RenderableType
@@ -39,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..units import format_size
+from ..urls import redact
 from .common import AppNotLoaded, load_app
 
 __all__ = ["top", "poll", "render", "COUNTS"]
@@ -241,24 +241,6 @@ def render(
     return Group(*parts)
 
 
-def _redact(url: str) -> str:
-    """``url`` with its password replaced by ``**``.
-
-    kombu's ``maybe_sanitize_url`` drops the query, and with it the
-    ``virtual_host`` of a ``redis+socket://`` URL, which is what tells two
-    brokers apart in a message.
-    """
-    redacted = []
-    for one in url.split(";"):
-        parts = urlsplit(one)
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            user = parts.username or ""
-            parts = parts._replace(netloc=f"{user}:**@{host}")
-        redacted.append(urlunsplit(parts))
-    return ";".join(redacted)
-
-
 def _load(app_spec: str | None, broker: str | None) -> Any:
     """The Celery app to broadcast with: ``-A`` imported as ``celery -A`` does, ``-b`` overriding its broker."""
     from celery import Celery
@@ -279,7 +261,7 @@ def _source(app: Any) -> str:
     if not url:
         with app.connection_for_write() as conn:
             url = conn.as_uri()
-    return _redact(url if isinstance(url, str) else ";".join(url))
+    return redact(url if isinstance(url, str) else ";".join(url))
 
 
 def _poll_or_say(app: Any, timeout: float, destination: list[str] | None, source: str) -> list[dict[str, Any]]:

@@ -35,7 +35,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..admission.eviction import Use, choose_victim, group_pressure, pressure
 from ..budget import Footprint
 from ..linux import cgroup, proc
 from ..linux.cgroup import CgroupHost
@@ -43,6 +42,7 @@ from ..linux.kill import kill_matching, kill_orphans, kill_tree
 from ..linux.proc import OwnMemory
 from ..spec import Memory
 from ..units import format_size
+from .eviction import Use, choose_victim, group_pressure, pressure
 from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")
@@ -91,7 +91,7 @@ class Enforcer:
     """Base of the enforcement modes; ``mode`` names it in logs, events and errors."""
 
     mode = "off"
-    #: Eviction for node memory pressure (see :mod:`oomless.admission.eviction`); off until configured.
+    #: Eviction for node memory pressure (see :mod:`oomless.enforce.eviction`); off until configured.
     budget: int | None = None
     eviction_margin = 0
     _group: tuple[int, str, int] | None = None  # (cgroup version, path, limit) of the worker

@@ -42,11 +42,11 @@ import os
 import select
 import time
 
-from ..admission.eviction import Use, choose_victim
 from ..linux import cgroup, proc
 from ..linux.kill import kill_pids
 from ..units import format_size
 from .base import Enforcer, KillReport
+from .eviction import Use, choose_victim
 from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")

@@ -41,11 +41,11 @@ import signal
 import threading
 import time
 
-from ..admission.eviction import Use
 from ..linux import proc
 from ..linux.kill import _pidfd, kill_tree
 from ..linux.kill import _send as send_signal
 from .base import Enforcer, KillReport
+from .eviction import Use
 from .slots import SlotState, SlotTable
 
 logger = logging.getLogger("oomless")

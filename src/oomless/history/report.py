@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..units import format_size
+from ..urls import redact
 
 if TYPE_CHECKING:
     from .store import Store
@@ -538,12 +539,6 @@ def _recommendation_table(recs: Sequence[Any]) -> str:
     return f"<div class='wide'><table class='recommendations'>{head}{''.join(rows)}</table></div>"
 
 
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def build_report(store: Store, out_path: str | os.PathLike[str], since: float | None = None,
                  progress: Progress | None = None, bucket: float | None = None) -> ReportSummary:
     """Write the HTML report of ``store`` (attempts started at or after ``since``) to ``out_path``.
@@ -557,7 +552,7 @@ def build_report(store: Store, out_path: str | os.PathLike[str], since: float | 
     """
     from .recommend import recommend_all
 
-    url = _redacted(store.url)
+    url = redact(store.url)
     generated = time.time()
     # version 0: an empty database; counting would create the tables, and a report never writes
     count, first, last = store.span(since) if store.version() else (0, None, None)

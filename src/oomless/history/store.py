@@ -36,9 +36,11 @@ from sqlalchemy import (
     select,
 )
 
+from ..urls import redact
 from .attempt import Attempt
+from .url import default_url
 
-__all__ = ["Attempt", "Store", "SCHEMA_VERSION", "default_url"]
+__all__ = ["Attempt", "Store", "SCHEMA_VERSION"]
 
 metadata = MetaData()
 
@@ -82,13 +84,6 @@ MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def default_url() -> str:
-    """``sqlite:///`` + ``$XDG_STATE_HOME/oomless/history.sqlite`` (``~/.local/state`` when unset)."""
-    from ..paths import state_dir
-
-    return f"sqlite:///{os.path.join(state_dir(), 'history.sqlite')}"
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     # WAL: readers (report, recommend) never block the worker's writer, and a
     # busy timeout instead of "database is locked" when two workers share a file.
@@ -127,7 +122,7 @@ class Store:
             found = int(conn.execute(select(schema.c.version)).scalar_one_or_none() or 0)
             if found > SCHEMA_VERSION:
                 raise RuntimeError(
-                    f"the history store at {self.engine.url.render_as_string(hide_password=True)} has schema "
+                    f"the history store at {redact(self.url)} has schema "
                     f"version {found}, newer than this oomless understands ({SCHEMA_VERSION}); upgrade oomless"
                 )
             for step in MIGRATIONS[found:]:

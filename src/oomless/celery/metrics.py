@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from ..celery.governor import Governor
+    from .governor import Governor
 
 logger = logging.getLogger("oomless")
 
@@ -50,7 +50,7 @@ class _Snapshot(Collector):
         self.gov, self.hostname = gov, hostname
 
     def collect(self) -> Iterator[Any]:
-        from ..celery.status import snapshot
+        from .status import snapshot
 
         s = snapshot(self.gov, self.hostname)
         for name, value, doc in (

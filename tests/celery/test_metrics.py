@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..celery.harness import start_worker
+from .harness import start_worker
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "celery"))
+sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import make_app  # noqa: E402
 
 MiB = 2**20
