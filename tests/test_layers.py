@@ -225,8 +225,6 @@ KNOWN_PRIVATE = {
     "oomless.data.chunks:68 imports oomless.data.plan._open",
     "oomless.data.chunks:68 imports oomless.data.plan._parse_csv",
     "oomless.data.plan:208 imports oomless.data.chunks._usable",
-    "oomless.enforce.watchdog:45 imports oomless.linux.kill._pidfd",
-    "oomless.enforce.watchdog:46 imports oomless.linux.kill._send",
 }
 KNOWN_CYCLES = [["oomless.celery.governor", "oomless.celery.request"], ["oomless.data.chunks", "oomless.data.plan"]]
 

@@ -26,10 +26,10 @@ from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
     from ..history.learned import Learned
-    from .metrics import WorkerMetrics
     from ..history.pss import PssSampler
     from ..history.recorder import Recorder
     from .gate import MemoryGate
+    from .metrics import WorkerMetrics
 
 logger = logging.getLogger("oomless")
 

@@ -42,8 +42,7 @@ import threading
 import time
 
 from ..linux import proc
-from ..linux.kill import _pidfd, kill_tree
-from ..linux.kill import _send as send_signal
+from ..linux.kill import kill_tree, pidfd, send_signal
 from .base import Enforcer, KillReport
 from .eviction import Use
 from .slots import SlotState, SlotTable
@@ -134,7 +133,7 @@ class _Tree:
         """SIGKILL the descendants still alive of a root that died (each proven by its open statm file)."""
         killed = []
         for pid, reader in self.members.items():
-            fd = _pidfd(pid)
+            fd = pidfd(pid)
             if fd is None:
                 continue
             try:

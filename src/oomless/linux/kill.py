@@ -20,17 +20,20 @@ from collections.abc import Callable
 
 from . import proc
 
-__all__ = ["kill_tree", "kill_pids", "kill_orphans", "kill_matching", "descendants"]
+__all__ = ["kill_tree", "kill_pids", "kill_orphans", "kill_matching", "descendants", "pidfd", "send_signal"]
 
 
-def _pidfd(pid: int) -> int | None:
+def pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (signals through it reach that process, never a reuse of its PID), or
+    ``None`` when it is gone."""
     try:
         return os.pidfd_open(pid)
     except (ProcessLookupError, OSError):
         return None
 
 
-def _send(fd: int, sig: int) -> None:
+def send_signal(fd: int, sig: int) -> None:
+    """Send ``sig`` through the pidfd ``fd``; a process already gone is not an error."""
     try:
         signal.pidfd_send_signal(fd, sig)
     except ProcessLookupError:
@@ -79,7 +82,7 @@ def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) 
     ``spare_root``: kill only the descendants (an Airflow supervisor survives
     its task runner and reports the try's failure itself).
     """
-    root_fd = _pidfd(root)
+    root_fd = pidfd(root)
     if root_fd is None:
         return []
     held: dict[int, int] = {}
@@ -88,7 +91,7 @@ def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) 
             return []
         held[root] = root_fd
         if not spare_root:
-            _send(root_fd, signal.SIGSTOP)
+            send_signal(root_fd, signal.SIGSTOP)
         # Walk until no new member appears: each new member is stopped before
         # we look for its children, so the tree cannot grow between passes.
         changed = True
@@ -97,7 +100,7 @@ def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) 
             for pid in descendants(root):
                 if pid in held:
                     continue
-                fd = _pidfd(pid)
+                fd = pidfd(pid)
                 if fd is None:
                     continue
                 if proc.parent_pid(pid) not in held:
@@ -105,7 +108,7 @@ def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) 
                     os.close(fd)
                     continue
                 held[pid] = fd
-                _send(fd, signal.SIGSTOP)
+                send_signal(fd, signal.SIGSTOP)
                 changed = True
         # Members that left the tree (reparented to init when their parent
         # died) are still in the root's process group when the pool child
@@ -120,7 +123,7 @@ def kill_tree(root: int, root_start_time: int | None, spare_root: bool = False) 
             pass
         for pid, fd in held.items():
             if not (spare_root and pid == root):
-                _send(fd, signal.SIGKILL)
+                send_signal(fd, signal.SIGKILL)
         return [pid for pid in held if not (spare_root and pid == root)]
     finally:
         for fd in held.values():
@@ -133,11 +136,11 @@ def kill_pids(pids: list[int]) -> list[int]:
     """SIGKILL each PID in ``pids`` (a set already proven ours, e.g. a slot cgroup's members)."""
     killed = []
     for pid in pids:
-        fd = _pidfd(pid)
+        fd = pidfd(pid)
         if fd is None:
             continue
         try:
-            _send(fd, signal.SIGKILL)
+            send_signal(fd, signal.SIGKILL)
             killed.append(pid)
         finally:
             os.close(fd)
@@ -175,17 +178,17 @@ def kill_orphans(leader: int, leader_start: int | None, marker: bytes | None = N
             for pid in proc.pids():
                 if pid in held or pid == leader or not ours(pid):
                     continue
-                fd = _pidfd(pid)
+                fd = pidfd(pid)
                 if fd is None:
                     continue
                 if not ours(pid):  # checked again with the pidfd open: the PID was not reused meanwhile
                     os.close(fd)
                     continue
                 held[pid] = fd
-                _send(fd, signal.SIGSTOP)
+                send_signal(fd, signal.SIGSTOP)
                 changed = True
         for fd in held.values():
-            _send(fd, signal.SIGKILL)
+            send_signal(fd, signal.SIGKILL)
         return list(held)
     finally:
         for fd in held.values():
@@ -199,12 +202,12 @@ def kill_matching(test: Callable[[int], bool]) -> list[int]:
     for pid in proc.pids():
         if pid == os.getpid() or not test(pid):
             continue
-        fd = _pidfd(pid)
+        fd = pidfd(pid)
         if fd is None:
             continue
         try:
             if test(pid):
-                _send(fd, signal.SIGKILL)
+                send_signal(fd, signal.SIGKILL)
                 killed.append(pid)
         finally:
             os.close(fd)
