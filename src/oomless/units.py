@@ -17,10 +17,11 @@ import re
 import reprlib
 from decimal import Context, Decimal
 
-__all__ = ["parse_size", "format_size", "MAX_SIZE"]
+__all__ = ["parse_size", "format_size", "MAX_SIZE", "KiB", "MiB", "GiB"]
 
 #: The largest size oomless accepts (the kernel's "unlimited" is near 2**63).
 MAX_SIZE = 2**62
+KiB, MiB, GiB = 2**10, 2**20, 2**30
 
 _UNITS = {
     "": 1,

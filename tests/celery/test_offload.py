@@ -198,7 +198,7 @@ def test_the_default_limit_follows_the_broker():
                        ("redis+socket:///tmp/r.sock", 128 * MiB), ("sqs://", 192 * 1024)]:
         app = make_app(url, "redis://127.0.0.1:6379/1", "q", "watchdog", conf={})
         assert app.conf.task_serializer == "oomless-guard+json"
-        assert app._oomless_offload.limit == limit, url
+        assert app.oomless_offload.limit == limit, url
         app.close()
 
 

@@ -39,7 +39,7 @@ from ..spec import HEADER
 from .spec import AIRFLOW_HEADER, KEY, TaskMemory, TryInfo
 from .tries import count_memory_killed
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["OomlessCeleryExecutor"]
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from typing import Any
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["STATE", "record_id", "record_kill", "count_memory_killed"]
 

@@ -1,4 +1,4 @@
-"""The Airflow side of a governed Celery worker (a :class:`~oomless.celery.governor.Plugin`).
+"""The Airflow side of a governed Celery worker (a :class:`~oomless.celery.plugin.Plugin`).
 
 * ``execute_workload`` runs with ``memory_scope="subprocesses"``: on a breach
   oomless kills the try's task runner and everything below it (a
@@ -31,14 +31,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..celery.child import SUBPROCESSES
-from ..celery.governor import Governor, Plugin
+from ..celery.governor import Governor
+from ..celery.plugin import Plugin
 from ..enforce.base import KillReport
 from ..units import format_size
 from . import messages
 from .spec import AIRFLOW_HEADER, TryInfo
 from .tries import record_kill
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["AirflowPlugin", "TASK"]
 
@@ -102,7 +103,7 @@ class AirflowPlugin(Plugin):
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             logger.warning("oomless: %s[%s] carries no Airflow workload I understand (%s)", req.name, req.id, exc)
             return None
-        info = TryInfo.from_header(req._request_dict.get(AIRFLOW_HEADER))
+        info = TryInfo.from_header(req.request_dict.get(AIRFLOW_HEADER))
         return _Try(ids, try_number, self._log_file(log_path), info)
 
     def _log_file(self, log_path: Any) -> str | None:

@@ -13,18 +13,20 @@ import functools
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from billiard.process import current_process
 
+from .. import outcomes
 from ..errors import MemoryLimitExceeded
 from ..linux import proc
 from ..spec import Memory
-from . import governor
+from . import compat, governor
 from .republish import INPUT_SIZE
 from .request import SPEC_KEY
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "guard", "CHILD_OOM_SCORE_ADJ", "SUBPROCESSES", "input_size", "on_process_init", "on_task_prerun",
@@ -51,7 +53,7 @@ TRIM_AFTER = 4 * 2**20
 _MAX_INPUT = 2**60
 
 #: Celery state at task_postrun -> the outcome word of the log line and event.
-_OUTCOMES = {"SUCCESS": "ok", "FAILURE": "failed", "RETRY": "retry"}
+_OUTCOMES = {"SUCCESS": outcomes.OK, "FAILURE": outcomes.FAILED, "RETRY": outcomes.RETRY}
 
 
 def input_size(n_bytes: int) -> None:
@@ -86,26 +88,28 @@ def guard(task: Any) -> None:
     with ``ENOMEM``, and the task sees ``OSError`` or ``MemoryError`` first.
     Wraps the task's ``run`` (the instance attribute Celery's tracer calls).
     """
-    run = task.run
-    if getattr(run, "_oomless_guarded", False):
+    if getattr(task.run, "oomless_guarded", False):
         return
 
-    @functools.wraps(run)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return run(*args, **kwargs)
-        except (MemoryError, OSError) as exc:
-            if _slot is None or (isinstance(exc, OSError) and exc.errno != errno.ENOMEM):
-                raise
-            gov = governor.current
-            found = gov.enforcer.refused_at_limit(_slot) if gov is not None else None
-            if found is None:
-                raise
-            limit, peak = found
-            raise MemoryLimitExceeded(task.name, task.request.id, limit, peak, gov.mode) from exc  # type: ignore[union-attr]
+    def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(run)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return run(*args, **kwargs)
+            except (MemoryError, OSError) as exc:
+                if _slot is None or (isinstance(exc, OSError) and exc.errno != errno.ENOMEM):
+                    raise
+                gov = governor.current
+                found = gov.enforcer.refused_at_limit(_slot) if gov is not None else None
+                if found is None:
+                    raise
+                limit, peak = found
+                raise MemoryLimitExceeded(task.name, task.request.id, limit, peak, gov.mode) from exc  # type: ignore[union-attr]
 
-    guarded._oomless_guarded = True  # type: ignore[attr-defined]
-    task.run = guarded
+        guarded.oomless_guarded = True  # type: ignore[attr-defined]
+        return guarded
+
+    compat.wrap_run(task, wrap)
 
 
 def share_with_children() -> None:

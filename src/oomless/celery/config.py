@@ -38,7 +38,7 @@ key                        default     meaning
 ``oomless_malloc_trim``    ``True``    after a task that leaves its pool child 4 MiB or
                                        more above where it was, give the C heap's free
                                        memory back (glibc keeps up to 64 MiB of it)
-``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.governor.Plugin`
+``oomless_plugins``        ``()``      import paths of :class:`~oomless.celery.plugin.Plugin`
                                        classes (the Airflow integration adds its own)
 =========================  ==========  ==============================================
 

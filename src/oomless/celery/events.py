@@ -5,8 +5,8 @@ Every governed task ends with one ``task-memory`` event: ``outcome``,
 figures in words (``ok: peak 64.0 MiB, limit 256.0 MiB, request 256.0 MiB
 [cgroup]``).  Celery's :class:`celery.events.state.State` merges these fields
 into its task record without changing the task's state (an unknown event
-ranks below SUCCESS and FAILURE).  What a viewer displays is
-``Task._fields``: :func:`show_in_flower` adds ``memory`` to it.  Call it from
+ranks below SUCCESS and FAILURE).  What a viewer displays is the
+task record's list of fields: :func:`show_in_flower` adds ``memory`` to it.  Call it from
 Flower's config file (``flowerconfig.py``, a Python module Flower runs at
 start)::
 
@@ -18,15 +18,11 @@ Flower's task page then shows a "Memory" row.
 
 from __future__ import annotations
 
-__all__ = ["FIELDS", "show_in_flower"]
+from . import compat
 
-#: The fields a ``task-memory`` event adds to a task record.
-FIELDS = ("memory", "outcome", "peak", "limit", "request", "mode")
+__all__ = ["show_in_flower"]
 
 
 def show_in_flower() -> None:
     """Add ``memory`` to the fields Celery's event state (and Flower) list for each task."""
-    from celery.events.state import Task
-
-    if "memory" not in Task._fields:
-        Task._fields = (*Task._fields, "memory")
+    compat.show_task_field("memory")

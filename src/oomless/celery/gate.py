@@ -1,10 +1,10 @@
 """The admission gate: Celery's slot semaphore, made memory-aware.
 
-Celery's prefork worker hands every task it will run to
-``WorkController._process_task_sem``, which waits on a
-``LaxBoundedSemaphore(concurrency)`` before it sends the task to the pool;
-billiard releases that semaphore whenever a job ends or a pool process exits.
-:class:`MemoryGate` takes that semaphore's place (same interface), so a task
+Celery's prefork worker waits on a ``LaxBoundedSemaphore(concurrency)``
+before it sends a task to the pool; billiard releases that semaphore whenever
+a job ends or a pool process exits.  :class:`MemoryGate` takes that
+semaphore's place (same interface, put there by
+:func:`oomless.celery.compat.replace_slot_semaphore`), so a task
 starts only when a slot is free *and* its request fits the budget left.  The
 decisions are :class:`oomless.admission.Admission`'s; this module adds the
 clock, the logging, and the three things the broker needs:
@@ -23,10 +23,6 @@ clock, the logging, and the three things the broker needs:
   Celery no longer holds is released (a safety net; every normal end calls
   :meth:`MemoryGate.finish`).
 
-Celery touch points, checked against Celery 5.5, 5.6 and 5.7: the
-``Pool`` bootstep's ``create`` stores its semaphore in ``w.semaphore``,
-``w._quick_acquire``, ``w._quick_release`` and the pool's ``options``; the
-bootstep replaces all four in :func:`install_gate`, before the pool starts.
 Only pools that use that semaphore (prefork) get a gate.
 """
 
@@ -43,13 +39,13 @@ from ..admission import Admission
 from ..units import format_size
 from .republish import WAITED, header_float, ready_messages, republish
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
-__all__ = ["MemoryGate", "install_gate"]
+__all__ = ["MemoryGate"]
 
 
 def _request(req: Any) -> int:
-    return req._oomless_spec.request or 0
+    return req.oomless_spec.request or 0
 
 
 class MemoryGate(LaxBoundedSemaphore):
@@ -68,7 +64,8 @@ class MemoryGate(LaxBoundedSemaphore):
         self.max_waiting = max_waiting
         self._sign = -1 if higher_priority_first else 1
         self._refuse = refuse
-        self._clock = clock
+        #: the gate's clock (monotonic seconds)
+        self.clock = clock
         self._callbacks: dict[Any, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
         self._hub: Any = None
         self._consumer: Any = None
@@ -93,10 +90,10 @@ class MemoryGate(LaxBoundedSemaphore):
 
     def acquire(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         req = args[0]
-        if getattr(req, "_oomless_error", None) is not None:
+        if getattr(req, "oomless_error", None) is not None:
             self._refuse(req)  # never takes a slot; failed or re-routed
             return False
-        now = self._clock()
+        now = self.clock()
         request = _request(req)
         priority = req.delivery_info.get("priority") or 0
         if not isinstance(priority, int):
@@ -130,14 +127,14 @@ class MemoryGate(LaxBoundedSemaphore):
             self._schedule_drain()
 
     def grow(self, n: int = 1) -> None:
-        self._start(self.adm.resize(self.adm.slots + n, self._clock()), self._clock())
+        self._start(self.adm.resize(self.adm.slots + n, self.clock()), self.clock())
 
     def shrink(self, n: int = 1) -> None:
-        self.adm.resize(self.adm.slots - n, self._clock())
+        self.adm.resize(self.adm.slots - n, self.clock())
 
     def set_budget(self, budget: int) -> None:
         """The worker's budget moved: admit what now fits (or hold what no longer does)."""
-        now = self._clock()
+        now = self.clock()
         self._start(self.adm.set_budget(budget, now), now)
         self._fetch_control(now)
 
@@ -158,7 +155,7 @@ class MemoryGate(LaxBoundedSemaphore):
     # -- oomless ----------------------------------------------------------------
     def finish(self, req: Any) -> None:
         """``req`` ended (or never ran): free its slot and memory, start what now fits."""
-        now = self._clock()
+        now = self.clock()
         if req in self.adm.running:
             self._quiet_until = 0.0  # memory freed here: worth fetching again
             self._start(self.adm.finish(req, now), now)
@@ -180,7 +177,7 @@ class MemoryGate(LaxBoundedSemaphore):
         """Once a second: reconcile with Celery, give back what waited too long, fetch or not."""
         from celery.worker.state import reserved_requests
 
-        now = self._clock()
+        now = self.clock()
         req: Any  # the ledger's keys are Celery requests
         gone = [req for req in self._running() if req not in reserved_requests]
         for req in gone:
@@ -219,7 +216,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._callbacks.pop(req, None)
         self._queued_at.pop(req, None)
         self._kept.discard(req)
-        self._quiet_until = self._clock() + (self.adm.give_back_after or 0)
+        self._quiet_until = self.clock() + (self.adm.give_back_after or 0)
         logger.info(
             "oomless: gave %s[%s] back to the broker after %.1f s: %s",
             req.name, req.id, waited, self._numbers(_request(req)),
@@ -240,7 +237,7 @@ class MemoryGate(LaxBoundedSemaphore):
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        now = self._clock()
+        now = self.clock()
         self._start(self.adm.drain(now), now)
 
     def _start(self, started: list[Any], now: float) -> None:
@@ -308,12 +305,5 @@ class MemoryGate(LaxBoundedSemaphore):
 
     def acknowledged(self) -> None:
         """One of our messages was acked or rejected while tasks wait: the room changed."""
-        self._fetch_control(self._clock())
+        self._fetch_control(self.clock())
 
-
-def install_gate(w: Any, gate: MemoryGate) -> None:
-    """Put ``gate`` where the Pool bootstep put Celery's semaphore (see the module docstring)."""
-    w.semaphore = gate
-    w._quick_acquire = gate.acquire
-    w._quick_release = gate.release
-    w.pool.options["semaphore"] = gate

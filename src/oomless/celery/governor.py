@@ -1,48 +1,63 @@
-"""The worker main process's governor: the spec each task gets, infeasibility, per-task reports.
+"""The governor of one worker: it builds, starts and owns everything oomless runs in the worker.
 
-One :class:`Governor` per worker process, created by the bootstep before the
-pool forks (pool children inherit it and use only the enforcer's child half).
+One :class:`Governor` per worker process, built by :meth:`Governor.build` while
+Celery builds the worker (before the pool forks: pool children inherit it and
+use only the enforcer's child half).  It owns the enforcement mode and its
+enforcer, the live budget, the admission gate, the plugins, and, once started,
+the history recorder, learned sizes and metrics.  The bootstep
+(:mod:`oomless.celery.bootstep`) only adapts it to Celery's worker.
+
+What is not here: what happens to one task message (:mod:`oomless.celery.request`),
+the pool child's half (:mod:`oomless.celery.child`), the budget's measurement
+(:mod:`oomless.celery.footprint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..budget import Footprint, breakdown
+from celery.utils.imports import symbol_by_name
+
+from .. import outcomes
+from ..admission import Admission
+from ..budget import Footprint
 from ..enforce.base import Enforcer, KillReport
-from ..enforce.modes import Choice
-from ..errors import InfeasibleMemoryRequest
+from ..enforce.modes import Choice, choose_mode, make_enforcer
+from ..enforce.slots import SlotTable
+from ..errors import EnforcementUnavailable, InfeasibleMemoryRequest
 from ..history.attempt import Attempt
-from ..linux import proc
+from ..linux import cgroup
 from ..spec import Memory
 from ..units import format_size
-from .config import Settings
+from ..urls import redact
+from . import compat
+from .config import Settings, load_settings
+from .failures import memory_exceeded_einfo
+from .footprint import LiveBudget
+from .gate import MemoryGate
+from .plugin import Plugin
 from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
     from ..history.learned import Learned
     from ..history.pss import PssSampler
     from ..history.recorder import Recorder
-    from .gate import MemoryGate
     from .metrics import WorkerMetrics
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
-__all__ = ["Governor", "Plugin", "current", "EVENT"]
+__all__ = ["Governor", "Plugin", "current", "EVENT", "isolating_pool"]
 
 #: Celery event sent when a task ends, with its memory figures.
 EVENT = "task-memory"
 
-#: Seconds over which the largest (settled) footprint measured is the one the budget takes out.
-FOOTPRINT_WINDOW = 10.0
-#: A footprint sample is the smallest measured over this many seconds (transients settle).
-FOOTPRINT_SETTLE = 3.0
-
+#: The governor of this process (set by the bootstep; inherited by pool children).
 current: Governor | None = None
 
 
@@ -65,38 +80,65 @@ def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: 
 
 def _events_on(req: Any) -> bool:
     """Whether ``req.send_event`` would send (Celery's own test, without building the event)."""
-    eventer = getattr(req, "_eventer", None)
+    eventer = req.eventer
     return bool(eventer is not None and eventer.enabled and req.task.send_events)
 
 
-class Plugin:
-    """Hooks through which an integration (Airflow) follows the governed worker's decisions.
+def isolating_pool(pool_cls: Any) -> tuple[str, bool]:
+    """The pool's short name, and whether it runs each task in a child process of its own (prefork or a subclass)."""
+    from celery.concurrency.prefork import TaskPool as PreforkPool
 
-    Named in ``oomless_plugins`` (import paths); every hook is optional and must
-    not raise.  ``setup`` runs in the main process before the pool forks.
-    """
+    cls = symbol_by_name(pool_cls) if isinstance(pool_cls, str) else pool_cls
+    name = getattr(cls, "__module__", str(cls)).rsplit(".", 1)[-1]
+    return name, isinstance(cls, type) and issubclass(cls, PreforkPool)
 
-    def setup(self, app: Any, governor: Governor) -> None:
-        """The worker is being built (its tasks exist; the pool has not forked)."""
 
-    def received(self, req: Any) -> None:
-        """A governed request was created (main thread), its spec resolved."""
+def _prepared_enforcer(
+    settings: Settings, host: cgroup.CgroupHost, pool: tuple[str, bool], table: SlotTable
+) -> tuple[Choice, Enforcer]:
+    """The enforcement mode and its enforcer with its slots made; ``auto`` falls back to the
+    watchdog where the host looked usable but the kernel said no."""
+    choice = choose_mode(settings.enforcement, host, *pool)
+    enforcer = make_enforcer(choice, table, host, settings.poll_interval)
+    try:
+        enforcer.prepare()
+    except OSError as exc:
+        if settings.enforcement == choice.mode:
+            raise EnforcementUnavailable(f"oomless_enforcement={choice.mode} could not prepare slots: {exc}") from exc
+        try:
+            enforcer.stop()
+        except OSError as cleanup:
+            logger.warning("oomless: could not remove partly made slot cgroups: %s", cleanup)
+        host = dataclasses.replace(host, writable=False, reason=f"cgroup slots could not be made: {exc}")
+        choice = choose_mode(settings.enforcement, host, *pool)
+        choice = dataclasses.replace(choice, warning=choice.warning or f"cgroup mode unavailable: {exc}")
+        enforcer = make_enforcer(choice, table, host, settings.poll_interval)
+        enforcer.prepare()
+    return choice, enforcer
 
-    def before_kill(self, report: KillReport) -> None:
-        """The monitor thread is about to kill ``report.task_id`` (quick, no network I/O)."""
 
-    def killed(self, req: Any, report: KillReport) -> None:
-        """A kill that spared the task's own process happened (event loop)."""
-
-    def refused(self, req: Any, exc: BaseException) -> None:
-        """``req`` was refused before it started (malformed or infeasible spec)."""
-
-    def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
-        """``req`` ended (ok, failed, memory-killed, evicted, lost, retry)."""
-
-    def attempt_fields(self, req: Any) -> dict[str, Any]:
-        """Extra :class:`~oomless.history.Attempt` fields for ``req`` (e.g. Airflow's ids)."""
-        return {}
+def _admission_gate(w: Any, settings: Settings, refuse: Callable[[Any], None]) -> MemoryGate | None:
+    """The admission gate in place of Celery's slot semaphore, when the pool uses one."""
+    if not settings.admission or not compat.uses_slot_semaphore(w):
+        logger.info(
+            "oomless: admission by memory is off (%s)",
+            "oomless_admission=False" if not settings.admission else "this pool does not use Celery's semaphore",
+        )
+        return None
+    slots = int(w.min_concurrency or w.concurrency or 1)
+    adm = Admission(settings.budget.bytes, slots, settings.backfill_window, settings.give_back_after)
+    driver = w.app.connection_for_read().transport.driver_type
+    gate = MemoryGate(
+        adm, settings.max_waiting or slots, higher_priority_first=driver == "amqp", refuse=refuse
+    )
+    compat.replace_slot_semaphore(w, gate)
+    logger.info(
+        "oomless: admission by memory: %d slots, budget %s; at most %d waiting that cannot fit; "
+        "backfill window %g s; give back after %s",
+        slots, format_size(adm.budget), gate.max_waiting, adm.backfill_window,
+        f"{adm.give_back_after:g} s" if adm.give_back_after else "never",
+    )
+    return gate
 
 
 class Governor:
@@ -109,21 +151,14 @@ class Governor:
         self.children_report = children_report
         self.choice = choice
         self.enforcer = enforcer
-        self.budget = settings.budget.bytes
-        #: the largest budget measured since start (before the first measurement: the configured one)
-        self.capacity = settings.budget.bytes
-        self._measured = False
-        #: reads the worker's cgroup limit now (set by the bootstep); the budget follows its changes
-        self.limit_source: Callable[[], int | None] | None = None
-        self._limit: int | None = None
-        self._limit_change: tuple[int | None, int | None] | None = None
-        self._stopped = False
+        #: the budget, following the worker's footprint and cgroup limit
+        self.live = LiveBudget(settings.budget, enforcer, settings.eviction_margin, self._budget_moved)
         #: the admission gate, when the pool uses Celery's slot semaphore (prefork)
         self.gate: MemoryGate | None = None
         #: task name -> its spec when the message carries none (most messages)
         self.task_specs: dict[str, Memory] = {}
         self.plugins: list[Plugin] = []
-        #: the history recorder, when ``oomless_history`` is set (started by the bootstep)
+        #: the history recorder, when ``oomless_history`` is set (started by :meth:`start`)
         self.recorder: Recorder | None = None
         #: recommended specs for tasks that declare none (``oomless_learned``)
         self.learned: Learned | None = None
@@ -134,132 +169,119 @@ class Governor:
         #: tasks ended per outcome (ok, failed, memory-killed, evicted, ...), plus "escalated"
         #: (memory-killed tasks republished with more memory); read by ``top`` and the metrics
         self.counts: Counter[str] = Counter()
-        #: the worker's footprint at the last measurement (see :meth:`refresh_budget`)
-        self.footprint: Footprint | None = None
-        self._footprints: deque[tuple[float, int]] = deque()  # (when, footprint total) over FOOTPRINT_WINDOW
-        self._samples: deque[tuple[float, int]] = deque()  # (when, settled footprint) over FOOTPRINT_WINDOW
-        self._oom_counts: deque[tuple[float, int]] = deque(maxlen=4096)  # (wall time, kernel OOM kills)
-        self._said_budget: int | None = None  # the budget in the last breakdown logged
-        self._said_slots = 0  # the most pool children a logged breakdown counted
-        self._budget_timer: Any = None
+        self._hub: Any = None
+        self._stopped = False
 
-    def _watch_kernel(self, now: float) -> None:
-        """Note the machine's kernel OOM kill count (once a second), to know later whether a pool
-        child that died of SIGKILL may have been the kernel's victim (:meth:`kernel_killed`)."""
-        count = proc.oom_kills()
-        if count is None:
-            return
-        seen = self._oom_counts
-        if not seen or seen[-1][1] != count:
-            seen.append((time.time(), count))
+    # -- assembly ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, w: Any, memory_budget: str | None = None) -> Governor:
+        """The governor of the Celery worker ``w`` being built (after the Pool step's ``create``,
+        before the pool forks): settings, enforcement mode and slots, plugins, admission gate."""
+        app = w.app
+        host = cgroup.detect()
+        settings = load_settings(app.conf, host, memory_budget)
+        pool = isolating_pool(w.pool_cls)
+        size = max(int(w.concurrency or 1), int(getattr(w, "max_concurrency", None) or 0))
+        choice, enforcer = _prepared_enforcer(settings, host, pool, SlotTable(size))
+        enforcer.kill_leftovers = settings.kill_leftovers
+        enforcer.node = str(w.hostname or "")
+        if enforcer.node:
+            enforcer.sweep_previous()
+        gov = cls(settings, choice, enforcer, children_report=pool[1])
+        gov.live.follow_limit(functools.partial(cgroup.current_limit, host), host.limit)
+        for path in settings.plugins:
+            plugin = symbol_by_name(path)()
+            plugin.setup(app, gov)
+            gov.add_plugin(plugin)
+        gov.gate = _admission_gate(w, settings, gov.refuse)
+        enforcer.configure_pressure(
+            settings.budget.bytes if gov.gate is not None else None, settings.eviction_margin, host
+        )
+        logger.info(
+            "oomless: governing %d slots; budget %s%s (%s); enforcement %s (%s)",
+            size,
+            "at most " if settings.budget.auto else "",
+            format_size(settings.budget.bytes),
+            settings.budget.source + (", measured once the pool is up" if settings.budget.auto else ""),
+            choice.mode,
+            choice.reason,
+        )
+        for warning in (choice.warning, settings.budget.warning):
+            if warning:
+                logger.warning("oomless: %s", warning)
+        return gov
 
-    def kernel_killed(self, started: float | None) -> bool:
-        """Whether the kernel's OOM killer killed anything on this machine since ``started`` (wall
-        time; ``None``: since the last second), judged from the counts :meth:`_watch_kernel` noted."""
-        now = proc.oom_kills()
-        if now is None or not self._oom_counts:
-            return False
-        since = (started or time.time()) - 1.0
-        before = [count for when, count in self._oom_counts if when <= since]
-        return now > (before[-1] if before else self._oom_counts[0][1])
+    def start(self, hostname: str | None) -> None:
+        """The worker starts: the monitor thread, and metrics, history and learned sizes if configured."""
+        self.enforcer.start()
+        settings = self.settings
+        if settings.metrics_port is not None and self.metrics is None:
+            from .metrics import WorkerMetrics
+
+            metrics = WorkerMetrics(self, hostname)
+            try:
+                metrics.serve(settings.metrics_port, settings.metrics_address)
+            except OSError as exc:  # the port is taken: the worker runs on, without metrics
+                logger.error("oomless: cannot serve metrics on %s:%s: %s; set oomless_metrics_port to a free "
+                             "port (or 0 for any)", settings.metrics_address, settings.metrics_port, exc)
+            else:
+                self.metrics = metrics
+                if self.gate is not None:
+                    self.gate.on_admitted = metrics.observe_wait
+        url = settings.history
+        if url is not None and self.recorder is None:
+            from ..history import Recorder
+            from ..history.pss import PssSampler
+            from ..history.store import Store
+
+            # The store is opened (and migrated) by the recorder's thread, never here.
+            self.recorder = Recorder(lambda: Store(url))
+            self.pss = PssSampler(self.enforcer.table)
+            if settings.learned:
+                from ..history.learned import Learned
+
+                # A refresh forgets the per-name specs the requests cached, so they pick it up.
+                self.learned = Learned(lambda: Store(url), on_update=self.task_specs.clear)
+                self.learned.start()
+            logger.info("oomless: recording every attempt in %s", redact(url))
+
+    def register(self, hub: Any, consumer: Any) -> None:
+        """On every (re)connection of the worker's event loop: kill notices, the gate's timer, the
+        budget's measurement."""
+        self.watch_kills(hub)
+        if self.gate is not None:
+            self.gate.register(hub, consumer)
+        self.live.watch(hub)
+
+    # -- the budget -------------------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        """The budget now (bytes)."""
+        return self.live.bytes
 
     @property
-    def headroom(self) -> int:
-        """What the slots' shared limit leaves free in the worker: half the reserve, at least the
-        eviction margin (so the kernel pauses the slots before the margin is crossed)."""
-        return max(self.settings.eviction_margin + 16 * 2**20, self.settings.budget.reserve // 2)
+    def capacity(self) -> int:
+        """The largest budget this worker has offered: a larger request can never fit here."""
+        return self.live.capacity
 
-    def watch_budget(self, hub: Any) -> None:
-        """Measure the footprint now and once a second on the worker's event loop."""
-        if self._budget_timer is not None:
-            self._budget_timer.cancel()  # a reconnection registers again
-        self.refresh_budget()
-        self._budget_timer = hub.call_repeatedly(1.0, self.refresh_budget)
+    @property
+    def footprint(self) -> Footprint | None:
+        """The worker's own footprint at the last measurement."""
+        return self.live.footprint
+
+    def _budget_moved(self, budget: int) -> None:
+        if self.enforcer.budget is not None:
+            self.enforcer.budget = budget
+        if self.gate is not None:
+            self.gate.set_budget(budget)
 
     def refresh_budget(self, now: float | None = None) -> int:
-        """Measure the worker's footprint and move the budget with it (event loop, once a second).
+        """Measure the worker's footprint and move the budget with it (see :class:`LiveBudget`)."""
+        return self.live.refresh(now)
 
-        The budget takes out the largest footprint of the last
-        :data:`FOOTPRINT_WINDOW` seconds, each settled over
-        :data:`FOOTPRINT_SETTLE` seconds: it shrinks within seconds when the
-        worker grows, and grows back only once the worker has stayed smaller.  A
-        breakdown is logged when the budget moves by max(64 MiB, 2 %).
-        Returns the budget.
-        """
-        now = time.monotonic() if now is None else now
-        self._follow_limit()
-        try:
-            fp = self.enforcer.footprint()
-        except OSError as exc:
-            logger.warning("oomless: could not measure the worker's footprint (%s); the budget stays %s",
-                           exc, format_size(self.budget))
-            return self.budget
-        self.footprint = fp
-        self._watch_kernel(now)
-        try:
-            self.enforcer.fit_slots(self.headroom)
-        except OSError as exc:
-            logger.warning("oomless: could not limit the slots together: %s", exc)
-        # A sample is the smallest footprint of the last FOOTPRINT_SETTLE seconds (memory of a killed
-        # task still being freed is no one's footprint); the budget takes out the largest sample of
-        # the last FOOTPRINT_WINDOW seconds.
-        window = self._footprints
-        window.append((now, fp.total))
-        while window and window[0][0] < now - FOOTPRINT_WINDOW:
-            window.popleft()
-        samples = self._samples
-        samples.append((now, min(total for when, total in window if when >= now - FOOTPRINT_SETTLE)))
-        while samples and samples[0][0] < now - FOOTPRINT_WINDOW:
-            samples.popleft()
-        live = self.settings.budget.live(max(total for _, total in samples))
-        self.capacity = live if not self._measured else max(self.capacity, live)
-        self._measured = True
-        if live != self.budget:
-            self.budget = live
-            if self.enforcer.budget is not None:
-                self.enforcer.budget = live
-            if self.gate is not None:
-                self.gate.set_budget(live)
-        said = self._said_budget
-        if self._limit_change is not None:
-            old, new = self._limit_change
-            self._limit_change = None
-            self._said_budget, self._said_slots = live, max(self._said_slots, fp.slots)
-            logger.warning(
-                "oomless: the worker's cgroup limit changed from %s to %s: %s", _limit_text(old), _limit_text(new),
-                breakdown(self.settings.budget, live, fp),
-            )
-            if self.settings.budget.warning:
-                logger.warning("oomless: %s", self.settings.budget.warning)
-        elif said is None or abs(live - said) >= max(64 * 2**20, said // 50) or fp.slots > self._said_slots:
-            self._said_budget, self._said_slots = live, max(self._said_slots, fp.slots)
-            logger.info("oomless: %s", breakdown(self.settings.budget, live, fp))
-            budget = self.settings.budget
-            if not budget.auto and budget.bytes + fp.total > budget.ceiling:
-                logger.warning(
-                    "oomless: the budget of %s and the worker's own footprint of %s do not fit the %s: tasks "
-                    "within their requests can exhaust it; lower the budget, or leave it to auto",
-                    format_size(budget.bytes), format_size(fp.total), budget.whence,
-                )
-        return live
-
-    def _follow_limit(self) -> None:
-        """Re-read the worker's cgroup limit; when it changed, rebase the budget on it (admission
-        shrinks or grows; running tasks are not killed for it, see the eviction rules)."""
-        if self.limit_source is None:
-            return
-        try:
-            limit = self.limit_source()
-        except (OSError, ValueError):
-            return
-        if limit == self._limit:
-            return
-        self._limit_change, self._limit = (self._limit, limit), limit
-        self.settings = dataclasses.replace(self.settings, budget=self.settings.budget.rebased(proc.mem_total(), limit))
-        self.enforcer.follow_limit(limit)
-        self._footprints.clear()
-        self._samples.clear()
-        self._measured = False  # the capacity (largest budget seen) starts again from the new ceiling
+    def kernel_killed(self, started: float | None) -> bool:
+        """Whether the kernel's OOM killer killed anything on this machine since ``started``."""
+        return self.live.kernel.killed_since(started)
 
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)
@@ -278,20 +300,20 @@ class Governor:
 
     def finished(self, req: Any, outcome: str, report: KillReport | None = None) -> None:
         """The task's one log line (unless its pool child wrote it) and its memory event."""
-        spec: Memory = req._oomless_spec
+        spec: Memory = req.oomless_spec
         peak: int | None = report.peak if report is not None else None
         self.counts[outcome] += 1
         found = None
         wanted = (
-            outcome != "ok" or not self.children_report or _events_on(req)
+            outcome != outcomes.OK or not self.children_report or _events_on(req)
             or self.recorder is not None or self.metrics is not None
         )
-        if report is None and outcome != "lost" and wanted:
+        if report is None and outcome != outcomes.LOST and wanted:
             found = self._finished_in_child(req)
             if found is not None:
                 peak = found.peak
         # A pool child logs every task it finishes; a killed or lost one never finishes.
-        child_logged = self.children_report and report is None and (outcome == "ok" or found is not None)
+        child_logged = self.children_report and report is None and (outcome == outcomes.OK or found is not None)
         if not child_logged:
             log_finished(req.name, req.id, outcome, peak, spec, self.mode)
         if _events_on(req):
@@ -312,7 +334,7 @@ class Governor:
         ``input_size``: what the task reported from its pool child; else the caller's hint.
         """
         assert self.recorder is not None
-        spec: Memory = req._oomless_spec
+        spec: Memory = req.oomless_spec
         if input_size is None:
             input_size = header_int(req, INPUT_SIZE, -1, high=2**60)
             input_size = None if input_size < 0 else input_size
@@ -333,9 +355,14 @@ class Governor:
         index = self.enforcer.table.index_of(pid) if pid is not None else None
         return None if index is None else self.enforcer.table.finished(index, req.id)
 
+    def release(self, req: Any) -> None:
+        """``req`` ended (or never ran): free its slot and memory in the admission gate, if any."""
+        if self.gate is not None:
+            self.gate.finish(req)
+
     def refuse(self, req: Any) -> None:
         """The gate's answer to a request refused before it starts (malformed or infeasible spec)."""
-        req._oomless_refuse()
+        req.oomless_refuse()
 
     def watch_kills(self, hub: Any) -> None:
         """Have the worker's event loop fail killed tasks as soon as the monitor announces them."""
@@ -349,8 +376,8 @@ class Governor:
         child gone and, for accepted jobs, after ``worker_lost_wait``; vanilla
         Celery surfaces a killed child anywhere from 0.05 s to several seconds
         later.  The governor knows which job it killed and why, so it completes
-        that job itself: ``ApplyResult._set`` is what billiard's own
-        ``mark_as_worker_lost`` calls (checked against billiard 4.2 and 4.3).
+        that job itself, as billiard's own ``mark_as_worker_lost`` does
+        (:func:`oomless.celery.compat.fail_job`).
         Jobs not yet acknowledged by their pool child are left to the
         ``WorkerLostError`` path, which reaches the same failure.
         """
@@ -358,29 +385,28 @@ class Governor:
 
         for task_id in self.enforcer.killed_task_ids():
             req = next((r for r in active_requests if r.id == task_id), None)
-            job = req._apply_result() if req is not None and req._apply_result is not None else None
             if req is None:
                 continue
+            job = compat.pool_job(req)
             peek = self.enforcer.peek_kill(task_id)
             if peek is not None and peek.spared:
                 # Only the task's subprocesses died: the task goes on and ends by itself.
                 for plugin in self.plugins:
                     plugin.killed(req, peek)
                 continue
-            if job is None or job.ready() or not getattr(job, "_accepted", False):
+            if job is None or job.ready() or not compat.job_accepted(job):
                 continue
             report = self.enforcer.claim_kill(task_id, req.worker_pid)
             if report is None:
                 continue
-            req._oomless_kill = report
-            from .request import memory_exceeded_einfo
-
-            job._set(None, (False, memory_exceeded_einfo(req, report)))
+            req.oomless_kill = report
+            compat.fail_job(job, memory_exceeded_einfo(req, report))
 
     def shutdown(self) -> None:
+        """Stop the monitor, remove the slots, flush the history (once; after the pool drained)."""
         if not self._stopped:
             self._stopped = True
-            hub = getattr(self, "_hub", None)
+            hub = self._hub
             if hub is not None:
                 try:
                     hub.remove(self.enforcer.notify_r)
@@ -394,6 +420,3 @@ class Governor:
             if self.recorder is not None:
                 self.recorder.close()
 
-
-def _limit_text(limit: int | None) -> str:
-    return "none" if limit is None else format_size(limit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import click
@@ -11,7 +10,7 @@ from celery import Celery, signals
 from ..errors import InvalidMemorySpec
 from ..escalate import Escalate
 from ..spec import Memory
-from . import offload
+from . import compat, offload
 from .bootstep import GovernorStep
 from .child import on_process_init, on_task_postrun, on_task_prerun
 from .publish import on_before_task_publish
@@ -43,6 +42,17 @@ def add_governor(app: Celery) -> None:
     app.steps["worker"].add(GovernorStep)
 
 
+def _check_options(opts: dict[str, Any]) -> None:
+    """``@app.task(memory=..., memory_retry=...)``: refuse what is not a size or a policy."""
+    if "memory" in opts:
+        Memory.coerce(opts["memory"], what="memory= of @app.task")
+    retry = opts.get("memory_retry")
+    if retry is not None and not isinstance(retry, Escalate):
+        raise InvalidMemorySpec(
+            f"memory_retry={retry!r} is not a policy; use oomless.Escalate(factor=2, max='8GiB', attempts=3)"
+        )
+
+
 def install(app: Celery) -> Celery:
     """Add the oomless governor to every worker of ``app`` and accept ``memory=`` options.
 
@@ -58,7 +68,7 @@ def install(app: Celery) -> Celery:
 
     Returns ``app``.  Call it once, right after creating the app.
     """
-    if getattr(app, "_oomless_installed", False):
+    if getattr(app, "oomless_installed", False):
         return app
     add_governor(app)
     app.user_options["worker"].add(
@@ -68,26 +78,12 @@ def install(app: Celery) -> Celery:
             help="oomless: bytes this worker may give to tasks, e.g. 6GiB (default: oomless_budget, 'auto')",
         )
     )
-    # The one place oomless wraps a Celery method: Celery has no hook at task
-    # decoration, and a bad size should fail where it is written.
-    decorate = app.task
-
-    @functools.wraps(decorate)
-    def task(*args: Any, **opts: Any) -> Any:
-        if "memory" in opts:
-            Memory.coerce(opts["memory"], what="memory= of @app.task")
-        retry = opts.get("memory_retry")
-        if retry is not None and not isinstance(retry, Escalate):
-            raise InvalidMemorySpec(
-                f"memory_retry={retry!r} is not a policy; use oomless.Escalate(factor=2, max='8GiB', attempts=3)"
-            )
-        return decorate(*args, **opts)
-
-    app.task = task  # type: ignore[method-assign]
+    # A bad size fails on the line where it is written.
+    compat.check_task_options(app, _check_options)
     # The serializers wrap whatever task_serializer/result_serializer the configuration names.
     if app.configured:
         offload.configure(app)
     else:
         app.on_after_configure.connect(lambda sender, **_: offload.configure(sender), weak=False)
-    app._oomless_installed = True  # type: ignore[attr-defined]
+    app.oomless_installed = True  # type: ignore[attr-defined]
     return app

@@ -30,14 +30,16 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .. import outcomes
+from ..units import MiB
+
 if TYPE_CHECKING:
     from .governor import Governor
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["WorkerMetrics"]
 
-MiB = 2**20
 #: Peak buckets: 1 MiB to 64 GiB, doubling.
 PEAK_BUCKETS = tuple(float(MiB << i) for i in range(17)) + (float("inf"),)
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
@@ -68,16 +70,16 @@ class _Snapshot(Collector):
         ):
             yield GaugeMetricFamily(name, doc, value=value)
         counts = s["counts"]
-        outcomes = CounterMetricFamily("oomless_tasks", "Task attempts ended, by outcome.", labels=["outcome"])
+        ended = CounterMetricFamily("oomless_tasks", "Task attempts ended, by outcome.", labels=["outcome"])
         for outcome, n in sorted(counts.items()):
-            if outcome not in ("escalated", "kernel-oom-killed"):
-                outcomes.add_metric([outcome], n)
-        yield outcomes
+            if outcome not in (outcomes.ESCALATED, outcomes.KERNEL_OOM_KILLED):
+                ended.add_metric([outcome], n)
+        yield ended
         for name, key, doc in (
-            ("oomless_kills", "memory-killed", "Tasks killed for breaking their memory limit."),
-            ("oomless_evictions", "evicted", "Tasks stopped for node memory pressure (requeued)."),
-            ("oomless_escalations", "escalated", "Memory-killed tasks republished with a larger limit."),
-            ("oomless_kernel_oom_kills", "kernel-oom-killed",
+            ("oomless_kills", outcomes.MEMORY_KILLED, "Tasks killed for breaking their memory limit."),
+            ("oomless_evictions", outcomes.EVICTED, "Tasks stopped for node memory pressure (requeued)."),
+            ("oomless_escalations", outcomes.ESCALATED, "Memory-killed tasks republished with a larger limit."),
+            ("oomless_kernel_oom_kills", outcomes.KERNEL_OOM_KILLED,
              "Pool children the kernel's OOM killer took before the governor acted (requeued as evictions)."),
         ):
             yield CounterMetricFamily(name, doc, value=counts.get(key, 0))

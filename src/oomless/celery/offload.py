@@ -49,13 +49,13 @@ from kombu import serialization
 
 from ..data.claim import ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
-from ..units import format_size, parse_size
+from ..units import MiB, format_size, parse_size
+from . import compat
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["configure", "read_settings", "unwrapped", "sweep", "PRACTICAL", "content_type", "Offload"]
 
-MiB = 1 << 20
 
 #: What a broker practically carries in one message (the body, before the transport's own wrapping).
 #: RabbitMQ 4 refuses messages over 16 MiB by default (``max_message_size``; 3.8–3.13 allowed 128 MiB).
@@ -134,11 +134,8 @@ class Codec:
     def __init__(self, inner: str, cfg: Offload) -> None:
         self.inner = inner
         self.cfg = cfg
-        registry = serialization.registry
-        self.inner_type = registry.name_to_type[inner]
         # The inner codec's own functions: kombu has already checked the content type and decoded the text.
-        self.encoding, self._dumps = registry._encoders[inner][1:]
-        self._loads = registry._decoders[self.inner_type]
+        self.inner_type, self.encoding, self._dumps, self._loads = compat.serializer_functions(inner)
 
     def encode(self, obj: Any) -> Any:
         payload = self._dumps(obj)
@@ -199,7 +196,7 @@ def _register(inner: str, cfg: Offload) -> str:
     """
     registry = serialization.registry
     inner = unwrapped(inner)
-    if inner not in registry._encoders:
+    if not compat.has_serializer(inner):
         raise ValueError(f"serializer {inner!r} is not registered with kombu (is its library installed?)")
     codec = Codec(inner, cfg)
     if cfg.store is not None:
@@ -253,8 +250,8 @@ def configure(app: Any) -> Offload:
     if "auth" in (conf.task_serializer, conf.result_serializer):
         # Message signing (celery.security) checks that the serializer is 'auth' itself.
         logger.warning("oomless: task_serializer='auth' (signed messages): no size check and no claim check")
-        app._oomless_offload = dataclasses.replace(cfg, store=None)
-        return app._oomless_offload
+        app.oomless_offload = dataclasses.replace(cfg, store=None)
+        return app.oomless_offload
     before = conf.task_serializer
     conf.task_serializer = _register(conf.task_serializer, cfg)
     if cfg.store is not None:
@@ -265,17 +262,17 @@ def configure(app: Any) -> Offload:
             accepted += [t for t in dict.fromkeys(ours) if t not in accepted]
             conf[key] = accepted
     # Tasks bound before this (rare: the app was configured before install) copied the old name.
-    for task in list(getattr(app, "_tasks", {}).values()):
+    for task in compat.bound_tasks(app):
         if getattr(task, "serializer", None) == before:
             task.serializer = conf.task_serializer
-            task._exec_options = None
-    app._oomless_offload = cfg
+            compat.forget_exec_options(task)
+    app.oomless_offload = cfg
     return cfg
 
 
 def sweep(app: Any, grace: float = 600.0) -> dict[str, int]:
     """One pass over ``app``'s store: remove what has expired or was forgotten (see :meth:`ClaimStore.sweep`)."""
-    cfg = getattr(app, "_oomless_offload", None)
+    cfg = getattr(app, "oomless_offload", None)
     if cfg is None or cfg.store is None:
         return {}
     from celery.backends.base import BaseKeyValueStoreBackend
@@ -315,7 +312,7 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
     global resolve_here
     from celery.concurrency import get_implementation
 
-    from .bootstep import isolating_pool
+    from .governor import isolating_pool
 
     if sender is not None:
         resolve_here = not isolating_pool(get_implementation(sender.pool_cls))[1]
@@ -329,7 +326,7 @@ def on_process_init(**_: Any) -> None:
 def on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _sweeper
     app = getattr(sender, "app", None)
-    cfg = getattr(app, "_oomless_offload", None)
+    cfg = getattr(app, "oomless_offload", None)
     if app is None or cfg is None or cfg.store is None or _sweeper is not None:
         return
     interval = _seconds(app.conf.get("oomless_offload_sweep_interval"), "oomless_offload_sweep_interval") or 3600.0

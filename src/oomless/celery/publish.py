@@ -19,7 +19,7 @@ from ..history.learned import LearnedMemory
 from ..spec import HEADER, Memory
 from .republish import INPUT_SIZE
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["on_before_task_publish"]
 

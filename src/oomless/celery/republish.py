@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.worker.state import task_ready
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "republish", "ready_messages", "header_int", "header_float",
@@ -41,14 +41,14 @@ INPUT_SIZE = "oomless_input_size"
 
 
 def header_int(req: Any, name: str, default: int = 0, high: int = 10**6) -> int:
-    value = req._request_dict.get(name)
+    value = req.request_dict.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         return default
     return value
 
 
 def header_float(req: Any, name: str, default: float = 0.0, high: float = 10**7) -> float:
-    value = req._request_dict.get(name)
+    value = req.request_dict.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
         return default
     return float(value)
@@ -61,7 +61,7 @@ def republish(req: Any, headers: dict[str, Any], queue: str | None = None, event
     ``event``: a Celery task event to send (e.g. ``task-rejected``).  Raises
     when the copy cannot be published; the original is then left unacknowledged.
     """
-    message = req._message
+    message = req.message
     app = req.task.app
     props = message.properties or {}
     if queue is not None:

@@ -9,13 +9,11 @@
   acknowledged, never redelivered.
 * On every end: one log line and one ``task-memory`` event with the peak.
 
-Celery touch points (checked against Celery 5.5, 5.6 and 5.7):
-``celery.worker.request.create_request_cls`` subclasses a task's ``Request``
-class and overrides ``execute_using_pool`` and ``on_success``;
-:meth:`GovernedRequest.__init_subclass__` wraps those two again.  A request
+Celery's own subclass of each task's ``Request`` defines ``execute_using_pool``
+and ``on_success`` again: :meth:`GovernedRequest.__init_subclass__` wraps them
+(:func:`oomless.celery.compat.wrap_generated_request_methods`).  A request
 refused before start raises ``TaskRevokedError`` from ``execute_using_pool``,
-the path ``WorkController._process_task`` already handles by releasing the
-slot semaphore quietly.
+the path Celery's worker already handles by releasing the slot quietly.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import functools
 import logging
 from typing import Any
 
-from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import Retry, TaskRevokedError
@@ -33,6 +30,7 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr
 
+from .. import outcomes
 from ..enforce.base import KillReport
 from ..errors import (
     ClaimMissing,
@@ -44,12 +42,13 @@ from ..errors import (
 from ..escalate import Escalate
 from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
-from . import governor
+from . import compat, governor
+from .failures import einfo_of, memory_exceeded_einfo, tried_limits
 from .republish import ATTEMPT, EVICTIONS, INPUT_SIZE, REROUTED, TRIED, header_int, republish
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
-__all__ = ["GovernedRequest", "governed_request_cls", "memory_exceeded_einfo", "SPEC_KEY"]
+__all__ = ["GovernedRequest", "governed_request_cls", "SPEC_KEY"]
 
 #: Key of the resolved ``[request, limit]`` in the request dict the pool child receives.
 SPEC_KEY = "oomless_spec"
@@ -59,35 +58,11 @@ class _RefusedBeforeStart(TaskRevokedError):
     """Raised from ``execute_using_pool`` after the request was already failed and acked."""
 
 
-def _einfo(exc: BaseException) -> ExceptionInfo:
-    try:
-        raise exc
-    except BaseException:
-        return ExceptionInfo()
-
-
-def memory_exceeded_einfo(req: Any, report: KillReport) -> ExceptionInfo:
-    """The failure a governor kill turns into, as Celery's error callbacks expect it."""
-    if report.reason == "evicted":
-        evictions = header_int(req, EVICTIONS) + 1
-        return _einfo(EvictedForMemoryPressure(req.name, req.id, report.peak, report.request, evictions, report.detail))
-    return _einfo(MemoryLimitExceeded(req.name, req.id, report.limit, report.peak, report.mode, _tried(req, report)))
-
-
-def _tried(req: Any, report: KillReport) -> list[int]:
-    """Limits of this task's earlier memory-killed attempts (from the message) and of this one."""
-    if not isinstance(getattr(req.task, "memory_retry", None), Escalate):
-        return []
-    raw = req._request_dict.get(TRIED)
-    earlier = raw[:64] if isinstance(raw, list) else []
-    return [t for t in earlier if isinstance(t, int) and not isinstance(t, bool) and t > 0] + [report.limit]
-
-
 def _wrap_execute(method: Any) -> Any:
     @functools.wraps(method)
     def execute_using_pool(self: GovernedRequest, pool: Any, **kwargs: Any) -> Any:
-        if self._oomless_error is not None:
-            self._oomless_refuse()
+        if self.oomless_error is not None:
+            self.oomless_refuse()
             raise _RefusedBeforeStart(self.id)
         try:
             return method(self, pool, **kwargs)
@@ -100,9 +75,8 @@ def _wrap_execute(method: Any) -> Any:
 
 def _finished(req: GovernedRequest) -> None:
     """Free the request's slot and memory in the admission gate (if there is one)."""
-    gov = governor.current
-    if gov is not None and gov.gate is not None:
-        gov.gate.finish(req)
+    if governor.current is not None:
+        governor.current.release(req)
 
 
 def _wrap_success(method: Any) -> Any:
@@ -114,36 +88,34 @@ def _wrap_success(method: Any) -> Any:
             if not failed__retval__runtime[0]:
                 # memory_scope="subprocesses": the task outlived the kill of its subprocesses.
                 spared = gov.enforcer.take_spared(self.id)
-                gov.finished(self, _spared_outcome(spared) if spared else "ok", spared)
-            if gov.gate is not None:
-                gov.gate.finish(self)
+                gov.finished(self, _spared_outcome(spared) if spared else outcomes.OK, spared)
+            gov.release(self)
         return result
 
     return on_success
 
 
 def _spared_outcome(report: KillReport) -> str:
-    return "evicted" if report.reason == "evicted" else "memory-killed"
+    return outcomes.EVICTED if report.reason == "evicted" else outcomes.MEMORY_KILLED
 
 
 class GovernedRequest(Request):
     """Mixed in front of a task's own ``Request`` class by :func:`governed_request_cls`."""
 
-    _oomless_error: BaseException | None = None
-    _oomless_spec: Memory = NO_SPEC
-    _oomless_kill: KillReport | None = None  # set when the governor failed this task itself
+    oomless_error: BaseException | None = None
+    oomless_spec: Memory = NO_SPEC
+    oomless_kill: KillReport | None = None  # set when the governor failed this task itself
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "execute_using_pool" in cls.__dict__:
-            cls.execute_using_pool = _wrap_execute(cls.__dict__["execute_using_pool"])  # type: ignore[method-assign]
-        if "on_success" in cls.__dict__:
-            cls.on_success = _wrap_success(cls.__dict__["on_success"])  # type: ignore[method-assign]
+        compat.wrap_generated_request_methods(
+            cls, {"execute_using_pool": _wrap_execute, "on_success": _wrap_success}
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         gov = governor.current
-        header = self._request_dict.get(HEADER)
+        header = self.request_dict.get(HEADER)
         # With learned sizes, a message's input-size hint may pick a size-fitted spec: not cached per name.
         sized = gov is not None and gov.learned is not None and header_int(self, INPUT_SIZE, -1, high=2**60) >= 0
         cacheable = gov is not None and header is None and not sized
@@ -151,22 +123,22 @@ class GovernedRequest(Request):
         if spec is None:
             try:
                 call = from_header(header)
-                task_spec = getattr(self._task, "_oomless_spec", None)
+                task_spec = getattr(self.task, "oomless_spec", None)
                 default = gov.settings.default_memory if gov else None
                 if call is None and task_spec is None and gov is not None and gov.learned is not None:
                     size = header_int(self, INPUT_SIZE, -1, high=2**60)
                     default = gov.learned.get(self.name, size if size >= 0 else None, cap=gov.budget) or default
                 spec = resolve(call, task_spec, default)
-                self._oomless_spec = spec  # also for a refusal's record
+                self.oomless_spec = spec  # also for a refusal's record
                 if gov is not None:
                     gov.check_feasible(self.name, self.id, spec)
             except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
-                self._oomless_error = exc
+                self.oomless_error = exc
                 return
             if cacheable:
                 gov.task_specs[self.name] = spec  # type: ignore[union-attr]  # feasible: the same for every message without a header
-        self._oomless_spec = spec
-        self._request_dict[SPEC_KEY] = [spec.request, spec.limit]
+        self.oomless_spec = spec
+        self.request_dict[SPEC_KEY] = [spec.request, spec.limit]
         if gov is not None:
             for plugin in gov.plugins:
                 plugin.received(self)
@@ -184,17 +156,17 @@ class GovernedRequest(Request):
             super().reject(requeue)
             _acknowledged()
 
-    def _oomless_evicted(self, report: KillReport, send_failed_event: bool) -> Any:
+    def oomless_evicted(self, report: KillReport, send_failed_event: bool) -> Any:
         """Requeue a task evicted for node memory pressure (it broke no limit), a bounded number of times."""
         gov = governor.current
         assert gov is not None
-        gov.finished(self, "evicted", report)
+        gov.finished(self, outcomes.EVICTED, report)
         try:
             done = header_int(self, EVICTIONS)
             if done < gov.settings.max_evictions:
                 # Next time, reserve what it was seen to use, so admission packs it honestly; a task
                 # evicted again was still growing when seen: it reserves its whole limit.
-                spec = self._oomless_spec
+                spec = self.oomless_spec
                 request = max(report.request, report.peak)
                 if spec.limit is not None:
                     request = spec.limit if done >= 1 else min(request, spec.limit)
@@ -210,22 +182,21 @@ class GovernedRequest(Request):
                         self.name, self.id, report.detail, format_size(report.peak), format_size(report.request),
                         format_size(request), done + 1, gov.settings.max_evictions,
                     )
-                    self._oomless_retried(EvictedForMemoryPressure(
+                    self.oomless_retried(EvictedForMemoryPressure(
                         self.name, self.id, report.peak, report.request, done + 1, report.detail
                     ))
                     return None
-            return self._oomless_fail(report, send_failed_event)
+            return self.oomless_fail(report, send_failed_event)
         finally:
-            if gov.gate is not None:
-                gov.gate.finish(self)
+            gov.release(self)
 
-    def _oomless_kernel_kill(self) -> KillReport:
+    def oomless_kernel_kill(self) -> KillReport:
         """The kernel's OOM killer took this task's pool child: an eviction the governor did not get
         to make (requeued a bounded number of times, never redelivered for ever)."""
         gov = governor.current
         assert gov is not None
-        gov.counts["kernel-oom-killed"] += 1
-        spec = self._oomless_spec
+        gov.counts[outcomes.KERNEL_OOM_KILLED] += 1
+        spec = self.oomless_spec
         detail = ("the kernel's OOM killer killed its pool child (the machine's oom_kill count rose while it "
                   "ran) before the governor evicted anything")
         logger.error("oomless: %s[%s]: %s; see the worker's memory (oomless doctor) and the kernel log",
@@ -233,18 +204,18 @@ class GovernedRequest(Request):
         return KillReport(self.id, self.worker_pid or 0, spec.limit or 0, spec.request or 0, gov.mode,
                           reason="evicted", request=spec.request or 0, detail=detail)
 
-    def _oomless_escalate(self, report: KillReport) -> bool:
+    def oomless_escalate(self, report: KillReport) -> bool:
         """Republish a memory-killed task with more memory if its ``memory_retry`` policy says so."""
         policy = getattr(self.task, "memory_retry", None)
         if not isinstance(policy, Escalate):
             return False
         attempt = header_int(self, ATTEMPT, 1, high=1000) or 1
-        nxt = policy.after(self._oomless_spec, attempt)
+        nxt = policy.after(self.oomless_spec, attempt)
         if nxt is None:
             return False
         exc = MemoryLimitExceeded(self.name, self.id, report.limit, report.peak, report.mode)
         try:
-            republish(self, {HEADER: nxt.to_header(), ATTEMPT: attempt + 1, TRIED: _tried(self, report)})
+            republish(self, {HEADER: nxt.to_header(), ATTEMPT: attempt + 1, TRIED: tried_limits(self, report)})
         except Exception as pub:
             logger.error("oomless: could not republish %s[%s] with more memory: %s", self.name, self.id, pub)
             return False
@@ -254,28 +225,28 @@ class GovernedRequest(Request):
             self.name, self.id, format_size(report.limit), format_size(report.peak), nxt,
             attempt + 1, policy.attempts, policy,
         )
-        self._oomless_retried(exc)
+        self.oomless_retried(exc)
         gov = governor.current
         if gov is not None:
-            gov.counts["escalated"] += 1
+            gov.counts[outcomes.ESCALATED] += 1
         return True
 
-    def _oomless_retried(self, exc: BaseException) -> None:
+    def oomless_retried(self, exc: BaseException) -> None:
         """The message was republished: the result backend and the events say RETRY, with why."""
-        self.task.backend.mark_as_retry(self.id, exc, request=self._context)
+        self.task.backend.mark_as_retry(self.id, exc, request=compat.request_context(self))
         self.send_event("task-retried", exception=safe_repr(exc), traceback=None)
 
-    def _oomless_fail(self, report: KillReport, send_failed_event: bool) -> Any:
+    def oomless_fail(self, report: KillReport, send_failed_event: bool) -> Any:
         """The final failure of a governor kill.  Not a WorkerLostError: Celery stores the
         failure and acks (or drops) the message instead of requeueing it."""
         exc_info = memory_exceeded_einfo(self, report)
         logger.error("oomless: %s", exc_info.exception)
         return super().on_failure(exc_info, send_failed_event, return_ok=False)
 
-    def _oomless_refuse(self) -> None:
+    def oomless_refuse(self) -> None:
         """Refuse the task before it starts: re-route it when it is infeasible and a queue is
         configured for that, else fail it (result stored, event sent, message acked)."""
-        exc = self._oomless_error
+        exc = self.oomless_error
         assert exc is not None
         gov = governor.current
         queue = gov.settings.infeasible_queue if gov is not None else None
@@ -293,15 +264,17 @@ class GovernedRequest(Request):
                 return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
         if gov is not None:
-            outcome = "infeasible" if isinstance(exc, InfeasibleMemoryRequest) else "invalid"
+            outcome = outcomes.INFEASIBLE if isinstance(exc, InfeasibleMemoryRequest) else outcomes.INVALID
             gov.counts[outcome] += 1
             if gov.recorder is not None:
                 gov.record(self, outcome, None)
             for plugin in gov.plugins:
                 plugin.refused(self, exc)
         task_ready(self)
-        self.task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
-        einfo = _einfo(exc)
+        self.task.backend.mark_as_failure(
+            self.id, exc, request=compat.request_context(self), store_result=self.store_errors
+        )
+        einfo = einfo_of(exc)
         signals.task_failure.send(
             sender=self.task, task_id=self.id, exception=exc, args=self.args, kwargs=self.kwargs,
             traceback=einfo.traceback, einfo=einfo,
@@ -315,7 +288,7 @@ class GovernedRequest(Request):
         if gov is None:
             return super().on_failure(exc_info, send_failed_event, return_ok)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
-        report = self._oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
+        report = self.oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
         if report is None and isinstance(exc, MemoryLimitExceeded):
             # Raised in the pool child: the limit refused an allocation before any kill (see child.guard).
             report = KillReport(self.id, self.worker_pid or 0, exc.limit, exc.peak, exc.mode, spared=True)
@@ -326,33 +299,31 @@ class GovernedRequest(Request):
                 # Celery requeues the message (task_reject_on_worker_lost), or two copies run.
                 gov.enforcer.sweep(self.worker_pid)
             if report is None and "SIGKILL" in str(exc) and gov.kernel_killed(self.time_start):
-                report = self._oomless_kernel_kill()
+                report = self.oomless_kernel_kill()
         if report is not None and report.reason == "evicted":
-            return self._oomless_evicted(report, send_failed_event)
+            return self.oomless_evicted(report, send_failed_event)
         if report is not None:
-            gov.finished(self, "memory-killed", report)
+            gov.finished(self, outcomes.MEMORY_KILLED, report)
             try:
-                if self._oomless_escalate(report):
+                if self.oomless_escalate(report):
                     return None
-                return self._oomless_fail(report, send_failed_event)
+                return self.oomless_fail(report, send_failed_event)
             finally:
-                if gov.gate is not None:
-                    gov.gate.finish(self)
+                gov.release(self)
         try:
             result = super().on_failure(exc_info, send_failed_event, return_ok)
             spared = None
             if isinstance(exc, WorkerLostError):
-                outcome = "lost"
+                outcome = outcomes.LOST
             elif isinstance(exc, Retry):
-                outcome = "retry"
+                outcome = outcomes.RETRY
             else:
                 spared = gov.enforcer.take_spared(self.id)
-                outcome = _spared_outcome(spared) if spared else "failed"
+                outcome = _spared_outcome(spared) if spared else outcomes.FAILED
             gov.finished(self, outcome, spared)
             return result
         finally:
-            if gov.gate is not None:
-                gov.gate.finish(self)
+            gov.release(self)
 
 
 def _acknowledged() -> None:

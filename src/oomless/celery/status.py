@@ -71,7 +71,7 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
     gate = gov.gate
     if gate is not None:
         adm = gate.adm
-        now = gate._clock()
+        now = gate.clock()
         for w in list(adm.waiting):
             req = w.key
             waiting.append({
@@ -98,12 +98,12 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
             "unstarted": gov.footprint.unstarted,
             "scope": gov.footprint.scope,
         },
-        "breakdown": None if gov.footprint is None else breakdown(gov.settings.budget, gov.budget, gov.footprint),
+        "breakdown": None if gov.footprint is None else breakdown(gov.live.config, gov.budget, gov.footprint),
         "reserved": reserved,
         "used": sum(t["used"] or 0 for t in running),
         # what the worker can still get: the machine's MemAvailable, less where its cgroup is limited
         "available": gov.enforcer.available(),
-        "ceiling": gov.settings.budget.ceiling,
+        "ceiling": gov.live.config.ceiling,
         "slots": slots,
         "admission": gate is not None,
         "running": sorted(running, key=lambda t: -(t["used"] or 0)),

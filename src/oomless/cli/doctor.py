@@ -343,7 +343,7 @@ def _offload(app: Any) -> dict[str, Any]:
     store = cfg.store
     problems = []
     host = urlsplit(app.conf.broker_url or "").hostname if isinstance(app.conf.broker_url, str) else None
-    local = store is not None and store._local
+    local = store is not None and store.local
     if store is not None and local and host not in (None, "", "localhost", "127.0.0.1", "::1"):
         problems.append(
             f"the claim store is a local directory ({store.url}) but the broker is on {host}: workers and clients "

@@ -83,7 +83,8 @@ class ClaimStore:
         self.ttl = float(ttl)
         self.fs, root = fsspec.core.url_to_fs(self.url)
         self.root = root.rstrip("/")
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        #: whether the store is a directory on this machine (other machines cannot read it)
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class ClaimStore:
     def _write(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
-        if self._local:
+        if self.local:
             # Readers never see half a file: write beside it, then rename (atomic on one filesystem).
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             self.fs.pipe_file(tmp, data)

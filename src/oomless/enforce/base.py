@@ -45,7 +45,7 @@ from ..units import format_size
 from .eviction import Use, choose_victim, group_pressure, pressure
 from .slots import SlotState, SlotTable
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["BoundedDict", "Enforcer", "KillReport", "NullEnforcer", "SLOT_ENV"]
 

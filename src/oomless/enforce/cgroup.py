@@ -49,7 +49,7 @@ from .base import Enforcer, KillReport
 from .eviction import Use, choose_victim
 from .slots import SlotState, SlotTable
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["CgroupEnforcer", "LEFTOVER_WATCH"]
 

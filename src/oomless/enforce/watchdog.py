@@ -47,7 +47,7 @@ from .base import Enforcer, KillReport
 from .eviction import Use
 from .slots import SlotState, SlotTable
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["WatchdogEnforcer"]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..spec import Memory
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["Learned", "LearnedMemory", "learned", "resolve_learned"]
 

@@ -25,7 +25,7 @@ from ..enforce.base import BoundedDict
 from ..enforce.slots import SlotTable
 from ..linux import proc
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["PssSampler"]
 

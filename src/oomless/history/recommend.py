@@ -38,6 +38,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import outcomes
+from ..units import MiB
+
 __all__ = [
     "Recommendation",
     "SizeFit",
@@ -50,7 +53,6 @@ __all__ = [
     "FLOOR",
 ]
 
-MiB = 2**20
 REQUEST_QUANTILE = 0.95
 REQUEST_MARGIN = 1.15
 LIMIT_MARGIN = 1.2
@@ -61,8 +63,8 @@ LOW_CONFIDENCE = 20  # samples
 SIZE_FIT_MIN, SIZE_FIT_DISTINCT = 5, 3
 
 #: outcomes whose peak is a sample of what the task needs
-MEASURED = ("ok", "failed")
-KILLED = "memory-killed"
+MEASURED = (outcomes.OK, outcomes.FAILED)
+KILLED = outcomes.MEMORY_KILLED
 
 #: (task_name, dag_id, af_task_id, outcome, peak_rss, request, limit, input_size, started_at), oldest first.
 #: Airflow tries all run as one Celery task (execute_workload): they are grouped by (dag_id, af_task_id).
@@ -154,7 +156,7 @@ class _Acc:
     def add(self, outcome: str, peak: int | None, request: int | None, limit: int | None, size: int | None) -> None:
         if outcome in MEASURED and peak is not None:
             self.peaks.append(peak)
-            if outcome == "ok" and size is not None and size >= 0:
+            if outcome == outcomes.OK and size is not None and size >= 0:
                 self.sizes.append(size)
                 self.sized_peaks.append(peak)
             if request is not None:

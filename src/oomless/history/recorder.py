@@ -23,7 +23,7 @@ from .attempt import Attempt
 if TYPE_CHECKING:
     from .store import Store
 
-logger = logging.getLogger("oomless")
+logger = logging.getLogger(__name__)
 
 __all__ = ["Recorder"]
 
