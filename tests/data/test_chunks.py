@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from oomless.data import chunks, plan, read
-from oomless.data.plan import _memory_of
+from oomless.data.formats import memory_of
 
 from .test_csv_plan import assert_same, concat
 
@@ -44,7 +44,7 @@ def test_chunks_cover_the_file_once_and_each_frame_fits_the_budget(tmp_path, com
     frames = list(chunks(path, memory="4MiB", engine=engine))
     assert len(frames) > 3
     assert_same(concat(frames, engine), _whole(tmp_path / "plain.csv", engine), engine)
-    assert max(_memory_of(f) for f in frames) <= 4 * MiB
+    assert max(memory_of(f) for f in frames) <= 4 * MiB
 
 
 @pytest.mark.parametrize("engine", ENGINES)

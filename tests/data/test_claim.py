@@ -104,7 +104,7 @@ def test_without_a_result_backend_to_ask_results_expire_after_the_result_ttl(sto
 def _age(store: ClaimStore, key: str, seconds: float) -> None:
     """Make ``key`` look ``seconds`` older (local files: utime; memory fs: its 'created' stamp)."""
     path = f"{store.root}/{key}"
-    if store._local:
+    if store.local:
         t = time.time() - seconds
         os.utime(path, (t, t))
     else:

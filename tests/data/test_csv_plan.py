@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from oomless.data import NotSplittable, plan, read
 from oomless.data.csvsplit import record_starts
-from oomless.data.plan import _memory_of
+from oomless.data.formats import memory_of
 
 field = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\u00e9x1')), max_size=12)
 
@@ -127,7 +127,7 @@ def test_the_chunk_size_comes_from_the_memory_budget(tmp_path, engine):
     assert len(small) > len(large) >= 1
     assert sum(len(read(s)) for s in small) == 200_000
     biggest = max(small, key=lambda s: s["end"] - s["start"])
-    assert _memory_of(read(biggest)) <= 4 * 2**20
+    assert memory_of(read(biggest)) <= 4 * 2**20
 
 
 @pytest.mark.parametrize("name, kwargs, why", [

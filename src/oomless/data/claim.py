@@ -50,6 +50,7 @@ def default_url() -> str:
 
 
 def is_ref(value: Any) -> bool:
+    """Whether ``value`` is a claim reference (a plain dict with the ``MARK`` key), not a value itself."""
     return type(value) is dict and MARK in value
 
 

@@ -4,12 +4,13 @@ A newline ends a record only outside quotes.  In RFC 4180 CSV a quote inside
 a quoted field is written twice (``""``), so whether a byte is inside quotes
 is the parity of the number of quote characters before it; doubled quotes
 add two and change nothing.  One sequential pass counts quotes block by
-block (``bytes.count``, C speed) and, near each wanted offset, walks the
-newlines until one has an even count before it.
+block (numpy's compare, or ``bytes.count`` without numpy) and, near each
+wanted offset, walks the newlines until one has an even count before it.
 
-What cannot be split this way is refused by the caller (``plan``): an
-``escapechar`` (a backslash-escaped quote breaks the parity), a line
-terminator other than ``\\n``/``\\r\\n``, and compressed files (no seeking).
+What cannot be split this way is refused before this module is called
+(:func:`oomless.data.formats.check_csv_options`, and ``plan`` for compressed
+files, which cannot seek): an ``escapechar`` (a backslash-escaped quote
+breaks the parity) and a line terminator other than ``\\n``/``\\r\\n``.
 This module reads bytes and decides nothing else.
 """
 
@@ -138,7 +139,7 @@ def record_starts(f: BinaryIO, targets: list[int], size: int, quote: bytes = b'"
                 break  # the newline is this block's last byte: the record starts at the next block
             out.append(found)
             target = next(pending, None)
-        parity = (parity + block.count(quote)) % 2
+        parity = (parity + _count(block, quote)) % 2
         ends_record = block.endswith(b"\n") and parity == 0
         base = end
     while target is not None:
