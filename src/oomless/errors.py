@@ -19,6 +19,7 @@ __all__ = [
     "EvictedForMemoryPressure",
     "ClaimMissing",
     "MessageTooLarge",
+    "InvalidConfiguration",
 ]
 
 
@@ -122,6 +123,23 @@ class EvictedForMemoryPressure(OomlessError):
             f"evicted {self.evictions} time(s). It stayed within its limit; give it a request closer to "
             f"what it uses so the worker can pack it honestly (or raise oomless_max_evictions)."
         )
+
+
+class InvalidConfiguration(OomlessError, ValueError):
+    """An ``oomless_*`` setting (or Airflow ``[oomless]`` option) has a value oomless cannot use.
+
+    ``key`` names the setting; the message says what was given and what is accepted.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.key, str(self)))
 
 
 class EnforcementUnavailable(OomlessError):

@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 import re
 import reprlib
+from datetime import timedelta
 from decimal import Context, Decimal
 
-__all__ = ["parse_size", "format_size", "MAX_SIZE", "KiB", "MiB", "GiB"]
+__all__ = ["parse_size", "format_size", "parse_duration", "MAX_SIZE", "MAX_SECONDS", "KiB", "MiB", "GiB"]
 
 #: The largest size oomless accepts (the kernel's "unlimited" is near 2**63).
 MAX_SIZE = 2**62
 KiB, MiB, GiB = 2**10, 2**20, 2**30
+#: The longest duration oomless accepts (~115 days: longer is surely a mistake in a unit).
+MAX_SECONDS = 10**7
 
 _UNITS = {
     "": 1,
@@ -88,6 +91,33 @@ def parse_size(value: object, what: str = "size") -> int:
     if size > MAX_SIZE:
         raise ValueError(f"{what} {short_repr(value)} is larger than any machine ({format_size(MAX_SIZE)})")
     return size
+
+
+_DURATION_UNITS = {
+    "": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+}
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """Seconds from ``30``, ``2.5``, ``"5ms"``, ``"45s"``, ``"30m"``, ``"12h"``, ``"7d"``, ``"2w"`` or a
+    :class:`datetime.timedelta`; 0 is allowed.  Raises :class:`ValueError` naming ``what`` and the
+    accepted forms otherwise (negative, not a duration, or more than :data:`MAX_SECONDS`)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) <= 64 and (match := _DURATION_RE.match(value)) is not None \
+            and match.group(2).lower() in _DURATION_UNITS:
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    else:
+        raise ValueError(
+            f"{what} {short_repr(value)} is not a duration: write seconds (30, 2.5) or a number with a unit "
+            f"(5ms, 45s, 30m, 12h, 7d, 2w)"
+        )
+    if not 0 <= seconds <= MAX_SECONDS or seconds != seconds:
+        raise ValueError(f"{what} {short_repr(value)} is outside 0 s – {MAX_SECONDS:,} s")
+    return seconds
 
 
 class _ShortRepr(reprlib.Repr):

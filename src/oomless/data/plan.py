@@ -63,7 +63,7 @@ from .formats import (
 
 __all__ = ["plan", "read", "NotSplittable", "SAMPLE"]
 
-log = logging.getLogger("oomless.data")
+log = logging.getLogger(__name__)
 
 SAMPLE = 4 << 20
 

@@ -46,7 +46,7 @@ from ..units import format_size
 __all__ = ["PEAK_FACTORS", "PARQUET_FRAMES", "PARQUET_RESERVE", "chunk_bytes", "parquet_share", "usable",
            "warn_if_small"]
 
-log = logging.getLogger("oomless.data")
+log = logging.getLogger(__name__)
 
 #: engine -> (RESERVE, RAW, FRAMES): reading a CSV chunk of B bytes with expansion e peaks at about
 #: RESERVE + B × (RAW + FRAMES × e) above the baseline.  RESERVE: the parser's fixed costs (threads' buffers).
