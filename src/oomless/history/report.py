@@ -35,7 +35,6 @@ import heapq
 import html
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..paths import write_atomic
 from ..units import format_size
 from ..urls import redact
 
@@ -664,16 +664,7 @@ def _write(out_path: str | os.PathLike[str], page: _Page, url: str, outcomes: Co
            recommendations: int) -> ReportSummary:
     text = page.render("oomless memory report")
     path = os.path.abspath(os.fspath(out_path))
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".oomless-report-", suffix=".html", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, text, mode=0o644)
     return ReportSummary(
         path=path, size=os.path.getsize(path), store=url, attempts=sum(outcomes.values()), outcomes=dict(outcomes),
         first=first, last=last, workers=workers, task_names=names, figures=page.figures, bucket=bucket,
