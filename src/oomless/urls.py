@@ -25,6 +25,6 @@ def redact(url: str) -> str:
         parts = urlsplit(one)
         if parts.password:
             host = parts.netloc.rsplit("@", 1)[1]
-            parts = parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}")
-        redacted.append(urlunsplit(parts))
+            one = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+        redacted.append(one)  # untouched otherwise (urlunsplit drops the empty host of sqlite:////path)
     return ";".join(redacted)

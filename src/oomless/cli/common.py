@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["AppNotLoaded", "load_app"]
+__all__ = ["AppNotLoaded", "load_app", "progress_bar"]
 
 
 class AppNotLoaded(Exception):
@@ -24,3 +24,14 @@ def load_app(spec: str) -> Any:
         return find_app(spec)
     except (ImportError, AttributeError) as exc:
         raise AppNotLoaded(f"cannot load the Celery app {spec!r}: {exc}") from exc
+
+
+def progress_bar(what: str, disable: bool = False) -> Any:
+    """A rich progress bar on stderr (rows read of rows to read), gone once done: stdout keeps only the result."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True, disable=disable,
+    )

@@ -11,6 +11,7 @@ import click
 
 from ..units import format_size
 from ..urls import redact
+from .common import progress_bar
 
 __all__ = ["recommend", "parse_since"]
 
@@ -93,17 +94,6 @@ def open_store(url: str | None) -> Any:
     return store
 
 
-def _progress(total: int, what: str) -> Any:
-    """A rich progress bar on stderr (quiet when stderr is not a terminal and the work is small)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True, disable=total < 50_000 and not sys.stderr.isatty(),
-    )
-
-
 def _size(n: int | None) -> str:
     return "—" if n is None else format_size(n)
 
@@ -183,7 +173,8 @@ def recommend(url: str | None, since: str | None, task_name: str | None, fmt: st
     when = parse_since(since)
     store = open_store(url)
     total = store.count(when) if store.version() else 0
-    with _progress(total, "reading history") as bar:
+    # quiet when stderr is not a terminal and the work is small
+    with progress_bar("reading history", disable=total < 50_000 and not sys.stderr.isatty()) as bar:
         job = bar.add_task("rows", total=total)
         recs = recommend_all(
             store.samples(since=when) if total else iter(()), progress=lambda n: bar.update(job, completed=n)

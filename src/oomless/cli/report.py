@@ -19,6 +19,7 @@ from __future__ import annotations
 import click
 
 from ..urls import redact
+from .common import progress_bar
 from .recommend import history_option, since_option
 
 __all__ = ["report"]
@@ -40,7 +41,6 @@ def report(url: str | None, since: str | None, output: str, bucket: float | None
             "oomless report draws its charts with plotly, which is not installed: pip install 'oomless[report]'"
         ) from None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy.exc import SQLAlchemyError
 
     from ..history.report import TooManyBuckets, build_report
@@ -50,9 +50,8 @@ def report(url: str | None, since: str | None, output: str, bucket: float | None
     when = parse_since(since)
     store = open_store(url)
     shown = redact(store.url)
-    columns = (TextColumn("reading the history"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with progress_bar("reading the history") as bar:
             job = bar.add_task("rows", total=None)
             summary = build_report(
                 store, output, since=when, bucket=bucket,

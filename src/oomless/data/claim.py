@@ -28,13 +28,12 @@ import hashlib
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from ..errors import ClaimMissing
-from ..paths import state_dir
+from ..paths import state_dir, write_atomic
 from ..units import format_size
 
 __all__ = ["ClaimStore", "MARK", "is_ref", "default_url"]
@@ -125,10 +124,7 @@ class ClaimStore:
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if self.local:
-            # Readers never see half a file: write beside it, then rename (atomic on one filesystem).
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            self.fs.pipe_file(tmp, data)
-            os.replace(tmp, path)
+            write_atomic(path, data)  # readers never see half a file; a crash leaves a ".tmp-" file for sweep()
         else:
             self.fs.pipe_file(path, data)  # an object store's PUT is atomic
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from .. import outcomes
 from ..units import MiB
+from .attempt import task_label
 
 __all__ = [
     "Recommendation",
@@ -224,7 +225,8 @@ def recommend_all(rows: Iterable[Sample], progress: Callable[[int], None] | None
     accs: dict[tuple[str, str | None, str | None], _Acc] = {}
     seen = 0
     for name, dag_id, af_task_id, outcome, peak, request, limit, size, _ in rows:
-        key = (f"{dag_id}.{af_task_id}", dag_id, af_task_id) if dag_id and af_task_id else (name, None, None)
+        airflow = dag_id and af_task_id
+        key = (task_label(name, dag_id, af_task_id), dag_id, af_task_id) if airflow else (name, None, None)
         acc = accs.get(key)
         if acc is None:
             acc = accs[key] = _Acc()
