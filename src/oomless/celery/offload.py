@@ -42,15 +42,15 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from kombu import serialization
 
 from ..data.claim import ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
-from ..units import MiB, format_size, parse_size
+from ..units import MiB, format_size, parse_duration
 from . import compat
+from .settings import BY_NAME, read
 
 logger = logging.getLogger(__name__)
 
@@ -210,27 +210,16 @@ def _register(inner: str, cfg: Offload) -> str:
     return name
 
 
-def _seconds(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}={value!r} is not a number of seconds") from None
-
-
 def read_settings(conf: Any) -> Offload:
     """The ``oomless_offload*`` settings of a configuration, checked (nothing is registered or written)."""
-    wanted = conf.get("oomless_offload")
+    wanted = read(conf, "offload")
     kind = broker_kind(conf.broker_url if isinstance(conf.broker_url, str) else None)
-    limit_raw = conf.get("oomless_max_message_size")
-    limit = parse_size(limit_raw, "oomless_max_message_size") if limit_raw else PRACTICAL.get(kind, _DEFAULT_LIMIT)
-    threshold = parse_size(conf.get("oomless_offload_threshold") or "1MiB", "oomless_offload_threshold")
+    limit = read(conf, "max_message_size") or PRACTICAL.get(kind, _DEFAULT_LIMIT)
+    threshold = read(conf, "offload_threshold")
     store = None
     if wanted:
-        ttl = _seconds(conf.get("oomless_offload_ttl"), "oomless_offload_ttl") or 7 * 86400.0
+        # 0 would expire every argument at once: the default instead
+        ttl = read(conf, "offload_ttl") or float(BY_NAME["offload_ttl"].default)
         store = ClaimStore(default_url() if wanted is True else str(wanted), ttl=ttl)
     return Offload(store, threshold, limit, kind)
 
@@ -282,7 +271,8 @@ def sweep(app: Any, grace: float = 600.0) -> dict[str, int]:
     if isinstance(backend, BaseKeyValueStoreBackend):
         def result_gone(task_id: str) -> bool:
             return backend.get(backend.get_key_for_task(task_id)) is None
-    result_ttl = _seconds(app.conf.result_expires, "result_expires")
+    expires = app.conf.result_expires
+    result_ttl = None if expires is None else parse_duration(expires, "result_expires")
     return cfg.store.sweep(result_gone=result_gone, result_ttl=result_ttl or None, grace=grace)
 
 
@@ -329,7 +319,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     cfg = getattr(app, "oomless_offload", None)
     if app is None or cfg is None or cfg.store is None or _sweeper is not None:
         return
-    interval = _seconds(app.conf.get("oomless_offload_sweep_interval"), "oomless_offload_sweep_interval") or 3600.0
+    interval = read(app.conf, "offload_sweep_interval") or float(BY_NAME["offload_sweep_interval"].default)
     _sweeper = Sweeper(app, interval)
     _sweeper.start()
     logger.info(
