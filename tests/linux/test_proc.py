@@ -103,35 +103,13 @@ def test_a_statm_reader_for_a_gone_pid_is_discarded_without_noise(sleeper, monke
     assert unraisable == []
 
 
-# --- rss, VmHWM, reset_peak, PSS -------------------------------------------------
+# --- rss, PSS ---------------------------------------------------------------------
 
 
 def test_rss_grows_when_a_child_allocates_100_mib(hog):
     before = proc.rss(hog.pid)
     _allocate(hog)
     assert proc.rss(hog.pid) - before >= 95 * MiB
-
-
-def test_vm_hwm_remembers_memory_that_was_freed():
-    baseline = proc.rss(os.getpid())
-    hog = b"\x01" * (200 * MiB)
-    del hog
-    assert proc.vm_hwm(os.getpid()) >= baseline + 190 * MiB
-
-
-def test_reset_peak_drops_vm_hwm_to_current_rss():
-    hog = b"\x01" * (200 * MiB)
-    del hog
-    high = proc.vm_hwm(os.getpid())
-    proc.reset_peak(os.getpid())
-    low = proc.vm_hwm(os.getpid())
-    assert low <= high - 150 * MiB
-    assert low <= proc.rss(os.getpid()) + 16 * MiB
-
-
-def test_vm_hwm_is_at_least_rss_of_a_child(hog):
-    _allocate(hog)
-    assert proc.vm_hwm(hog.pid) >= proc.rss(hog.pid)
 
 
 def test_pss_of_a_child_is_at_most_its_rss(hog):

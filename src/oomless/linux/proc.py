@@ -18,8 +18,6 @@ __all__ = [
     "malloc_trim",
     "StatmReader",
     "rss",
-    "vm_hwm",
-    "reset_peak",
     "pss",
     "children",
     "all_children",
@@ -89,17 +87,6 @@ def _status_kib(pid: int, field: bytes) -> int:
             if line.startswith(field):
                 return int(line.split()[1]) * 1024
     raise LookupError(f"/proc/{pid}/status has no {field.decode()} line")
-
-
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size (``VmHWM``) of ``pid`` since start or the last :func:`reset_peak`."""
-    return _status_kib(pid, b"VmHWM:")
-
-
-def reset_peak(pid: int) -> None:
-    """Reset ``VmHWM`` of ``pid`` to its current RSS (``echo 5 > clear_refs``)."""
-    with open(f"/proc/{pid}/clear_refs", "wb") as fh:
-        fh.write(b"5")
 
 
 def _rollup(pid: int, *keys: bytes) -> int:
