@@ -54,7 +54,7 @@ from ..budget import Budget, compute_budget
 from ..errors import InvalidMemorySpec
 from ..history.url import resolve as resolve_history
 from ..linux import proc
-from ..linux.cgroup import CgroupHost
+from ..linux.cgroup.host import CgroupHost
 from ..spec import Memory
 from ..units import parse_size
 

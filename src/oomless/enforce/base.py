@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from ..budget import Footprint
 from ..linux import cgroup, proc
-from ..linux.cgroup import CgroupHost
+from ..linux.cgroup.host import CgroupHost
 from ..linux.kill import kill_matching, kill_orphans, kill_tree
 from ..linux.proc.memory import OwnMemory
 from ..spec import Memory

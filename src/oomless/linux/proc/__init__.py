@@ -14,7 +14,7 @@ Not here: cgroups (:mod:`oomless.linux.cgroup`), killing (:mod:`oomless.linux.ki
 
 from __future__ import annotations
 
-from .files import GONE, UNREADABLE
+from .files import GONE, UNREADABLE, path
 from .memory import (
     PAGE_SIZE,
     OwnMemory,
@@ -50,6 +50,7 @@ from .tree import (
 __all__ = [
     "GONE",
     "UNREADABLE",
+    "path",
     "PAGE_SIZE",
     "OwnMemory",
     "StatmReader",
