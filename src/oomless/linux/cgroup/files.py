@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["UNLIMITED", "read_limit", "words", "pids", "write", "keyed_values", "read_keyed", "rmdir"]
+from ...units import MAX_SIZE
 
-#: Anything at or above this is the kernel's "no limit".
-UNLIMITED = 2**62
+__all__ = ["read_limit", "words", "pids", "write", "keyed_values", "read_keyed", "rmdir"]
 
 
 def read_limit(path: str) -> int | None:
@@ -30,7 +29,9 @@ def read_limit(path: str) -> int | None:
     if raw == "max":
         return None
     value = int(raw)
-    return None if value >= UNLIMITED else value
+    # v1 says "no limit" as a huge number of bytes (a page counter's maximum, ~2**63): anything
+    # beyond the largest size oomless knows is none.
+    return None if value >= MAX_SIZE else value
 
 
 def words(path: str) -> list[str]:
