@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oomless.linux.cgroup import detect
+from oomless.linux.cgroup.host import detect
 
 HERE = Path(__file__).parent
 

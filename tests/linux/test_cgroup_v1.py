@@ -16,7 +16,9 @@ import uuid
 import pytest
 
 from oomless.linux import proc
-from oomless.linux.cgroup import SlotGroupsV1, detect, group_name, stale_groups
+from oomless.linux.cgroup.groups import group_name, stale_groups
+from oomless.linux.cgroup.host import detect
+from oomless.linux.cgroup.v1 import SlotGroupsV1
 from oomless.linux.kill import kill_pids
 
 from .slot_helpers import fork_member, reap, rmdir_tree, wait_empty, wait_for

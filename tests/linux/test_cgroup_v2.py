@@ -21,7 +21,8 @@ import uuid
 
 import pytest
 
-from oomless.linux.cgroup import SlotGroupsV2, detect, v2_delegation_problem
+from oomless.linux.cgroup.host import detect, v2_delegation_problem
+from oomless.linux.cgroup.v2 import SlotGroupsV2
 
 from .slot_helpers import fork_member, reap, rmdir_tree, wait_empty, wait_for
 
@@ -120,7 +121,8 @@ def test_real_v2_a_worker_alone_in_its_group_moves_itself_to_a_leaf_and_back(wor
     script = textwrap.dedent(
         f"""
         import os, sys
-        from oomless.linux.cgroup import SlotGroupsV2, v2_delegation_problem
+        from oomless.linux.cgroup.host import v2_delegation_problem
+        from oomless.linux.cgroup.v2 import SlotGroupsV2
         assert v2_delegation_problem({worker_group!r}) is None, v2_delegation_problem({worker_group!r})
         g = SlotGroupsV2({os.path.join(worker_group, "oomless-9-9")!r})
         g.create(1)
@@ -161,7 +163,8 @@ def test_real_v2_the_workers_own_child_in_its_group_moves_with_it(worker_group):
     script = textwrap.dedent(
         f"""
         import subprocess
-        from oomless.linux.cgroup import SlotGroupsV2, v2_delegation_problem
+        from oomless.linux.cgroup.host import v2_delegation_problem
+        from oomless.linux.cgroup.v2 import SlotGroupsV2
         child = subprocess.Popen(["sleep", "60"])
         assert v2_delegation_problem({worker_group!r}) is None, v2_delegation_problem({worker_group!r})
         g = SlotGroupsV2({os.path.join(worker_group, "oomless-9-9")!r})
@@ -329,7 +332,7 @@ def test_real_v2_remove_kills_members_and_deletes_the_groups(worker_group):
 
 def test_real_v2_group_signals_see_the_worker_group_hit_its_own_limit_not_a_slots(worker_group):
     from oomless.enforce.eviction import group_pressure
-    from oomless.linux.cgroup import GroupSignals
+    from oomless.linux.cgroup.reads import GroupSignals
 
     with open(os.path.join(worker_group, "cgroup.subtree_control"), "w") as fh:
         fh.write("+memory")
@@ -364,7 +367,7 @@ def test_real_v2_psi_sees_the_worker_group_stall_at_its_memory_high(worker_group
     the stall with the figure.  User-mode-linux has no PSI; ``tests/v2vm/run --qemu`` boots a
     kernel that has it."""
     from oomless.enforce.eviction import group_pressure
-    from oomless.linux.cgroup import GroupSignals
+    from oomless.linux.cgroup.reads import GroupSignals
 
     signals = GroupSignals(worker_group)
     try:

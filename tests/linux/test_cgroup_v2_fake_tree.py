@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from oomless.linux.cgroup import SlotGroupsV2, detect
+from oomless.linux.cgroup.host import detect
+from oomless.linux.cgroup.v2 import SlotGroupsV2
 
 MiB = 2**20
 
@@ -370,13 +371,13 @@ def test_fake_tree_v2_remove_lifts_what_it_enabled_and_moves_the_worker_back(del
 
 
 def test_fake_tree_v2_delegation_problem_is_none_for_a_group_holding_only_this_process(delegated):
-    from oomless.linux.cgroup import v2_delegation_problem
+    from oomless.linux.cgroup.host import v2_delegation_problem
 
     assert v2_delegation_problem(str(delegated), me=ME) is None
 
 
 def test_fake_tree_v2_delegation_problem_names_other_processes_and_the_fix(delegated):
-    from oomless.linux.cgroup import v2_delegation_problem
+    from oomless.linux.cgroup.host import v2_delegation_problem
 
     (delegated / "cgroup.procs").write_text(f"{ME}\n17\n")
     problem = v2_delegation_problem(str(delegated), me=ME)
@@ -386,7 +387,7 @@ def test_fake_tree_v2_delegation_problem_names_other_processes_and_the_fix(deleg
 
 
 def test_fake_tree_v2_delegation_problem_ignores_processes_when_memory_is_already_delegated(delegated):
-    from oomless.linux.cgroup import v2_delegation_problem
+    from oomless.linux.cgroup.host import v2_delegation_problem
 
     (delegated / "cgroup.procs").write_text("17\n")
     (delegated / "cgroup.subtree_control").write_text("memory\n")
@@ -396,7 +397,7 @@ def test_fake_tree_v2_delegation_problem_ignores_processes_when_memory_is_alread
 def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
     # PSI (memory.pressure) exists on neither this machine's kernel nor the UML guest's (the
     # QEMU guest has it: tests/linux/test_cgroup_v2.py).
-    from oomless.linux.cgroup import GroupSignals
+    from oomless.linux.cgroup.reads import GroupSignals
 
     events = tmp_path / "memory.events.local"
     events.write_text("low 0\nhigh 0\nmax 4\noom 0\noom_kill 0\noom_group_kill 0\n")
@@ -430,7 +431,7 @@ def test_fake_tree_group_signals_read_local_event_growth_and_psi(tmp_path):
 
 def test_fake_tree_group_signals_treat_an_unreadable_pressure_file_as_no_psi(tmp_path):
     # psi=0 at boot: memory.pressure exists, reading it fails (EOPNOTSUPP); a directory stands in.
-    from oomless.linux.cgroup import GroupSignals
+    from oomless.linux.cgroup.reads import GroupSignals
 
     (tmp_path / "memory.events.local").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
     (tmp_path / "memory.pressure").mkdir()
@@ -442,7 +443,7 @@ def test_fake_tree_group_signals_treat_an_unreadable_pressure_file_as_no_psi(tmp
 
 
 def test_fake_tree_group_signals_without_psi(tmp_path):
-    from oomless.linux.cgroup import GroupSignals
+    from oomless.linux.cgroup.reads import GroupSignals
 
     (tmp_path / "memory.events.local").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
     signals = GroupSignals(str(tmp_path))
@@ -454,7 +455,7 @@ def test_fake_tree_group_signals_without_psi(tmp_path):
 
 def test_fake_tree_shared_limit_reads_as_not_reached_where_the_group_cannot_be_read(tmp_path):
     # The monitor asks on every notice of the base group; a group being removed must not crash it.
-    from oomless.linux.cgroup import SlotGroupsV2
+    from oomless.linux.cgroup.v2 import SlotGroupsV2
 
     groups = SlotGroupsV2(str(tmp_path / "oomless-1-2"))
     assert groups.at_total_limit() is False

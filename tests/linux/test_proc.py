@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from oomless.linux import proc
+from oomless.linux.proc.files import entries, read
 
 MiB = 2**20
 
@@ -103,35 +104,13 @@ def test_a_statm_reader_for_a_gone_pid_is_discarded_without_noise(sleeper, monke
     assert unraisable == []
 
 
-# --- rss, VmHWM, reset_peak, PSS -------------------------------------------------
+# --- rss, PSS ---------------------------------------------------------------------
 
 
 def test_rss_grows_when_a_child_allocates_100_mib(hog):
     before = proc.rss(hog.pid)
     _allocate(hog)
     assert proc.rss(hog.pid) - before >= 95 * MiB
-
-
-def test_vm_hwm_remembers_memory_that_was_freed():
-    baseline = proc.rss(os.getpid())
-    hog = b"\x01" * (200 * MiB)
-    del hog
-    assert proc.vm_hwm(os.getpid()) >= baseline + 190 * MiB
-
-
-def test_reset_peak_drops_vm_hwm_to_current_rss():
-    hog = b"\x01" * (200 * MiB)
-    del hog
-    high = proc.vm_hwm(os.getpid())
-    proc.reset_peak(os.getpid())
-    low = proc.vm_hwm(os.getpid())
-    assert low <= high - 150 * MiB
-    assert low <= proc.rss(os.getpid()) + 16 * MiB
-
-
-def test_vm_hwm_is_at_least_rss_of_a_child(hog):
-    _allocate(hog)
-    assert proc.vm_hwm(hog.pid) >= proc.rss(hog.pid)
 
 
 def test_pss_of_a_child_is_at_most_its_rss(hog):
@@ -279,3 +258,36 @@ def test_parent_pid_of_a_subprocess_is_this_process(sleeper):
 def test_mem_total_is_the_machines_physical_memory():
     assert proc.mem_total() == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert proc.mem_total() > 0
+
+
+# --- mounts, tmpfs_devices ----------------------------------------------------------
+
+
+def test_mounts_reads_each_field_whatever_number_of_optional_fields_precede_the_separator(tmp_path):
+    # proc(5): optional fields ("shared:7", "master:1", or none) run up to the " - " separator.
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "25 30 0:23 / /sys/fs/cgroup/memory rw,nosuid shared:9 master:2 - cgroup cgroup rw,memory\n"
+        "26 30 0:24 / /dev/shm rw - tmpfs tmpfs rw,size=65536k\n"
+    )
+    assert proc.mounts(str(mountinfo)) == [
+        proc.Mount("0:23", "/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+        proc.Mount("0:24", "/dev/shm", "tmpfs", "rw,size=65536k"),
+    ]
+
+
+def test_tmpfs_devices_holds_each_tmpfs_mount_and_none_other(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "25 30 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n"
+        "26 30 0:24 / /dev/shm rw - tmpfs tmpfs rw\n"
+    )
+    devices = proc.tmpfs_devices(str(mountinfo))
+    assert os.makedev(0, 24) in devices and os.makedev(8, 1) not in devices
+
+
+def test_a_gone_process_reads_as_none_and_its_directories_as_empty(sleeper):
+    sleeper.kill()
+    sleeper.wait()
+    assert read(sleeper.pid, "stat") is None
+    assert entries(sleeper.pid, "task") == []

@@ -10,7 +10,7 @@ import pytest
 
 from oomless import EnforcementUnavailable
 from oomless.enforce.modes import choose_mode, watchdog_problem
-from oomless.linux.cgroup import CgroupHost
+from oomless.linux.cgroup.host import CgroupHost
 
 USABLE = CgroupHost(1, "/sys/fs/cgroup/memory/worker", True, None, "cgroup v1 memory group /x is writable")
 READ_ONLY = CgroupHost(2, "/sys/fs/cgroup/worker", False, None, "cgroup v2 group /x is not delegated to this user")

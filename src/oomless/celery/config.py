@@ -16,7 +16,7 @@ from typing import Any
 from ..budget import Budget, compute_budget
 from ..errors import InvalidConfiguration
 from ..linux import proc
-from ..linux.cgroup import CgroupHost
+from ..linux.cgroup.host import CgroupHost
 from ..spec import Memory
 from .settings import read
 

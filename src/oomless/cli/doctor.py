@@ -203,7 +203,7 @@ def _group_pressure(host: Any) -> str | None:
         high = "max"
     where = ("" if high == "max" else
              f"; its memory.high is {format_size(int(high))}: past it the kernel throttles the whole worker")
-    from ..linux.cgroup import GroupSignals
+    from ..linux.cgroup.reads import GroupSignals
 
     signals = GroupSignals(host.path)  # what the worker reads: a psi=0 kernel's unreadable file is no PSI
     psi = signals.has_psi

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 from ..budget import Footprint
 from ..linux import cgroup, proc
-from ..linux.cgroup import CgroupHost
+from ..linux.cgroup.host import CgroupHost
 from ..linux.kill import kill_matching, kill_orphans, kill_tree
-from ..linux.proc import OwnMemory
+from ..linux.proc.memory import OwnMemory
 from ..spec import Memory
 from ..units import format_size
 from .eviction import Use, choose_victim, group_pressure, pressure

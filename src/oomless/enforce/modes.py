@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import EnforcementUnavailable
-from ..linux.cgroup import CgroupHost
+from ..linux.cgroup.host import CgroupHost
 from .base import Enforcer, NullEnforcer
 from .slots import SlotTable
 

@@ -1,0 +1,153 @@
+"""Which processes there are and who they are: children, start times, parents, environments.
+
+A PID is reused once its process is reaped; the start time (:func:`start_time`,
+:class:`Identity`) is what tells two processes of one PID apart, and
+:mod:`oomless.linux.kill` relies on it.  Also here: becoming the subreaper of
+this process's orphans and reaping them.
+
+Not here: how much memory a process holds (:mod:`.memory`); killing a tree
+(:mod:`oomless.linux.kill`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .files import ROOT, UNREADABLE, entries, read
+
+__all__ = [
+    "children",
+    "all_children",
+    "start_time",
+    "parent_pid",
+    "exited",
+    "Identity",
+    "identity",
+    "pids",
+    "environ_value",
+    "environ_has",
+    "set_child_subreaper",
+    "reap_zombie_children",
+]
+
+
+def children(pid: int) -> list[int]:
+    """Children forked by the main thread of ``pid`` (cheap; misses other threads' children)."""
+    data = read(pid, f"task/{pid}/children")
+    return [] if data is None else [int(p) for p in data.split()]
+
+
+def all_children(pid: int) -> list[int]:
+    """Children forked by any thread of ``pid``."""
+    found: list[int] = []
+    for tid in entries(pid, "task"):
+        data = read(pid, f"task/{tid}/children")
+        if data is not None:
+            found.extend(int(p) for p in data.split())
+    return found
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3… of ``/proc/PID/stat`` (after ``comm``), ``None`` if the process is gone."""
+    data = read(pid, "stat")
+    if data is None:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), ``None`` if gone.
+
+    Together with the PID it names a process uniquely: a reused PID has a later start time.
+    """
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """Parent PID of ``pid``, ``None`` if gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` is gone or a zombie (dead, not yet reaped by its parent; it holds no memory,
+    but a cgroup still lists it until then)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in (b"Z", b"X")
+
+
+class Identity:
+    """Who ``pid`` is: its parent, process group and start time (from one read of ``/proc/PID/stat``)."""
+
+    __slots__ = ("pid", "ppid", "pgid", "start", "zombie")
+
+    def __init__(self, pid: int, fields: list[bytes]) -> None:
+        self.pid = pid
+        self.zombie = fields[0] in (b"Z", b"X")
+        self.ppid, self.pgid, self.start = int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def identity(pid: int) -> Identity | None:
+    """:class:`Identity` of ``pid``, ``None`` if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else Identity(pid, fields)
+
+
+def pids() -> list[int]:
+    """Every PID visible in /proc (processes, not threads)."""
+    return [int(name) for name in os.listdir(ROOT) if name.isdigit()]
+
+
+def environ_value(pid: int, name: bytes) -> bytes | None:
+    """The value of ``name`` in the environment ``pid`` was exec'd with, ``None`` if absent or unreadable."""
+    data = read(pid, "environ", UNREADABLE)
+    if data is None:
+        return None
+    prefix = name + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :]
+    return None
+
+
+def environ_has(pid: int, entry: bytes) -> bool:
+    """Whether ``entry`` (``b"NAME=value"``) is in the environment ``pid`` was exec'd with.
+
+    ``/proc/PID/environ`` shows the environment at the process's last
+    ``execve``; a process forked without exec shows its parent's exec-time one.
+    """
+    data = read(pid, "environ", UNREADABLE)
+    return data is not None and entry in data.split(b"\0")
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Make orphaned descendants of this process (a daemon's double fork, ``setsid``) its children
+    instead of init's (``prctl(PR_SET_CHILD_SUBREAPER)``, Linux >= 3.4).  Raises ``OSError``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def reap_zombie_children() -> list[int]:
+    """Reap this process's children that have exited (orphans a subreaper adopted); return their PIDs.
+
+    Only zombies are waited for, each by its PID: a running child's status stays
+    for whoever started it.
+    """
+    reaped = []
+    for child in all_children(os.getpid()):
+        if exited(child):
+            try:
+                if os.waitpid(child, os.WNOHANG)[0] == child:
+                    reaped.append(child)
+            except ChildProcessError:
+                pass
+    return reaped
