@@ -103,10 +103,6 @@ class Admission:
         """How many waiting tasks cannot fit in the memory free now."""
         return len(self.cannot_fit())
 
-    def oldest_wait(self, now: float) -> float:
-        """Seconds the longest-waiting task has waited (0 when none waits)."""
-        return max((now - w.since for w in self.waiting), default=0.0)
-
     # -- events ---------------------------------------------------------------
     def submit(
         self, key: Hashable, request: int, now: float, priority: int = 0, waited: float = 0.0, kind: Hashable = None

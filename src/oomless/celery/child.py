@@ -22,7 +22,7 @@ from .. import outcomes
 from ..errors import MemoryLimitExceeded
 from ..linux import proc
 from ..spec import Memory
-from . import compat, governor
+from . import compat, events, governor
 from .republish import INPUT_SIZE
 from .request import SPEC_KEY
 
@@ -202,7 +202,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | N
     # The task's line comes from here, not from the busy main process.
     outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())
     name = getattr(task, "name", "?")
-    governor.log_finished(name, task_id, outcome, peak, _spec, gov.mode)
+    events.log_finished(name, task_id, outcome, peak, _spec, gov.mode)
     killed = gov.enforcer.clear_leftovers(_slot, pid)
     if gov.settings.malloc_trim:
         _trim(TRIM_AFTER)

@@ -1,4 +1,4 @@
-"""Show oomless's memory fields in Celery's event state, and so in Flower.
+"""What a governed task's end says: one log line, one ``task-memory`` event; and Flower shows it.
 
 Every governed task ends with one ``task-memory`` event: ``outcome``,
 ``peak``, ``limit``, ``request`` (bytes), ``mode``, and ``memory``, the same
@@ -18,9 +18,43 @@ Flower's task page then shows a "Memory" row.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from ..spec import Memory
+from ..units import format_size
 from . import compat
 
-__all__ = ["show_in_flower"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["EVENT", "summary", "log_finished", "events_on", "show_in_flower"]
+
+#: Celery event sent when a task ends, with its memory figures.
+EVENT = "task-memory"
+
+
+def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
+    """``<outcome>: peak …, limit …, request … [<mode>]`` (the log line's tail, and the event's ``memory``)."""
+    return "{}: peak {}, limit {}, request {} [{}]".format(
+        outcome,
+        "unknown" if peak is None else format_size(peak),
+        format_size(spec.limit),
+        format_size(spec.request) if spec.request is not None else "none",
+        mode,
+    )
+
+
+def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
+    """The one line per task: ``oomless: <name>[<id>] <outcome>: peak …, limit …, request … [<mode>]``."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("oomless: %s[%s] %s", name, task_id, summary(outcome, peak, spec, mode))
+
+
+def events_on(req: Any) -> bool:
+    """Whether ``req.send_event`` would send (Celery's own test, without building the event)."""
+    eventer = req.eventer
+    return bool(eventer is not None and eventer.enabled and req.task.send_events)
+
 
 
 def show_in_flower() -> None:

@@ -31,13 +31,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
 from ..admission import Admission
 from ..units import format_size
+from . import compat
 from .republish import WAITED, header_float, ready_messages, republish
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,30 @@ class MemoryGate(LaxBoundedSemaphore):
         self._kept: set[Any] = set()  # overdue requests kept here because their queue has a backlog (logged once)
         #: called with the seconds a task waited when it is admitted after waiting (metrics)
         self.on_admitted: Callable[[float], None] | None = None
+
+    @classmethod
+    def for_worker(cls, w: Any, settings: Settings, refuse: Callable[[Any], None]) -> MemoryGate | None:
+        """The gate of the Celery worker ``w``, put in place of its slot semaphore (``None`` where
+        admission is off or the pool uses no semaphore)."""
+        if not settings.admission or not compat.uses_slot_semaphore(w):
+            logger.info(
+                "oomless: admission by memory is off (%s)",
+                "oomless_admission=False" if not settings.admission else "this pool does not use Celery's semaphore",
+            )
+            return None
+        slots = int(w.min_concurrency or w.concurrency or 1)
+        adm = Admission(settings.budget.bytes, slots, settings.backfill_window, settings.give_back_after)
+        # AMQP delivers higher priority numbers first; Redis lower ones (kombu's emulation)
+        driver = w.app.connection_for_read().transport.driver_type
+        gate = cls(adm, settings.max_waiting or slots, higher_priority_first=driver == "amqp", refuse=refuse)
+        compat.replace_slot_semaphore(w, gate)
+        logger.info(
+            "oomless: admission by memory: %d slots, budget %s; at most %d waiting that cannot fit; "
+            "backfill window %g s; give back after %s",
+            slots, format_size(adm.budget), gate.max_waiting, adm.backfill_window,
+            f"{adm.give_back_after:g} s" if adm.give_back_after else "never",
+        )
+        return gate
 
     # -- LaxBoundedSemaphore's interface, as Celery and billiard use it -------
     @property

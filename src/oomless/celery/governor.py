@@ -19,13 +19,11 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.imports import symbol_by_name
 
 from .. import outcomes
-from ..admission import Admission
 from ..budget import Footprint
 from ..enforce.base import Enforcer, KillReport
 from ..enforce.modes import Choice, choose_mode, make_enforcer
@@ -38,6 +36,7 @@ from ..units import format_size
 from ..urls import redact
 from . import compat
 from .config import Settings, load_settings
+from .events import EVENT, events_on, log_finished, summary
 from .failures import memory_exceeded_einfo
 from .footprint import LiveBudget
 from .gate import MemoryGate
@@ -52,36 +51,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Governor", "Plugin", "current", "EVENT", "isolating_pool"]
-
-#: Celery event sent when a task ends, with its memory figures.
-EVENT = "task-memory"
+__all__ = ["Governor", "Plugin", "current", "isolating_pool"]
 
 #: The governor of this process (set by the bootstep; inherited by pool children).
 current: Governor | None = None
-
-
-def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
-    """``<outcome>: peak …, limit …, request … [<mode>]`` (the log line's tail, and the event's ``memory``)."""
-    return "{}: peak {}, limit {}, request {} [{}]".format(
-        outcome,
-        "unknown" if peak is None else format_size(peak),
-        format_size(spec.limit),
-        format_size(spec.request) if spec.request is not None else "none",
-        mode,
-    )
-
-
-def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
-    """The one line per task: ``oomless: <name>[<id>] <outcome>: peak …, limit …, request … [<mode>]``."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.info("oomless: %s[%s] %s", name, task_id, summary(outcome, peak, spec, mode))
-
-
-def _events_on(req: Any) -> bool:
-    """Whether ``req.send_event`` would send (Celery's own test, without building the event)."""
-    eventer = req.eventer
-    return bool(eventer is not None and eventer.enabled and req.task.send_events)
 
 
 def isolating_pool(pool_cls: Any) -> tuple[str, bool]:
@@ -115,30 +88,6 @@ def _prepared_enforcer(
         enforcer = make_enforcer(choice, table, host, settings.poll_interval)
         enforcer.prepare()
     return choice, enforcer
-
-
-def _admission_gate(w: Any, settings: Settings, refuse: Callable[[Any], None]) -> MemoryGate | None:
-    """The admission gate in place of Celery's slot semaphore, when the pool uses one."""
-    if not settings.admission or not compat.uses_slot_semaphore(w):
-        logger.info(
-            "oomless: admission by memory is off (%s)",
-            "oomless_admission=False" if not settings.admission else "this pool does not use Celery's semaphore",
-        )
-        return None
-    slots = int(w.min_concurrency or w.concurrency or 1)
-    adm = Admission(settings.budget.bytes, slots, settings.backfill_window, settings.give_back_after)
-    driver = w.app.connection_for_read().transport.driver_type
-    gate = MemoryGate(
-        adm, settings.max_waiting or slots, higher_priority_first=driver == "amqp", refuse=refuse
-    )
-    compat.replace_slot_semaphore(w, gate)
-    logger.info(
-        "oomless: admission by memory: %d slots, budget %s; at most %d waiting that cannot fit; "
-        "backfill window %g s; give back after %s",
-        slots, format_size(adm.budget), gate.max_waiting, adm.backfill_window,
-        f"{adm.give_back_after:g} s" if adm.give_back_after else "never",
-    )
-    return gate
 
 
 class Governor:
@@ -193,7 +142,7 @@ class Governor:
             plugin = symbol_by_name(path)()
             plugin.setup(app, gov)
             gov.add_plugin(plugin)
-        gov.gate = _admission_gate(w, settings, gov.refuse)
+        gov.gate = MemoryGate.for_worker(w, settings, gov.refuse)
         enforcer.configure_pressure(
             settings.budget.bytes if gov.gate is not None else None, settings.eviction_margin, host
         )
@@ -305,7 +254,7 @@ class Governor:
         self.counts[outcome] += 1
         found = None
         wanted = (
-            outcome != outcomes.OK or not self.children_report or _events_on(req)
+            outcome != outcomes.OK or not self.children_report or events_on(req)
             or self.recorder is not None or self.metrics is not None
         )
         if report is None and outcome != outcomes.LOST and wanted:
@@ -316,7 +265,7 @@ class Governor:
         child_logged = self.children_report and report is None and (outcome == outcomes.OK or found is not None)
         if not child_logged:
             log_finished(req.name, req.id, outcome, peak, spec, self.mode)
-        if _events_on(req):
+        if events_on(req):
             req.send_event(
                 EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode,
                 memory=summary(outcome, peak, spec, self.mode),
