@@ -260,35 +260,36 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: what ``oomless doctor --json`` prints.  Parts not reached are left out."""
-        found: dict[str, Any] = {
-            "ok": self.ok,
-            "error": self.error,
-            "app": self.app,
-            "warnings": self.warnings,
-            "versions": asdict(self.versions),
-            "memory": asdict(self.memory),
-            "cgroup": asdict(self.cgroup),
-            "watchdog": self.watchdog.to_dict(),
-        }
-        if self.pool is not None:
-            found["pool"] = asdict(self.pool)
-        if self.budget is not None:
-            found["budget"] = asdict(self.budget)
+        found: dict[str, Any] = {"ok": self.ok, "error": self.error, "app": self.app, "warnings": self.warnings}
+        parts = (
+            ("versions", self.versions, True),
+            ("memory", self.memory, True),
+            ("cgroup", self.cgroup, True),
+            ("watchdog", self.watchdog, True),
+            ("pool", self.pool, self.pool is not None),
+            ("budget", self.budget, self.budget is not None),
             # read with the budget: null is an answer here (no default), not a part left out
-            found["default_memory"] = None if self.default_memory is None else asdict(self.default_memory)
-        if self.mode is not None:
-            found["mode"] = asdict(self.mode)
-        if self.tasks is not None:
-            found["tasks"] = [asdict(task) for task in self.tasks]
-        if self.results is not None:
-            found["results"] = self.results.to_dict()
-        if self.offload is not None:
-            found["offload"] = asdict(self.offload)
-        if self.admission is not None:
-            found["admission"] = asdict(self.admission)
+            ("default_memory", self.default_memory, self.budget is not None),
+            ("mode", self.mode, self.mode is not None),
+            ("tasks", self.tasks, self.tasks is not None),
+            ("results", self.results, self.results is not None),
+            ("offload", self.offload, self.offload is not None),
+            ("admission", self.admission, self.admission is not None),
             # judged with admission once the mode is chosen; null: Airflow is not installed
-            found["airflow"] = None if self.airflow is None else asdict(self.airflow)
-        if self.observe is not None:
-            found["observe"] = asdict(self.observe)
-        found["checks"] = [asdict(check) for check in self.checks]
+            ("airflow", self.airflow, self.admission is not None),
+            ("observe", self.observe, self.observe is not None),
+            ("checks", self.checks, True),
+        )
+        for name, part, reached in parts:
+            if reached:
+                found[name] = _jsonable(part)
         return found
+
+
+def _jsonable(part: Any) -> Any:
+    """A part as JSON: its own ``to_dict`` where it has one, its fields otherwise."""
+    if isinstance(part, list):
+        return [_jsonable(item) for item in part]
+    if hasattr(part, "to_dict"):
+        return part.to_dict()
+    return None if part is None else asdict(part)
