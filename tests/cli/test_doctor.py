@@ -129,6 +129,50 @@ def test_doctor_json_carries_the_error_and_exits_2():
     assert "oomless_enforcement=cgroup cannot work" in report["error"]
 
 
+def test_doctor_json_checks_are_the_lines_and_warnings_of_the_text(tmp_path):
+    """Diagnosis and rendering are apart: --json's checks hold every line the text shows, for the same run."""
+    (tmp_path / "bothapp.py").write_text(textwrap.dedent("""
+        from celery import Celery
+        import oomless
+
+        app = Celery("bothapp", broker="memory://", backend="rpc://")
+        app.conf.update(oomless_budget="3GiB", oomless_infeasible="queue:big")
+        oomless.install(app)
+
+        @app.task(name="bothapp.fits", memory="1GiB")
+        def fits(): ...
+
+        @app.task(name="bothapp.too_big", memory="4GiB")
+        def too_big(): ...
+    """))
+    text = doctor("-A", "bothapp:app", cwd=tmp_path)
+    as_json = doctor("-A", "bothapp:app", "--json", cwd=tmp_path)
+    assert text.returncode == as_json.returncode == 0, text.stderr
+    report = json.loads(as_json.stdout)
+    checks = {check["name"]: check for check in report["checks"]}
+    shown = [f"{check['name']:<9} {check['sentence']}" for check in report["checks"]]
+    assert [f"{name:<9} {line(text.stdout, name)}" for name in checks] == shown
+    body = [row for row in text.stdout.splitlines() if not row.startswith("warning: ")]
+    assert body == [row for check in report["checks"]
+                    for row in [f"{check['name']:<9} {check['sentence']}"] + [f"{'':<9} {n}" for n in check["notes"]]]
+    assert warnings_of(text.stdout) == report["warnings"]
+    # The figures behind the sentences, and the state of each line.
+    assert checks["budget"]["figures"]["bytes"] == 3 * 2**30 and checks["budget"]["sentence"].startswith("3.0 GiB")
+    assert checks["tasks"]["state"] == "warn" and checks["tasks"]["figures"]["infeasible"] == ["bothapp.too_big"]
+    assert "bothapp.too_big: request 4.0 GiB, limit 4.0 GiB  INFEASIBLE" in checks["tasks"]["notes"][1]
+    assert checks["results"]["state"] == "warn" and checks["results"]["figures"]["kind"] == "rpc"
+    assert checks["admission"]["figures"]["infeasible_queue"] == "big"
+    assert checks["host"]["state"] == checks["budget"]["state"] == checks["messages"]["state"] == "ok"
+
+
+def test_doctor_json_marks_the_line_that_stops_the_worker_as_failed():
+    text = doctor("--pool", "solo", "--enforcement", "cgroup")
+    report = json.loads(doctor("--json", "--pool", "solo", "--enforcement", "cgroup").stdout)
+    [mode] = [check for check in report["checks"] if check["name"] == "mode"]
+    assert mode["state"] == "fail" and mode["figures"] == {"requested": "cgroup", "chosen": None}
+    assert line(text.stdout, "mode") == mode["sentence"] == "requested cgroup: cannot work here (see the error below)"
+    assert report["error"] in " ".join(text.stderr.split())
+
 def test_doctor_warns_when_the_budget_is_more_than_the_machine_has():
     result = doctor("--memory-budget", "64TiB")
     assert result.returncode == 0

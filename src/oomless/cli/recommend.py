@@ -11,7 +11,7 @@ import click
 
 from ..units import format_size
 from ..urls import redact
-from .common import progress_bar
+from .common import history_option, progress_bar, since_option
 
 __all__ = ["recommend", "parse_since"]
 
@@ -41,21 +41,6 @@ def parse_since(value: str | None) -> float | None:
             f"{value!r} is neither a duration (7d, 12h, 30m, 45s, 2w) nor an ISO date such as 2026-11-01",
             param_hint="--since",
         ) from None
-
-
-def history_option(fn: Any) -> Any:
-    return click.option(
-        "--history", "url", metavar="URL", default=None,
-        help="SQLAlchemy URL of the history store (default: the SQLite file workers use, see oomless_history).",
-    )(fn)
-
-
-def since_option(fn: Any) -> Any:
-    return click.option(
-        "--since", metavar="WHEN", default=None,
-        help="Only attempts started since then: a duration ago (7d, 12h, 30m) or an ISO date (UTC unless it has "
-        "an offset).",
-    )(fn)
 
 
 def open_store(url: str | None) -> Any:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import click
 
 from ..urls import redact
-from .common import progress_bar
-from .recommend import history_option, since_option
+from .common import history_option, progress_bar, since_option
 
 __all__ = ["report"]
 

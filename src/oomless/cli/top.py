@@ -39,7 +39,7 @@ from rich.text import Text
 
 from ..units import format_size
 from ..urls import redact
-from .common import AppNotLoaded, load_app
+from .common import AppNotLoaded, app_option, broker_option, json_option, load_app
 
 __all__ = ["top", "poll", "render", "COUNTS"]
 
@@ -308,10 +308,8 @@ def _live(app: Any, timeout: float, interval: float, destination: list[str] | No
 
 
 @click.command()
-@click.option("-A", "--app", "app_spec", metavar="MODULE:APP",
-              help="The Celery app whose workers to show, imported as `celery -A` does.")
-@click.option("-b", "--broker", metavar="URL",
-              help="Broker URL; without -A, a bare Celery app on this broker asks the workers (e.g. Airflow's).")
+@app_option
+@broker_option
 @click.option("-d", "--destination", metavar="NODE[,NODE…]", multiple=True,
               help="Only these workers (node names such as w1@host), as `celery inspect -d`.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
@@ -319,13 +317,13 @@ def _live(app: Any, timeout: float, interval: float, destination: list[str] | No
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds to wait for the workers' answers in each poll.")
 @click.option("--once", is_flag=True, help="Print one frame and exit (1 if no governed worker answered).")
-@click.option("--json", "as_json", is_flag=True, help="With --once: print the raw replies as JSON.")
+@json_option
 def top(app_spec: str | None, broker: str | None, destination: tuple[str, ...], interval: float, timeout: float,
         once: bool, as_json: bool) -> None:
     """Show the governed workers live: memory budget, running and waiting tasks, outcomes.
 
     Workers answer the oomless_status remote-control command through the
-    broker. Ctrl-C quits.
+    broker. Ctrl-C quits. --json (with --once) prints the raw replies.
     """
     if app_spec is None and broker is None:
         raise click.UsageError("say whose workers to show: -A module:app, or -b broker-url")
