@@ -161,34 +161,31 @@ class GovernedRequest(Request):
         gov = governor.current
         assert gov is not None
         gov.finished(self, outcomes.EVICTED, report)
-        try:
-            done = header_int(self, EVICTIONS)
-            if done < gov.settings.max_evictions:
-                # Next time, reserve what it was seen to use, so admission packs it honestly; a task
-                # evicted again was still growing when seen: it reserves its whole limit.
-                spec = self.oomless_spec
-                request = max(report.request, report.peak)
-                if spec.limit is not None:
-                    request = spec.limit if done >= 1 else min(request, spec.limit)
-                bumped = Memory(request=request, limit=spec.limit)
-                try:
-                    republish(self, {EVICTIONS: done + 1, HEADER: bumped.to_header()})
-                except Exception as pub:
-                    logger.error("oomless: could not requeue evicted %s[%s]: %s", self.name, self.id, pub)
-                else:
-                    logger.warning(
-                        "oomless: %s[%s] evicted for node memory pressure (%s); it used %s against a request "
-                        "of %s; requeued with a request of %s (eviction %d of at most %d; not counted as a failure)",
-                        self.name, self.id, report.detail, format_size(report.peak), format_size(report.request),
-                        format_size(request), done + 1, gov.settings.max_evictions,
-                    )
-                    self.oomless_retried(EvictedForMemoryPressure(
-                        self.name, self.id, report.peak, report.request, done + 1, report.detail
-                    ))
-                    return None
-            return self.oomless_fail(report, send_failed_event)
-        finally:
-            gov.release(self)
+        done = header_int(self, EVICTIONS)
+        if done < gov.settings.max_evictions:
+            # Next time, reserve what it was seen to use, so admission packs it honestly; a task
+            # evicted again was still growing when seen: it reserves its whole limit.
+            spec = self.oomless_spec
+            request = max(report.request, report.peak)
+            if spec.limit is not None:
+                request = spec.limit if done >= 1 else min(request, spec.limit)
+            bumped = Memory(request=request, limit=spec.limit)
+            try:
+                republish(self, {EVICTIONS: done + 1, HEADER: bumped.to_header()})
+            except Exception as pub:
+                logger.error("oomless: could not requeue evicted %s[%s]: %s", self.name, self.id, pub)
+            else:
+                logger.warning(
+                    "oomless: %s[%s] evicted for node memory pressure (%s); it used %s against a request "
+                    "of %s; requeued with a request of %s (eviction %d of at most %d; not counted as a failure)",
+                    self.name, self.id, report.detail, format_size(report.peak), format_size(report.request),
+                    format_size(request), done + 1, gov.settings.max_evictions,
+                )
+                self.oomless_retried(EvictedForMemoryPressure(
+                    self.name, self.id, report.peak, report.request, done + 1, report.detail
+                ))
+                return None
+        return self.oomless_fail(report, send_failed_event)
 
     def oomless_kernel_kill(self) -> KillReport:
         """The kernel's OOM killer took this task's pool child: an eviction the governor did not get
@@ -287,6 +284,13 @@ class GovernedRequest(Request):
         gov = governor.current
         if gov is None:
             return super().on_failure(exc_info, send_failed_event, return_ok)
+        try:
+            return self.oomless_failed(gov, exc_info, send_failed_event, return_ok)
+        finally:
+            gov.release(self)
+
+    def oomless_failed(self, gov: Any, exc_info: Any, send_failed_event: bool, return_ok: bool) -> Any:
+        """The failure path of a governed task: a memory kill, an eviction, or Celery's own."""
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
         report = self.oomless_kill if isinstance(exc, (MemoryLimitExceeded, EvictedForMemoryPressure)) else None
         if report is None and isinstance(exc, MemoryLimitExceeded):
@@ -304,26 +308,20 @@ class GovernedRequest(Request):
             return self.oomless_evicted(report, send_failed_event)
         if report is not None:
             gov.finished(self, outcomes.MEMORY_KILLED, report)
-            try:
-                if self.oomless_escalate(report):
-                    return None
-                return self.oomless_fail(report, send_failed_event)
-            finally:
-                gov.release(self)
-        try:
-            result = super().on_failure(exc_info, send_failed_event, return_ok)
-            spared = None
-            if isinstance(exc, WorkerLostError):
-                outcome = outcomes.LOST
-            elif isinstance(exc, Retry):
-                outcome = outcomes.RETRY
-            else:
-                spared = gov.enforcer.take_spared(self.id)
-                outcome = _spared_outcome(spared) if spared else outcomes.FAILED
-            gov.finished(self, outcome, spared)
-            return result
-        finally:
-            gov.release(self)
+            if self.oomless_escalate(report):
+                return None
+            return self.oomless_fail(report, send_failed_event)
+        result = super().on_failure(exc_info, send_failed_event, return_ok)
+        spared = None
+        if isinstance(exc, WorkerLostError):
+            outcome = outcomes.LOST
+        elif isinstance(exc, Retry):
+            outcome = outcomes.RETRY
+        else:
+            spared = gov.enforcer.take_spared(self.id)
+            outcome = _spared_outcome(spared) if spared else outcomes.FAILED
+        gov.finished(self, outcome, spared)
+        return result
 
 
 def _acknowledged() -> None:
