@@ -99,10 +99,10 @@ _DURATION_UNITS = {
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_duration(value: object, what: str = "duration") -> float:
+def parse_duration(value: object, what: str = "duration", longest: float = MAX_SECONDS) -> float:
     """Seconds from ``30``, ``2.5``, ``"5ms"``, ``"45s"``, ``"30m"``, ``"12h"``, ``"7d"``, ``"2w"`` or a
     :class:`datetime.timedelta`; 0 is allowed.  Raises :class:`ValueError` naming ``what`` and the
-    accepted forms otherwise (negative, not a duration, or more than :data:`MAX_SECONDS`)."""
+    accepted forms otherwise (negative, not a duration, or more than ``longest`` seconds)."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -115,8 +115,8 @@ def parse_duration(value: object, what: str = "duration") -> float:
             f"{what} {short_repr(value)} is not a duration: write seconds (30, 2.5) or a number with a unit "
             f"(5ms, 45s, 30m, 12h, 7d, 2w)"
         )
-    if not 0 <= seconds <= MAX_SECONDS or seconds != seconds:
-        raise ValueError(f"{what} {short_repr(value)} is outside 0 s – {MAX_SECONDS:,} s")
+    if not 0 <= seconds <= longest or seconds != seconds:
+        raise ValueError(f"{what} {short_repr(value)} is outside 0 s – {longest:,.0f} s")
     return seconds
 
 

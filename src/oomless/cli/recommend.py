@@ -9,24 +9,20 @@ from typing import Any
 
 import click
 
-from ..units import format_size
+from ..units import format_size, parse_duration
 from ..urls import redact
 from .common import history_option, progress_bar, since_option
 
 __all__ = ["recommend", "parse_since"]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_since(value: str | None) -> float | None:
     """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` (ago) or an ISO date/time -> seconds since the epoch."""
     if value is None:
         return None
     text = value.strip()
-    unit = _UNITS.get(text[-1:].lower())
-    if unit is not None:
+    if text[-1:].isalpha():  # a duration ago; a bare number would be read as a year or an ISO date
         try:
-            return time.time() - float(text[:-1]) * unit
+            return time.time() - parse_duration(text, "--since", longest=float("inf"))
         except ValueError:
             pass
     try:
