@@ -25,25 +25,27 @@ __all__ = ["Settings", "load_settings"]
 
 @dataclass(frozen=True)
 class Settings:
+    """One worker's settings, parsed (the defaults live in :mod:`oomless.celery.settings`)."""
+
     budget: Budget
     default_memory: Memory | None
     enforcement: str
     poll_interval: float
-    admission: bool = True
-    max_waiting: int | None = None  # None: the pool size
-    backfill_window: float = 60.0
-    give_back_after: float | None = 30.0
-    infeasible_queue: str | None = None
-    max_evictions: int = 3
-    eviction_margin: int = 100 * 2**20
-    plugins: tuple[str, ...] = ()
-    history: str | None = None  # SQLAlchemy URL of the history store
-    learned: bool = False  # give tasks that declare no memory the recommended spec
-    metrics_port: int | None = None  # Prometheus metrics: off unless set (0: any free port)
-    metrics_address: str = "127.0.0.1"
-    kill_leftovers: bool = True  # oomless_leftovers="kill"
-    gc_freeze: bool = True  # oomless_gc_freeze
-    malloc_trim: bool = True  # oomless_malloc_trim
+    admission: bool
+    max_waiting: int | None  # None: the pool size
+    backfill_window: float
+    give_back_after: float | None  # None: never
+    infeasible_queue: str | None  # None: fail
+    max_evictions: int
+    eviction_margin: int
+    plugins: tuple[str, ...]
+    history: str | None  # SQLAlchemy URL of the history store
+    learned: bool  # give tasks that declare no memory the recommended spec
+    metrics_port: int | None  # Prometheus metrics: off unless set (0: any free port)
+    metrics_address: str
+    kill_leftovers: bool  # oomless_leftovers="kill"
+    gc_freeze: bool
+    malloc_trim: bool
 
 
 def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) -> Settings:

@@ -37,6 +37,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .. import outcomes
 from ..units import format_size
 from ..urls import redact
 from .common import AppNotLoaded, app_option, broker_option, json_option, load_app
@@ -44,12 +45,15 @@ from .common import AppNotLoaded, app_option, broker_option, json_option, load_a
 __all__ = ["top", "poll", "render", "COUNTS"]
 
 #: Outcome counters always shown in a worker's header, in this order; others appear once non-zero.
-COUNTS = ("ok", "failed", "memory-killed", "evicted", "escalated")
+COUNTS = (outcomes.OK, outcomes.FAILED, outcomes.MEMORY_KILLED, outcomes.EVICTED, outcomes.ESCALATED)
 
 #: Share of a task's limit above which its "% limit" cell turns red: the next allocation may kill it.
 NEAR_LIMIT = 0.9
 
-_COUNT_STYLE = {"failed": "red", "memory-killed": "bold red", "evicted": "yellow", "escalated": "yellow"}
+_COUNT_STYLE = {
+    outcomes.FAILED: "red", outcomes.MEMORY_KILLED: "bold red",
+    outcomes.EVICTED: "yellow", outcomes.ESCALATED: "yellow",
+}
 _BAR_WIDTH = 30
 _ID_CHARS = 8
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ... import outcomes
 from ..attempt import task_label
 from ..recommend import MEASURED
 from .text import duration
@@ -49,7 +50,7 @@ MAX_BARS = 40
 PROGRESS_EVERY = 10_000
 
 #: Outcomes marked on the timeline: killed over the limit, evicted under it, refused as larger than the budget.
-MARKED = ("memory-killed", "evicted", "infeasible")
+MARKED = (outcomes.MEMORY_KILLED, outcomes.EVICTED, outcomes.INFEASIBLE)
 #: The series that sums a worker's task names beyond :data:`MAX_STACKED`.
 OTHER = "other"
 #: The worker of attempts recorded without a host.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ... import outcomes
 from ...units import format_size
 from .aggregate import MARKED, OTHER, Mark, ReportData, TaskPeaks, WorkerMemory
 from .text import utc
@@ -20,7 +21,7 @@ from .text import utc
 __all__ = ["memory_figures", "waste_figure", "marks_figure"]
 
 #: the colour of each outcome marked on the timeline (one per aggregate.MARKED)
-MARK_COLOURS = {"memory-killed": "#d62728", "evicted": "#ff7f0e", "infeasible": "#7f7f7f"}
+MARK_COLOURS = {outcomes.MEMORY_KILLED: "#d62728", outcomes.EVICTED: "#ff7f0e", outcomes.INFEASIBLE: "#7f7f7f"}
 OTHER_COLOUR = "#c7c7c7"
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
             "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1", "#636363",
@@ -111,7 +112,7 @@ def marks_figure(marks: list[Mark]) -> Any:
         fig.add_trace(go.Scatter(
             x=[utc(m.started) for m in shown], y=[m.worker for m in shown], mode="markers", name=outcome,
             marker={"color": MARK_COLOURS[outcome], "size": 10,
-                    "symbol": "x" if outcome == "memory-killed" else "circle", "line": {"width": 0}},
+                    "symbol": "x" if outcome == outcomes.MEMORY_KILLED else "circle", "line": {"width": 0}},
             customdata=[[m.task_name, m.task_id, format_size(m.limit),
                          "not measured" if m.peak is None else format_size(m.peak), format_size(m.request)]
                         for m in shown],

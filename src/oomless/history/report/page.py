@@ -16,6 +16,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from ... import outcomes
 from ...units import format_size
 from ..recommend import Recommendation
 from .aggregate import MARKED, MAX_BARS, MAX_STACKED, OTHER, ReportData
@@ -112,15 +113,16 @@ class Page:
         )
 
 
-def _outcome_table(outcomes: dict[str, int]) -> str:
-    order = ["ok", "failed", "memory-killed", "evicted", "infeasible", "invalid", "lost", "retry"]
-    names = [o for o in order if o in outcomes] + sorted(o for o in outcomes if o not in order)
+def _outcome_table(counts: dict[str, int]) -> str:
+    order = [outcomes.OK, outcomes.FAILED, outcomes.MEMORY_KILLED, outcomes.EVICTED, outcomes.INFEASIBLE,
+             outcomes.INVALID, outcomes.LOST, outcomes.RETRY]
+    names = [o for o in order if o in counts] + sorted(o for o in counts if o not in order)
     head = "".join(f"<th>{html.escape(o)}</th>" for o in names)
     cells = "".join(
-        f'<td class="{"bad" if o in MARKED and outcomes[o] else ""}">{outcomes[o]:,}</td>' for o in names
+        f'<td class="{"bad" if o in MARKED and counts[o] else ""}">{counts[o]:,}</td>' for o in names
     )
     return f'<table class="outcomes"><tr><th class="name">attempts</th>{head}</tr>' \
-           f'<tr><td class="name">{sum(outcomes.values()):,}</td>{cells}</tr></table>'
+           f'<tr><td class="name">{sum(counts.values()):,}</td>{cells}</tr></table>'
 
 
 def _size_fit(rec: Recommendation) -> str:
