@@ -225,6 +225,13 @@ def test_a_field_added_to_the_event_state_is_kept_in_task_records():
     assert dict(state.tasks["t-1"].as_dict())["memory"] == "ok: peak 1.0 MiB"
 
 
+def test_every_door_names_the_versions_it_was_checked_against_and_has_a_test():
+    doors = [name for name in compat.__all__ if name != "checked"]
+    assert [name for name in doors if not getattr(getattr(compat, name), "__checked__", None)] == []
+    tests = Path(__file__).read_text()
+    assert [name for name in doors if f"compat.{name}(" not in tests] == []
+
+
 def test_no_module_but_compat_reaches_into_celery_billiard_or_kombu():
     """The grep of issue 16: a private attribute read on anything but oomless's own objects."""
     src = Path(__file__).resolve().parents[2] / "src" / "oomless"
