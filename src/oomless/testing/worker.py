@@ -123,7 +123,7 @@ class Worker:
         # Print from a task reaches the log as it happens, not when a buffer fills.
         full_env["PYTHONUNBUFFERED"] = "1"
         if pythonpath:
-            full_env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), os.environ.get("PYTHONPATH", "")])
+            full_env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), full_env.get("PYTHONPATH", "")])
         cmd = [*wrap, sys.executable, "-m", "celery", "-A", app]
         if broker is not None:
             cmd += ["-b", broker]
