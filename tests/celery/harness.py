@@ -1,65 +1,50 @@
-"""Start and stop real governed Celery workers in subprocesses."""
+"""Start and stop real governed Celery workers in subprocesses, for the tests.
+
+A thin layer over :mod:`oomless.testing` (which starts, waits for and stops the
+worker, killing its whole tree): the app is ``worker_app.py`` beside this file,
+configured through ``OOMLESS_TEST_*`` environment variables; on cgroup v2 each
+worker starts in a memory cgroup of its own; waits get :data:`SLACK` in the
+cgroup-v2 guests.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
+from oomless import testing
+from oomless.linux import kill
+from oomless.linux.cgroup.files import pids, write
 from oomless.linux.cgroup.host import detect
 
 HERE = Path(__file__).parent
 
 
-@dataclass
-class Worker:
-    proc: subprocess.Popen
-    log: Path
-    env: dict
-    queue: str
-    ready: bool = field(default=False)
-    node: str = ""  # the worker's node name up to "@" (what a task's request.hostname starts with)
+class Worker(testing.Worker):
+    """A worker of ``worker_app`` on its own queue (see :func:`start_worker`)."""
+
+    queue: str = ""
+    ready: bool = False
     group: MemoryCgroup | None = None  # a cgroup v2 group made for this worker alone, removed by stop()
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def wait_for(self, needle: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if needle in text:
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}) before {needle!r}:\n{text[-4000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{needle!r} not in worker log after {timeout}s:\n{self.text()[-4000:]}")
+        """Wait until the log holds ``needle``; fail the test if the worker exits first or time runs out."""
+        try:
+            return super().wait_for(needle, timeout)
+        except testing.WorkerError as exc:
+            raise AssertionError(str(exc)) from None
 
-    def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        # Pool children lead their own process groups; make sure none outlived the worker.
-        _kill_leftovers(self.env["OOMLESS_TEST_WORKER"])
+    def stop(self, timeout: float = 20, hurry: Callable[[], bool] | None = None) -> int:
+        """Stop the worker and its whole tree (see :meth:`oomless.testing.Worker.stop`), then its group."""
+        code = super().stop(timeout, hurry)
         if self.group is not None:
             self.group.remove()
             self.group = None
-        return self.proc.returncode
+        return code
 
 
 def alive(pid: int) -> bool:
@@ -92,11 +77,6 @@ def wait_file(path: Path, timeout: float = 30, lines: int = 1) -> list[str]:
                 return got
         time.sleep(0.02)
     raise AssertionError(f"{path} did not get {lines} line(s) in {timeout} s")
-
-
-def _join(cgroup: str) -> None:
-    with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
-        fh.write(str(os.getpid()))
 
 
 #: This process's memory cgroup; on cgroup v2 (the guest of tests/v2vm/run) every worker gets a
@@ -133,7 +113,7 @@ class MemoryCgroup:
 
     def join(self) -> None:
         """Move the calling process into this group (a ``preexec_fn``)."""
-        _join(self.path)
+        write(os.path.join(self.path, "cgroup.procs"), os.getpid())
 
     def oom_kills(self) -> int:
         """Kernel OOM kills in this group and every group below it."""
@@ -153,34 +133,15 @@ class MemoryCgroup:
         deadline = time.monotonic() + 30
         while os.path.exists(self.path) and time.monotonic() < deadline:
             for folder in sorted((f for f, _, _ in os.walk(self.path)), key=len, reverse=True):
+                # Members of a group made for one worker are that worker's.
+                kill.kill_pids(pids(os.path.join(folder, "cgroup.procs")))
                 try:
-                    with open(os.path.join(folder, "cgroup.procs")) as fh:
-                        for pid in fh.read().split():
-                            try:
-                                os.kill(int(pid), signal.SIGKILL)
-                            except ProcessLookupError:
-                                pass
                     os.rmdir(folder)
                 except OSError:
                     pass
             time.sleep(0.05)
         if os.path.exists(self.path):
             raise AssertionError(f"could not remove the test cgroup {self.path}")
-
-
-def _kill_leftovers(worker_id: str) -> None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"OOMLESS_TEST_WORKER={worker_id}".encode() in environ:
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def start_worker(
@@ -203,35 +164,29 @@ def start_worker(
     (a restarted worker keeps its name); ``wrap``: a command the worker's command line is appended to."""
     queue = queue or f"oomless-test-{uuid.uuid4().hex[:8]}"
     env = dict(
-        os.environ,
         OOMLESS_TEST_BROKER=broker,
         OOMLESS_TEST_BACKEND=backend,
         OOMLESS_TEST_QUEUE=queue,
-        OOMLESS_TEST_WORKER=uuid.uuid4().hex,
         OOMLESS_TEST_MODE=mode,
         # In the guests a new pool child can take longer than billiard's 4 s to say it is up
         # (seen: 8-13 children killed for it in one test beside CPU hogs), which only adds churn.
         OOMLESS_TEST_CONF=json.dumps({"worker_proc_alive_timeout": 4.0 * SLACK, **(conf or {})}),
-        PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
     node = node or f"{uuid.uuid4().hex[:6]}-{queue}"
-    log = tmp / f"worker-{node}-{uuid.uuid4().hex[:4]}.log"
-    cmd = [
-        *wrap, sys.executable, "-m", "celery", "-A", "worker_app", "worker",
-        "-c", str(concurrency), "-l", "info", "-E", "-n", f"{node}@%h", "--without-gossip",
-        "--without-mingle", *extra,
-    ]
     group = None
     if cgroup is None and V2:
         group = MemoryCgroup(None)
         cgroup = group.path
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            cmd, cwd=HERE, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=None if cgroup is None else functools.partial(_join, cgroup),
-        )
-    worker = Worker(proc, log, env, queue, node=node, group=group)
+    worker = Worker.start(
+        "worker_app", tmp / f"worker-{node}-{uuid.uuid4().hex[:4]}.log", concurrency=concurrency, args=extra,
+        env=env, cwd=HERE, pythonpath=[HERE], node=node, cgroup=cgroup, wrap=wrap, wait_ready=False,
+    )
+    worker.queue, worker.group = queue, group
     if wait_ready:
-        worker.wait_for("ready.")
+        try:
+            worker.wait_for("ready.")
+        except AssertionError:
+            worker.stop()
+            raise
         worker.ready = True
     return worker

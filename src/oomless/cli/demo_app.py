@@ -26,6 +26,8 @@ from celery import Celery
 
 import oomless
 
+from ..outcomes import MEMORY_KILLED, OK
+
 __all__ = ["make_app", "app", "SHOWCASE", "Showcase", "SAFETY_STOP_MIB", "STARTS_FILE"]
 
 MiB = 2**20
@@ -51,19 +53,19 @@ class Showcase:
     label: str
     does: str
     args: tuple[int, ...]
-    expect: str  # "ok" or "memory-killed"
+    expect: str  # OK or MEMORY_KILLED
 
 
 SHOWCASE: tuple[Showcase, ...] = (
     # Runaways first, so that they are killed while well-behaved tasks run beside them.
-    Showcase("oomless.demo.runaway", "runaway", "allocates without end", (), "memory-killed"),
-    Showcase("oomless.demo.allocate", "large", "allocates 300 MiB", (300,), "ok"),
+    Showcase("oomless.demo.runaway", "runaway", "allocates without end", (), MEMORY_KILLED),
+    Showcase("oomless.demo.allocate", "large", "allocates 300 MiB", (300,), OK),
     Showcase(
         "oomless.demo.runaway_subprocess", "runaway subprocess", "starts a subprocess that allocates without end",
-        (), "memory-killed",
+        (), MEMORY_KILLED,
     ),
-    Showcase("oomless.demo.allocate_medium", "medium", "allocates 128 MiB", (128,), "ok"),
-    Showcase("oomless.demo.allocate_small", "small", "allocates 32 MiB", (32,), "ok"),
+    Showcase("oomless.demo.allocate_medium", "medium", "allocates 128 MiB", (128,), OK),
+    Showcase("oomless.demo.allocate_small", "small", "allocates 32 MiB", (32,), OK),
 )
 
 
