@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..celery.governor import EVENT
+from ..celery.events import EVENT
 
 __all__ = ["MemoryEvents", "TaskMemory"]
 
