@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import oomless
+from oomless.testing import MemoryEvents
 
+from .harness import SLACK, start_worker
 from .harness import alive as _alive
-from .harness import start_worker
 from .harness import wait_gone as _wait_gone
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -145,29 +146,28 @@ def test_limit_larger_than_the_budget_fails_fast_with_infeasible_memory_request(
     assert "64.0 GiB" in str(caught.value) and "3.0 GiB" in str(caught.value)
 
 
-def test_each_task_gets_one_log_line_with_its_peak(governed):
-    result = governed.app.tasks["t.hog"].delay(96)
-    result.get(timeout=30)
-    line = next(
-        ln for ln in governed.wait_for(f"{result.id}] ok: peak").splitlines() if f"{result.id}] ok: peak" in ln
-    )
-    peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
-    assert 96 * 0.9 <= peak_mib <= 96 + 32, line
-    assert f"[{governed.mode}]" in line
+def test_each_task_gets_one_log_line_and_one_memory_event_with_its_peak(governed):
+    with MemoryEvents(governed.app) as events:
+        result = governed.app.tasks["t.hog"].delay(96)
+        result.get(timeout=30)
+        got = events.wait([result.id], timeout=10 * SLACK)[result.id]
+    assert got.outcome == "ok" and got.mode == governed.mode
+    assert 96 * 0.9 * MiB <= got.peak <= (96 + 32) * MiB, got
+    # The log's one line says what the event says.
+    assert f"oomless: t.hog[{result.id}] {got.memory}" in governed.wait_for(f"{result.id}] ok: peak")
     time.sleep(0.5)
     assert governed.text().count(f"oomless: t.hog[{result.id}]") == 1
 
 
 def test_peak_of_a_task_includes_its_subprocess(governed):
     pidfile = str(governed.tmp / f"sub-peak-{time.monotonic_ns()}.pid")
-    # Held 2 s: the watchdog samples, and a loaded machine may be slow to schedule it.
-    result = governed.app.tasks["t.sub_hog"].delay(128, pidfile, 2.0)
-    assert result.get(timeout=30) == 128
-    marker = f"{result.id}] ok: peak"
-    line = next(ln for ln in governed.wait_for(marker).splitlines() if marker in ln)
-    peak_mib = float(line.split("ok: peak ")[1].split(" MiB")[0])
+    with MemoryEvents(governed.app) as events:
+        # Held 2 s: the watchdog samples, and a loaded machine may be slow to schedule it.
+        result = governed.app.tasks["t.sub_hog"].delay(128, pidfile, 2.0)
+        assert result.get(timeout=30) == 128
+        got = events.wait([result.id], timeout=10 * SLACK)[result.id]
     # The pool child itself allocates nearly nothing: the peak is the subprocess's.
-    assert 128 * 0.9 <= peak_mib <= 128 + 48, line
+    assert 128 * 0.9 * MiB <= got.peak <= (128 + 48) * MiB, got
 
 
 def test_pool_children_have_a_raised_oom_score_adj_and_the_main_process_does_not(governed):
@@ -183,14 +183,12 @@ def test_pages_shared_with_the_worker_are_not_charged_to_a_task(governed):
     info = governed.app.tasks["t.whoami"].delay().get(timeout=30)
     with open(f"/proc/{info['pid']}/statm") as fh:
         child_rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    result = governed.app.tasks["t.hog"].delay(0)
-    result.get(timeout=30)
-    line = governed.wait_for(f"{result.id}] ok: peak")
-    peak = next(ln for ln in line.splitlines() if f"{result.id}] ok: peak" in ln).split("ok: peak ")[1].split(",")[0]
-    value, unit = peak.split()
-    peak_bytes = float(value) * {"B": 1, "KiB": 2**10, "MiB": 2**20}[unit]
+    with MemoryEvents(governed.app) as events:
+        result = governed.app.tasks["t.hog"].delay(0)
+        result.get(timeout=30)
+        got = events.wait([result.id], timeout=10 * SLACK)[result.id]
     assert child_rss > 20 * MiB
-    assert peak_bytes < 8 * MiB, f"a task that allocates nothing was charged {peak}"
+    assert got.peak < 8 * MiB, f"a task that allocates nothing was charged {got.memory}"
 
 
 @pytest.mark.parametrize("fork", [False, True], ids=["exec", "fork"])

@@ -11,9 +11,10 @@ import pytest
 import oomless
 from oomless.history import Attempt
 from oomless.history.store import Store
+from oomless.testing import MemoryEvents
 from oomless.units import format_size
 
-from ..celery.harness import start_worker
+from ..celery.harness import SLACK, start_worker
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "celery"))
 from worker_app import make_app  # noqa: E402
@@ -39,18 +40,17 @@ def test_a_task_that_declares_nothing_gets_its_learned_spec_and_declared_ones_ke
     app = make_app(redis_url, redis_url, worker.queue, "watchdog")
     try:
         worker.wait_for("learned memory sizes for 3 task names")
-        hold = app.tasks["t.hold"].delay(0.1, 8)
-        hog = app.tasks["t.hog"].delay(8)  # declares memory="256MiB": that wins over what was learned
-        hold.get(timeout=30), hog.get(timeout=30)
+        with MemoryEvents(app) as events:
+            hold = app.tasks["t.hold"].delay(0.1, 8)
+            hog = app.tasks["t.hog"].delay(8)  # declares memory="256MiB": that wins over what was learned
+            hold.get(timeout=30), hog.get(timeout=30)
+            got = events.wait([hold.id, hog.id], timeout=10 * SLACK)
     finally:
         worker.stop()
         app.close()
     # 6 × 100 MiB: request = 100 × 1.15 = 115 MiB, limit = 100 × 1.2 = 120 MiB
-    assert f"t.hold[{hold.id}] ok:" in worker.text()
-    line = next(ln for ln in worker.text().splitlines() if f"t.hold[{hold.id}] ok:" in ln)
-    assert "limit 120.0 MiB, request 115.0 MiB" in line
-    line = next(ln for ln in worker.text().splitlines() if f"t.hog[{hog.id}] ok:" in ln)
-    assert "limit 256.0 MiB, request 256.0 MiB" in line
+    assert (got[hold.id].outcome, got[hold.id].limit, got[hold.id].request) == ("ok", 120 * MiB, 115 * MiB)
+    assert (got[hog.id].outcome, got[hog.id].limit, got[hog.id].request) == ("ok", 256 * MiB, 256 * MiB)
 
 
 def test_learned_needs_the_history(tmp_path, redis_url):
@@ -71,19 +71,18 @@ def test_submit_time_learned_spec_is_fitted_to_the_input_size(tmp_path, redis_ur
     app = make_app(redis_url, redis_url, worker.queue, "watchdog")
     app.conf.oomless_history = url
     try:
-        big = app.tasks["t.sized"].apply_async([4], memory=oomless.learned(input_size=512 * MiB))
-        unknown = app.tasks["t.whoami"].apply_async(memory=oomless.learned(default="300MiB"))
-        big.get(timeout=30), unknown.get(timeout=30)
+        with MemoryEvents(app) as events:
+            big = app.tasks["t.sized"].apply_async([4], memory=oomless.learned(input_size=512 * MiB))
+            unknown = app.tasks["t.whoami"].apply_async(memory=oomless.learned(default="300MiB"))
+            big.get(timeout=30), unknown.get(timeout=30)
+            got = events.wait([big.id, unknown.id], timeout=10 * SLACK)
     finally:
         worker.stop()
         app.close()
-    text = worker.text()
-    # peak = 2 × size exactly: 1 GiB for 512 MiB of input; request × 1.15, limit × 1.2
-    line = next(ln for ln in text.splitlines() if f"t.sized[{big.id}] ok:" in ln)
-    assert f"limit {format_size(int(1.2 * 2**30))}, request {format_size(int(1.15 * 2**30 + MiB - 1) // MiB * MiB)}" \
-        in line
-    line = next(ln for ln in text.splitlines() if f"t.whoami[{unknown.id}] ok:" in ln)
-    assert "limit 300.0 MiB" in line
+    # peak = 2 × size exactly: 1 GiB for 512 MiB of input; request × 1.15, limit × 1.2 (whole MiB)
+    assert format_size(got[big.id].limit) == format_size(int(1.2 * 2**30))
+    assert got[big.id].request == int(1.15 * 2**30 + MiB - 1) // MiB * MiB
+    assert got[unknown.id].limit == 300 * MiB
     rows = {a.task_id: a for a in Store(url).attempts("t.sized")}
     assert rows[big.id].input_size == 4 * MiB  # the task's own report wins over the hint
 
