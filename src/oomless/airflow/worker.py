@@ -33,7 +33,7 @@ from typing import Any
 from ..celery.child import SUBPROCESSES
 from ..celery.governor import Governor
 from ..celery.plugin import Plugin
-from ..enforce.base import KillReport
+from ..enforce.reports import KillReport
 from ..units import format_size
 from . import messages
 from .spec import AIRFLOW_HEADER, TryInfo

@@ -15,7 +15,7 @@ from typing import Any
 
 from billiard.einfo import ExceptionInfo
 
-from ..enforce.base import KillReport
+from ..enforce.reports import KillReport
 from ..errors import EvictedForMemoryPressure, MemoryLimitExceeded
 from ..escalate import Escalate
 from .republish import EVICTIONS, TRIED, header_int

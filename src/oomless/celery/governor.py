@@ -25,8 +25,9 @@ from celery.utils.imports import symbol_by_name
 
 from .. import outcomes
 from ..budget import Footprint
-from ..enforce.base import Enforcer, KillReport
+from ..enforce.base import Enforcer
 from ..enforce.modes import Choice, choose_mode, make_enforcer
+from ..enforce.reports import KillReport
 from ..enforce.slots import SlotTable
 from ..errors import EnforcementUnavailable, InfeasibleMemoryRequest
 from ..history.attempt import Attempt

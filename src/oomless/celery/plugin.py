@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..enforce.base import KillReport
+from ..enforce.reports import KillReport
 
 if TYPE_CHECKING:
     from .governor import Governor

@@ -31,7 +31,7 @@ from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr
 
 from .. import outcomes
-from ..enforce.base import KillReport
+from ..enforce.reports import KillReport
 from ..errors import (
     ClaimMissing,
     EvictedForMemoryPressure,

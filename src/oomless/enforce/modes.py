@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import EnforcementUnavailable
+from ..linux import proc
 from ..linux.cgroup.host import CgroupHost
 from .base import Enforcer, NullEnforcer
 from .slots import SlotTable
@@ -31,10 +32,10 @@ class Choice:
 def watchdog_problem() -> str | None:
     """Why the watchdog cannot work here, or ``None``."""
     pid = os.getpid()
-    for path, mode in ((f"/proc/{pid}/statm", os.R_OK), (f"/proc/{pid}/clear_refs", os.W_OK)):
+    for path, mode in ((proc.path(pid, "statm"), os.R_OK), (proc.path(pid, "clear_refs"), os.W_OK)):
         if not os.access(path, mode):
             return f"{path} is not accessible (is /proc mounted?)"
-    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+    if not os.path.exists(proc.path(pid, f"task/{pid}/children")):
         return "/proc/PID/task/TID/children is missing (kernel without CONFIG_PROC_CHILDREN)"
     return None
 

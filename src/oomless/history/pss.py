@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..enforce.base import BoundedDict
+from ..enforce.reports import BoundedDict
 from ..enforce.slots import SlotTable
 from ..linux import proc
 
