@@ -20,7 +20,7 @@ count), and one that cannot fit is a *barrier* — nothing behind it starts
 until it has.  The memory of the tasks already running then drains towards
 it, so (with equal priorities) a feasible task that arrived with ``k`` tasks
 ahead of it starts within ``backfill_window + (k + 1) × D`` seconds, D being
-the longest task duration.  ``tests/unit/test_admission.py`` checks that bound by simulation.
+the longest task duration.  ``tests/admission/test_queue.py`` checks that bound by simulation.
 
 Give-back: a waiting task that cannot fit and has waited ``give_back_after``
 seconds here is handed back (to the broker, by the caller) so that a worker
