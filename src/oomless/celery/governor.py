@@ -14,7 +14,6 @@ the pool child's half (:mod:`oomless.celery.child`), the budget's measurement
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
@@ -26,10 +25,10 @@ from celery.utils.imports import symbol_by_name
 from .. import outcomes
 from ..budget import Footprint
 from ..enforce.base import Enforcer
-from ..enforce.modes import Choice, choose_mode, make_enforcer
+from ..enforce.modes import Choice, prepared_enforcer
 from ..enforce.reports import KillReport
 from ..enforce.slots import SlotTable
-from ..errors import EnforcementUnavailable, InfeasibleMemoryRequest
+from ..errors import InfeasibleMemoryRequest
 from ..history.attempt import Attempt
 from ..linux import cgroup
 from ..spec import Memory
@@ -65,30 +64,6 @@ def isolating_pool(pool_cls: Any) -> tuple[str, bool]:
     cls = symbol_by_name(pool_cls) if isinstance(pool_cls, str) else pool_cls
     name = getattr(cls, "__module__", str(cls)).rsplit(".", 1)[-1]
     return name, isinstance(cls, type) and issubclass(cls, PreforkPool)
-
-
-def _prepared_enforcer(
-    settings: Settings, host: cgroup.CgroupHost, pool: tuple[str, bool], table: SlotTable
-) -> tuple[Choice, Enforcer]:
-    """The enforcement mode and its enforcer with its slots made; ``auto`` falls back to the
-    watchdog where the host looked usable but the kernel said no."""
-    choice = choose_mode(settings.enforcement, host, *pool)
-    enforcer = make_enforcer(choice, table, host, settings.poll_interval)
-    try:
-        enforcer.prepare()
-    except OSError as exc:
-        if settings.enforcement == choice.mode:
-            raise EnforcementUnavailable(f"oomless_enforcement={choice.mode} could not prepare slots: {exc}") from exc
-        try:
-            enforcer.stop()
-        except OSError as cleanup:
-            logger.warning("oomless: could not remove partly made slot cgroups: %s", cleanup)
-        host = dataclasses.replace(host, writable=False, reason=f"cgroup slots could not be made: {exc}")
-        choice = choose_mode(settings.enforcement, host, *pool)
-        choice = dataclasses.replace(choice, warning=choice.warning or f"cgroup mode unavailable: {exc}")
-        enforcer = make_enforcer(choice, table, host, settings.poll_interval)
-        enforcer.prepare()
-    return choice, enforcer
 
 
 class Governor:
@@ -132,7 +107,9 @@ class Governor:
         settings = load_settings(app.conf, host, memory_budget)
         pool = isolating_pool(w.pool_cls)
         size = max(int(w.concurrency or 1), int(getattr(w, "max_concurrency", None) or 0))
-        choice, enforcer = _prepared_enforcer(settings, host, pool, SlotTable(size))
+        choice, enforcer = prepared_enforcer(
+            settings.enforcement, host, *pool, SlotTable(size), settings.poll_interval
+        )
         enforcer.kill_leftovers = settings.kill_leftovers
         enforcer.node = str(w.hostname or "")
         if enforcer.node:

@@ -8,6 +8,8 @@ so the worker refuses to start rather than run unprotected.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 
@@ -17,7 +19,9 @@ from ..linux.cgroup.host import CgroupHost
 from .base import Enforcer, NullEnforcer
 from .slots import SlotTable
 
-__all__ = ["Choice", "choose_mode", "make_enforcer", "MODES", "watchdog_problem"]
+__all__ = ["Choice", "choose_mode", "make_enforcer", "prepared_enforcer", "MODES", "watchdog_problem"]
+
+logger = logging.getLogger(__name__)
 
 MODES = ("auto", "cgroup", "watchdog", "off")
 
@@ -85,3 +89,28 @@ def make_enforcer(choice: Choice, table: SlotTable, host: CgroupHost, poll_inter
 
         return WatchdogEnforcer(table, interval=poll_interval)
     return NullEnforcer(table)
+
+
+def prepared_enforcer(
+    requested: str, host: CgroupHost, pool_name: str, isolating_pool: bool, table: SlotTable, poll_interval: float
+) -> tuple[Choice, Enforcer]:
+    """The mode to run and its enforcer with its slots made.  ``auto`` falls back from cgroup to the
+    watchdog where the host looked usable but the kernel refused the slots; a mode named
+    explicitly that cannot prepare raises :class:`~oomless.errors.EnforcementUnavailable`."""
+    choice = choose_mode(requested, host, pool_name, isolating_pool)
+    enforcer = make_enforcer(choice, table, host, poll_interval)
+    try:
+        enforcer.prepare()
+    except OSError as exc:
+        if requested == choice.mode:
+            raise EnforcementUnavailable(f"oomless_enforcement={choice.mode} could not prepare slots: {exc}") from exc
+        try:
+            enforcer.stop()
+        except OSError as cleanup:
+            logger.warning("oomless: could not remove partly made slot cgroups: %s", cleanup)
+        host = dataclasses.replace(host, writable=False, reason=f"cgroup slots could not be made: {exc}")
+        choice = choose_mode(requested, host, pool_name, isolating_pool)
+        choice = dataclasses.replace(choice, warning=choice.warning or f"cgroup mode unavailable: {exc}")
+        enforcer = make_enforcer(choice, table, host, poll_interval)
+        enforcer.prepare()
+    return choice, enforcer
