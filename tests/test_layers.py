@@ -21,7 +21,7 @@ ROOT = "oomless"
 
 # DESIGN.md §4, lowest first.  The bottom holds the pure modules directly in the package.
 ORDER = [
-    ("core", {"units", "spec", "errors", "escalate", "budget", "paths", "urls", "outcomes"}),
+    ("core", {"units", "spec", "errors", "escalate", "budget", "paths", "urls", "outcomes", "settings"}),
     ("linux", {"linux"}),
     ("enforce", {"enforce"}),
     ("admission", {"admission"}),

@@ -11,13 +11,18 @@ import contextlib
 import os
 import secrets
 
-__all__ = ["state_dir", "write_atomic"]
+__all__ = ["state_dir", "history_url", "write_atomic"]
 
 
 def state_dir() -> str:
     """``$XDG_STATE_HOME/oomless`` (``~/.local/state/oomless`` when unset)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "oomless")
+
+
+def history_url() -> str:
+    """The default history store: ``sqlite:///`` + ``<state_dir>/history.sqlite``."""
+    return f"sqlite:///{os.path.join(state_dir(), 'history.sqlite')}"
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:

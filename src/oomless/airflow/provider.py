@@ -1,13 +1,13 @@
 """oomless as an Airflow provider: ``get_provider_info`` (the ``apache_airflow_provider``
 entry point) documents the ``[oomless]`` section, its types and defaults, and
 names the executor.  No Airflow import here (the providers manager calls it); the options
-are the settings declared in :mod:`oomless.celery.settings`."""
+are the settings declared in :mod:`oomless.settings`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..celery.settings import SETTINGS
+from ..settings import SETTINGS
 
 __all__ = ["SECTION", "OPTIONS", "get_provider_info"]
 
@@ -21,7 +21,7 @@ def _plain(doc: str) -> str:
 SECTION = "oomless"
 
 #: option -> (type, default, example, description): the settings of
-#: :mod:`oomless.celery.settings` an Airflow worker takes from ``[oomless]``.
+#: :mod:`oomless.settings` an Airflow worker takes from ``[oomless]``.
 OPTIONS: dict[str, tuple[str, str | None, str | None, str]] = {
     setting.name: (
         setting.kind,

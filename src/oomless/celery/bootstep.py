@@ -56,9 +56,7 @@ class GovernorStep(bootsteps.StartStopStep):
         self.memory_budget = memory_budget
 
     def create(self, w: Any) -> Any:
-        for task in w.app.tasks.values():
-            govern_task(task)
-        gov = governor.current = Governor.build(w, self.memory_budget)
+        gov = Governor.build(w, self.memory_budget, govern_task)  # sets governor.current
         atexit.register(gov.shutdown)
         if gov.settings.gc_freeze:
             child.share_with_children()

@@ -1,7 +1,7 @@
 """A worker's settings, read from a Celery app's configuration (every key optional).
 
 Each key is declared once, with its parser, default and meaning, in
-:mod:`oomless.celery.settings` (README's configuration table is checked
+:mod:`oomless.settings` (README's configuration table is checked
 against it); this module combines them into the :class:`Settings` of one
 worker: the budget (with ``--memory-budget`` overriding ``oomless_budget``),
 the default memory spec, and the checks that span two keys.  A value that
@@ -17,15 +17,15 @@ from ..budget import Budget, compute_budget
 from ..errors import InvalidConfiguration
 from ..linux import proc
 from ..linux.cgroup.host import CgroupHost
+from ..settings import read
 from ..spec import Memory
-from .settings import read
 
 __all__ = ["Settings", "load_settings"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One worker's settings, parsed (the defaults live in :mod:`oomless.celery.settings`)."""
+    """One worker's settings, parsed (the defaults live in :mod:`oomless.settings`)."""
 
     budget: Budget
     default_memory: Memory | None
@@ -50,19 +50,18 @@ class Settings:
 
 def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) -> Settings:
     """Read and validate the ``oomless_*`` keys of a Celery config mapping."""
+    # The budget's arithmetic parses both keys (the reserve only for ``auto``); its message starts
+    # with the key it refuses.
     try:
         if cli_budget is not None:
             budget = compute_budget(cli_budget, None, proc.mem_total(), host.limit, configured_by="--memory-budget")
         else:
-            read(conf, "budget")  # the key's own check, before the arithmetic
-            reserve = conf.get("oomless_reserve")
-            read(conf, "reserve")
-            budget = compute_budget(conf.get("oomless_budget") or "auto", reserve, proc.mem_total(), host.limit)
-    except InvalidConfiguration:
-        raise
+            budget = compute_budget(
+                conf.get("oomless_budget") or "auto", conf.get("oomless_reserve"), proc.mem_total(), host.limit
+            )
     except ValueError as exc:
-        raise InvalidConfiguration("--memory-budget" if cli_budget is not None else "oomless_budget", str(exc)) \
-            from None
+        key = next((k for k in ("oomless_reserve", "--memory-budget") if str(exc).startswith(k)), "oomless_budget")
+        raise InvalidConfiguration(key, str(exc)) from None
     history = read(conf, "history")
     learned = read(conf, "learned")
     if learned and history is None:

@@ -18,6 +18,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.imports import symbol_by_name
@@ -99,12 +100,19 @@ class Governor:
 
     # -- assembly ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, w: Any, memory_budget: str | None = None) -> Governor:
+    def build(cls, w: Any, memory_budget: str | None = None,
+              govern_task: Callable[[Any], None] | None = None) -> Governor:
         """The governor of the Celery worker ``w`` being built (after the Pool step's ``create``,
-        before the pool forks): settings, enforcement mode and slots, plugins, admission gate."""
+        before the pool forks), in this order: settings; ``govern_task(task)`` for each of the app's
+        tasks (its ``memory=`` is checked before any slot is made); enforcement mode and slots;
+        :data:`current` set; plugins set up (they may read it); the admission gate."""
+        global current
         app = w.app
         host = cgroup.detect()
         settings = load_settings(app.conf, host, memory_budget)
+        if govern_task is not None:
+            for task in app.tasks.values():
+                govern_task(task)
         pool = isolating_pool(w.pool_cls)
         size = max(int(w.concurrency or 1), int(getattr(w, "max_concurrency", None) or 0))
         choice, enforcer = prepared_enforcer(
@@ -114,7 +122,7 @@ class Governor:
         enforcer.node = str(w.hostname or "")
         if enforcer.node:
             enforcer.sweep_previous()
-        gov = cls(settings, choice, enforcer, children_report=pool[1])
+        gov = current = cls(settings, choice, enforcer, children_report=pool[1])
         gov.live.follow_limit(functools.partial(cgroup.current_limit, host), host.limit)
         for path in settings.plugins:
             plugin = symbol_by_name(path)()

@@ -48,9 +48,9 @@ from kombu import serialization
 
 from ..data.claim import ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
-from ..units import MiB, format_size, parse_duration
+from ..settings import BY_NAME, read
+from ..units import MiB, format_size, parse_duration, parse_size
 from . import compat
-from .settings import BY_NAME, read
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def read_settings(conf: Any) -> Offload:
     wanted = read(conf, "offload")
     kind = broker_kind(conf.broker_url if isinstance(conf.broker_url, str) else None)
     limit = read(conf, "max_message_size") or PRACTICAL.get(kind, _DEFAULT_LIMIT)
-    threshold = read(conf, "offload_threshold")
+    threshold = read(conf, "offload_threshold") or parse_size(BY_NAME["offload_threshold"].default)
     store = None
     if wanted:
         # 0 would expire every argument at once: the default instead
@@ -272,7 +272,7 @@ def sweep(app: Any, grace: float = 600.0) -> dict[str, int]:
         def result_gone(task_id: str) -> bool:
             return backend.get(backend.get_key_for_task(task_id)) is None
     expires = app.conf.result_expires
-    result_ttl = None if expires is None else parse_duration(expires, "result_expires")
+    result_ttl = None if expires is None else parse_duration(expires, "result_expires", longest=float("inf"))
     return cfg.store.sweep(result_gone=result_gone, result_ttl=result_ttl or None, grace=grace)
 
 

@@ -46,9 +46,9 @@ def open_store(url: str | None) -> Any:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from ..history.store import SCHEMA_VERSION, Store
-    from ..history.url import default_url
+    from ..paths import history_url
 
-    url = url or default_url()
+    url = url or history_url()
     if url.startswith("sqlite:///"):
         import os
 

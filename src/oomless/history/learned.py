@@ -126,10 +126,11 @@ _LOCK = threading.Lock()
 
 def resolve_learned(task_name: str, want: LearnedMemory, app_history: Any) -> Memory | None:
     """Client side: the concrete spec for ``want`` (cached per store for :data:`REFRESH` seconds)."""
+    from ..paths import history_url
+    from ..settings import history
     from .store import Store
-    from .url import default_url, resolve
 
-    url = want.history or resolve(app_history) or default_url()
+    url = want.history or history(app_history) or history_url()
     with _LOCK:
         cached = _CLIENT.get(url)
         if cached is None or time.monotonic() - cached[0] > REFRESH:

@@ -36,9 +36,9 @@ from sqlalchemy import (
     select,
 )
 
+from ..paths import history_url
 from ..urls import redact
 from .attempt import Attempt
-from .url import default_url
 
 __all__ = ["Attempt", "Store", "SCHEMA_VERSION"]
 
@@ -97,7 +97,7 @@ class Store:
     """A history database at ``url`` (created and migrated on first use)."""
 
     def __init__(self, url: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = url or history_url()
         if self.url.startswith("sqlite:///"):
             path = self.url[len("sqlite:///"):]
             if path and path != ":memory:":

@@ -8,7 +8,10 @@ provider's info are checked against this table by
 what else to change.
 
 A value that cannot be used raises :class:`~oomless.errors.InvalidConfiguration`
-naming the key, the value and what is accepted.
+naming the key, the value and what is accepted.  An unset key, ``None`` or an
+empty string (Airflow's unset option) means the default.
+
+No Celery import here: Airflow's providers manager reads this table.
 
 What is not here: how the values combine into a worker's settings
 (:mod:`oomless.celery.config`), the budget's arithmetic (:mod:`oomless.budget`).
@@ -16,14 +19,15 @@ What is not here: how the values combine into a worker's settings
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidConfiguration
-from ..units import parse_duration, parse_size
+from .errors import InvalidConfiguration
+from .units import parse_duration, parse_size
 
-__all__ = ["Setting", "SETTINGS", "BY_NAME", "PREFIX", "read"]
+__all__ = ["Setting", "SETTINGS", "BY_NAME", "PREFIX", "read", "history"]
 
 #: A setting's Celery key is PREFIX + its name.
 PREFIX = "oomless_"
@@ -66,8 +70,14 @@ def count(low: int) -> Callable[[Any, str], int]:
 
 
 def seconds(value: Any, key: str) -> float:
-    """A duration: seconds (``30``, ``2.5``), ``"5ms"`` … ``"7d"``, or a ``timedelta``."""
-    return parse_duration(value, key)
+    """A duration up to ~115 days: seconds (``30``, ``2.5``), ``"5ms"`` … ``"7d"``, a ``timedelta``;
+    ``False`` is 0 (as a number)."""
+    return parse_duration(0 if value is False else value, key)
+
+
+def long_seconds(value: Any, key: str) -> float:
+    """A duration of any length (how long stored data is kept)."""
+    return parse_duration(0 if value is False else value, key, longest=float("inf"))
 
 
 def poll_interval(value: Any, key: str) -> float:
@@ -81,6 +91,11 @@ def poll_interval(value: Any, key: str) -> float:
 def size(value: Any, key: str) -> int:
     """Bytes: ``"512MiB"``, ``"2GiB"``, ``1048576``."""
     return parse_size(value, key)
+
+
+def size_or_default(value: Any, key: str) -> int | None:
+    """Bytes, where 0 means the default (``None``)."""
+    return None if value == 0 else parse_size(value, key)
 
 
 def size_or_auto(value: Any, key: str) -> str | int:
@@ -143,11 +158,21 @@ def names(value: Any, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def history(value: Any, key: str) -> str | None:
-    """``"default"`` (the SQLite file), an SQLAlchemy URL, or ``"off"``."""
-    from ..history.url import resolve
+def history(value: Any, key: str = "oomless_history") -> str | None:
+    """``"default"``/``"on"`` (the SQLite file, :func:`oomless.paths.history_url`), an SQLAlchemy URL,
+    or ``"off"``/``False`` (``None``: not recorded)."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("default", "on"):
+        from .paths import history_url
 
-    return resolve(value)
+        return history_url()
+    if isinstance(value, str) and "://" in value:
+        return value.strip()
+    raise ValueError(
+        f"{key}={value!r} is not understood; use 'default' (an SQLite file), an SQLAlchemy URL "
+        f"such as 'postgresql+psycopg://user@host/db', or 'off'"
+    )
 
 
 def offload(value: Any, key: str) -> bool | str:
@@ -158,14 +183,14 @@ def offload(value: Any, key: str) -> bool | str:
         return True
     if isinstance(value, str) and value.strip().lower() in _FALSE + ("",):
         return False
-    if isinstance(value, str):
-        return value.strip()
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value).strip()
     raise ValueError(f"{key}={value!r} is not understood; use True (a local directory) or an fsspec URL")
 
 
 def memory(value: Any, key: str) -> Any:
     """A memory spec: a size, ``{"request": …, "limit": …}``, or a :class:`~oomless.Memory`."""
-    from ..spec import Memory
+    from .spec import Memory
 
     return Memory.coerce(value, what=key)
 
@@ -200,7 +225,7 @@ class Setting:
     def read(self, conf: Mapping[str, Any]) -> Any:
         """The parsed value of this setting in ``conf`` (its default where unset)."""
         value = conf.get(self.key)
-        if value is None:
+        if value is None or (isinstance(value, str) and not value.strip()):
             value = self.default
             if value is None:
                 return None
@@ -229,7 +254,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("default_memory", memory, None, "unset", "string",
        "spec for tasks that declare none; unset means accounted but not limited", "512MiB",
        airflow_doc="Memory of tries whose task declares none (unset: they are accounted, not limited)."),
-    _s("enforcement", choice("auto", "cgroup", "watchdog", "off"), "auto", '`"auto"`', "string",
+    # Checked where the mode is chosen (oomless.enforce.modes.choose_mode): a mode that is not one
+    # stops the worker as EnforcementUnavailable, as one that cannot work here does.
+    _s("enforcement", text, "auto", '`"auto"`', "string",
        "`auto`, `cgroup`, `watchdog` or `off`; a mode named explicitly that cannot work stops the worker from "
        "starting", "cgroup",
        airflow_doc="How limits are enforced: 'cgroup' (a memory cgroup per pool slot; exact, needs a writable "
@@ -277,13 +304,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("offload", offload, None, "unset", "string",
        "claim check: `True` (a local directory) or a shared fsspec URL (`s3://bucket/claims`); arguments and "
        "results over the threshold travel by reference", "s3://bucket/claims", airflow=False),
-    _s("offload_threshold", size, "1MiB", "`1MiB`", "string",
+    _s("offload_threshold", size_or_default, "1MiB", "`1MiB`", "string",
        "values above this go to the claim store", "1MiB", airflow=False),
-    _s("offload_ttl", seconds, 604800, "`604800`", "float",
+    _s("offload_ttl", long_seconds, 604800, "`604800`", "float",
        "seconds an argument stays in the store (results go when forgotten or expired)", "7d", airflow=False),
-    _s("offload_sweep_interval", seconds, 3600, "`3600`", "float",
+    _s("offload_sweep_interval", long_seconds, 3600, "`3600`", "float",
        "seconds between a worker's sweeps of the store", "1h", airflow=False),
-    _s("max_message_size", size, None, "by broker", "string",
+    _s("max_message_size", size_or_default, None, "by broker", "string",
        "without a store, task messages over this are refused before they are sent: RabbitMQ 16 MiB, Redis "
        "128 MiB, SQS 192 KiB", "16MiB", airflow=False),
     _s("plugins", names, (), "none", "string",

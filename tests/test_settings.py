@@ -1,4 +1,4 @@
-"""Each setting is declared once (oomless.celery.settings); README, the docs and Airflow's provider agree with it."""
+"""Each setting is declared once (oomless.settings); README, the docs and Airflow's provider agree with it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 from oomless.airflow.provider import get_provider_info
 from oomless.celery.config import load_settings
-from oomless.celery.settings import BY_NAME, SETTINGS
 from oomless.errors import InvalidConfiguration
 from oomless.linux.cgroup.host import CgroupHost
+from oomless.settings import BY_NAME, SETTINGS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(oomless_[a-z_]+)` \| (.*?) \| (.*) \|$")
 NO_CGROUP = CgroupHost(version=None, path=None, limit=None, writable=False, reason="test")
 
@@ -37,9 +37,9 @@ def test_readmes_configuration_table_is_the_declared_settings():
     expected = {s.key: (s.shown, s.doc) for s in SETTINGS}
     for key in sorted(set(rows) | set(expected)):
         assert rows.get(key) == expected.get(key), (
-            f"README.md's row for {key} differs from oomless/celery/settings.py; the declared one reads:\n"
+            f"README.md's row for {key} differs from oomless/settings.py; the declared one reads:\n"
             f"| `{key}` | {expected[key][0]} | {expected[key][1]} |" if key in expected
-            else f"README.md documents {key}, which oomless/celery/settings.py does not declare"
+            else f"README.md documents {key}, which oomless/settings.py does not declare"
         )
 
 
@@ -97,7 +97,6 @@ def test_durations_take_numbers_units_and_timedeltas(value, seconds):
     ("oomless_max_waiting", "many", "is not a whole number"),
     ("oomless_admission", "perhaps", "is not a yes/no value"),
     ("oomless_eviction_margin", "lots", "is not a size"),
-    ("oomless_enforcement", "strict", "is not understood"),
     ("oomless_metrics_port", 70000, "is not a TCP port"),
     ("oomless_poll_interval", 5, "is outside 0.0005–1 s"),
     ("oomless_budget", "lots", "is not a size"),
@@ -117,3 +116,34 @@ def test_learned_sizes_without_a_history_name_the_key():
     with pytest.raises(InvalidConfiguration, match="needs the history it learns from") as caught:
         load_settings({"oomless_learned": True}, NO_CGROUP)
     assert caught.value.key == "oomless_learned"
+
+
+@pytest.mark.parametrize("conf, key, value", [
+    ({"oomless_backfill_window": False}, "backfill_window", 0.0),  # a number, as before the table
+    ({"oomless_give_back_after": "5e-3"}, "give_back_after", 0.005),
+    ({"oomless_backfill_window": ""}, "backfill_window", 60.0),  # Airflow's unset option: the default
+])
+def test_values_the_worker_always_took_still_mean_what_they_meant(conf, key, value):
+    assert getattr(load_settings(conf, NO_CGROUP), key) == value
+
+
+def test_stored_data_may_be_kept_longer_than_any_wait():
+    from oomless.settings import read
+
+    assert read({"oomless_offload_ttl": timedelta(days=365)}, "offload_ttl") == 365 * 86400.0
+    assert read({"oomless_offload_threshold": 0}, "offload_threshold") is None  # 0: the default
+    with pytest.raises(InvalidConfiguration, match="outside"):
+        read({"oomless_backfill_window": "200d"}, "backfill_window")
+
+
+def test_a_path_names_the_claim_store(tmp_path):
+    from oomless.settings import read
+
+    assert read({"oomless_offload": tmp_path}, "offload") == str(tmp_path)
+
+
+def test_the_reserve_counts_only_for_an_auto_budget_and_is_refused_by_its_own_name():
+    assert load_settings({"oomless_budget": "1GiB", "oomless_reserve": "some"}, NO_CGROUP).budget.bytes == 2**30
+    with pytest.raises(InvalidConfiguration) as caught:
+        load_settings({"oomless_reserve": "some"}, NO_CGROUP)
+    assert caught.value.key == "oomless_reserve"
