@@ -131,7 +131,8 @@ def test_stored_data_may_be_kept_longer_than_any_wait():
     from oomless.settings import read
 
     assert read({"oomless_offload_ttl": timedelta(days=365)}, "offload_ttl") == 365 * 86400.0
-    assert read({"oomless_offload_threshold": 0}, "offload_threshold") is None  # 0: the default
+    assert read({"oomless_offload_threshold": 0}, "offload_threshold") == 2**20  # 0: the default
+    assert read({"oomless_offload_ttl": 0}, "offload_ttl") == 604800.0
     with pytest.raises(InvalidConfiguration, match="outside"):
         read({"oomless_backfill_window": "200d"}, "backfill_window")
 

@@ -93,11 +93,6 @@ def size(value: Any, key: str) -> int:
     return parse_size(value, key)
 
 
-def size_or_default(value: Any, key: str) -> int | None:
-    """Bytes, where 0 means the default (``None``)."""
-    return None if value == 0 else parse_size(value, key)
-
-
 def size_or_auto(value: Any, key: str) -> str | int:
     """``"auto"`` or bytes."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -217,6 +212,8 @@ class Setting:
     airflow: bool = True
     #: the option's description for Airflow users, where a try is not a task
     airflow_doc: str | None = None
+    #: a value of 0 means the default too (0 bytes or 0 s would make no sense there)
+    zero_is_default: bool = False
 
     @property
     def key(self) -> str:
@@ -227,8 +224,16 @@ class Setting:
         value = conf.get(self.key)
         if value is None or (isinstance(value, str) and not value.strip()):
             value = self.default
-            if value is None:
-                return None
+        if self.zero_is_default and value == 0 and value is not True:  # 0, 0.0, False (sizes refuse 0)
+            value = self.default
+        parsed = self._parse(value)
+        if self.zero_is_default and parsed == 0:  # a duration written otherwise: timedelta(0), "0s"
+            parsed = self._parse(self.default)
+        return parsed
+
+    def _parse(self, value: Any) -> Any:
+        if value is None:
+            return None
         try:
             return self.parse(value, self.key)
         except InvalidConfiguration:
@@ -304,15 +309,19 @@ SETTINGS: tuple[Setting, ...] = (
     _s("offload", offload, None, "unset", "string",
        "claim check: `True` (a local directory) or a shared fsspec URL (`s3://bucket/claims`); arguments and "
        "results over the threshold travel by reference", "s3://bucket/claims", airflow=False),
-    _s("offload_threshold", size_or_default, "1MiB", "`1MiB`", "string",
-       "values above this go to the claim store", "1MiB", airflow=False),
+    _s("offload_threshold", size, "1MiB", "`1MiB`", "string",
+       "values above this go to the claim store", "1MiB",
+       airflow=False, zero_is_default=True),
     _s("offload_ttl", long_seconds, 604800, "`604800`", "float",
-       "seconds an argument stays in the store (results go when forgotten or expired)", "7d", airflow=False),
+       "seconds an argument stays in the store (results go when forgotten or expired)", "7d",
+       airflow=False, zero_is_default=True),
     _s("offload_sweep_interval", long_seconds, 3600, "`3600`", "float",
-       "seconds between a worker's sweeps of the store", "1h", airflow=False),
-    _s("max_message_size", size_or_default, None, "by broker", "string",
+       "seconds between a worker's sweeps of the store", "1h",
+       airflow=False, zero_is_default=True),
+    _s("max_message_size", size, None, "by broker", "string",
        "without a store, task messages over this are refused before they are sent: RabbitMQ 16 MiB, Redis "
-       "128 MiB, SQS 192 KiB", "16MiB", airflow=False),
+       "128 MiB, SQS 192 KiB", "16MiB",
+       airflow=False, zero_is_default=True),
     _s("plugins", names, (), "none", "string",
        "import paths of `oomless.celery.plugin.Plugin` classes the worker builds (the Airflow integration "
        "adds its own)", "mypkg.plugins:Audit", airflow=False),

@@ -48,8 +48,8 @@ from kombu import serialization
 
 from ..data.claim import ClaimStore, default_url, is_ref
 from ..errors import MessageTooLarge
-from ..settings import BY_NAME, read
-from ..units import MiB, format_size, parse_duration, parse_size
+from ..settings import read
+from ..units import MiB, format_size, parse_duration
 from . import compat
 
 logger = logging.getLogger(__name__)
@@ -215,11 +215,10 @@ def read_settings(conf: Any) -> Offload:
     wanted = read(conf, "offload")
     kind = broker_kind(conf.broker_url if isinstance(conf.broker_url, str) else None)
     limit = read(conf, "max_message_size") or PRACTICAL.get(kind, _DEFAULT_LIMIT)
-    threshold = read(conf, "offload_threshold") or parse_size(BY_NAME["offload_threshold"].default)
+    threshold = read(conf, "offload_threshold")
     store = None
     if wanted:
-        # 0 would expire every argument at once: the default instead
-        ttl = read(conf, "offload_ttl") or float(BY_NAME["offload_ttl"].default)
+        ttl = read(conf, "offload_ttl")
         store = ClaimStore(default_url() if wanted is True else str(wanted), ttl=ttl)
     return Offload(store, threshold, limit, kind)
 
@@ -319,7 +318,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     cfg = getattr(app, "oomless_offload", None)
     if app is None or cfg is None or cfg.store is None or _sweeper is not None:
         return
-    interval = read(app.conf, "offload_sweep_interval") or float(BY_NAME["offload_sweep_interval"].default)
+    interval = read(app.conf, "offload_sweep_interval")
     _sweeper = Sweeper(app, interval)
     _sweeper.start()
     logger.info(
