@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .errors import InvalidConfiguration
 from .units import format_size, parse_size
 
 __all__ = [
@@ -87,6 +88,13 @@ class Budget:
         return max(0, self.ceiling - self.reserve - footprint) if self.auto else self.bytes
 
 
+def _parsed(value: object, key: str) -> int:
+    try:
+        return parse_size(value, key)
+    except ValueError as exc:
+        raise InvalidConfiguration(key, str(exc)) from None
+
+
 def breakdown(budget: Budget, live: int, fp: Footprint) -> str:
     """``budget 4.9 GiB = worker cgroup limit 6.0 GiB − reserve 256.0 MiB − worker footprint …`` (log, doctor)."""
     parts = (
@@ -115,12 +123,14 @@ def compute_budget(
 
     For ``auto``, ``bytes`` is the ceiling minus the reserve: the budget before
     any footprint is measured (the worker's :meth:`Budget.live` takes it out).
+    Raises :class:`~oomless.errors.InvalidConfiguration` naming the key it refuses
+    (``configured_by`` or ``oomless_reserve``).
     """
     total, whence = machine, f"machine memory {format_size(machine)}"
     if cgroup_limit is not None and cgroup_limit < machine:
         total, whence = cgroup_limit, f"worker cgroup limit {format_size(cgroup_limit)}"
     if configured is not None and not (isinstance(configured, str) and configured.strip().lower() == "auto"):
-        size = parse_size(configured, configured_by)
+        size = _parsed(configured, configured_by)
         if size > total:
             return Budget(
                 size,
@@ -137,11 +147,11 @@ def compute_budget(
         reserved = max(DEFAULT_RESERVE_FLOOR, int(total * DEFAULT_RESERVE_FRACTION))
         reserve_text = f"reserve {format_size(reserved)} (default: max(256 MiB, 3 %))"
     else:
-        reserved = parse_size(reserve, "oomless_reserve")
+        reserved = _parsed(reserve, "oomless_reserve")
         reserve_text = f"oomless_reserve {format_size(reserved)}"
     if reserved >= total:
-        raise ValueError(
-            f"oomless_reserve {format_size(reserved)} leaves nothing of the {whence}; "
+        raise InvalidConfiguration(
+            "oomless_reserve", f"oomless_reserve {format_size(reserved)} leaves nothing of the {whence}; "
             f"lower oomless_reserve or set oomless_budget explicitly"
         )
     return Budget(

@@ -50,18 +50,13 @@ class Settings:
 
 def load_settings(conf: Any, host: CgroupHost, cli_budget: str | None = None) -> Settings:
     """Read and validate the ``oomless_*`` keys of a Celery config mapping."""
-    # The budget's arithmetic parses both keys (the reserve only for ``auto``); its message starts
-    # with the key it refuses.
-    try:
-        if cli_budget is not None:
-            budget = compute_budget(cli_budget, None, proc.mem_total(), host.limit, configured_by="--memory-budget")
-        else:
-            budget = compute_budget(
-                conf.get("oomless_budget") or "auto", conf.get("oomless_reserve"), proc.mem_total(), host.limit
-            )
-    except ValueError as exc:
-        key = next((k for k in ("oomless_reserve", "--memory-budget") if str(exc).startswith(k)), "oomless_budget")
-        raise InvalidConfiguration(key, str(exc)) from None
+    # The budget's arithmetic parses both keys (the reserve only for ``auto``) and names the one it refuses.
+    if cli_budget is not None:
+        budget = compute_budget(cli_budget, None, proc.mem_total(), host.limit, configured_by="--memory-budget")
+    else:
+        budget = compute_budget(
+            conf.get("oomless_budget") or "auto", conf.get("oomless_reserve"), proc.mem_total(), host.limit
+        )
     history = read(conf, "history")
     learned = read(conf, "learned")
     if learned and history is None:
