@@ -11,7 +11,7 @@ import time
 import pytest
 
 from oomless.linux import proc
-from oomless.linux.kill import descendants, kill_pids, kill_tree
+from oomless.linux.kill import descendants, kill_pids, kill_tree, releaser
 
 # Root of a tree: one plain child, one child in a new session (setsid), then waits on stdin.
 _TREE = r"""
@@ -204,3 +204,80 @@ def test_kill_pids_skips_pids_that_are_gone(spawned):
     root = spawned.root("pass")
     root.wait(timeout=10)
     assert kill_pids([root.pid]) == []
+
+
+FREEZER = "/sys/fs/cgroup/freezer"
+
+
+@pytest.fixture
+def frozen_group(spawned):
+    """A cgroup v1 freezer group (removed after the test, thawed first): a process frozen there
+    cannot run, so a SIGKILL leaves it holding its memory until someone else frees it."""
+    if not os.access(f"{FREEZER}/cgroup.procs", os.W_OK):
+        pytest.skip(f"needs a writable cgroup v1 freezer at {FREEZER} (cgroup v2 lets SIGKILL through a freeze)")
+    path = f"{FREEZER}/oomless-test-{os.getpid()}-{time.monotonic_ns()}"
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        with open(f"{path}/freezer.state", "w") as fh:
+            fh.write("THAWED")
+        spawned.cleanup()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def test_the_releaser_frees_the_memory_of_a_killed_process_that_cannot_run(spawned, frozen_group):
+    holder = spawned.root("import sys; b = bytearray(256 << 20); print('held', flush=True); sys.stdin.read()")
+    assert holder.stdout.readline().strip() == "held"
+    with open(f"{frozen_group}/cgroup.procs", "w") as fh:
+        fh.write(str(holder.pid))
+    with open(f"{frozen_group}/freezer.state", "w") as fh:
+        fh.write("FROZEN")
+    deadline = time.monotonic() + 10
+    while open(f"{frozen_group}/freezer.state").read().strip() != "FROZEN":
+        assert time.monotonic() < deadline, "the freezer did not freeze the process"
+        time.sleep(0.02)
+
+    assert kill_pids([holder.pid]) == [holder.pid]
+    assert releaser.drain(timeout=10)
+    # Still there (frozen, so it never ran its own exit), but what it held is freed.
+    assert not _gone(holder.pid, spawned.starts[holder.pid])
+    assert proc.rss(holder.pid) < 16 << 20
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_releaser_closes_every_pidfd_it_is_given(tree):
+    root, members = tree
+    releaser.drain(timeout=10)
+    before = _open_fds()
+    assert sorted(kill_tree(root.pid, members[root.pid])) == sorted(members)
+    assert releaser.drain(timeout=10)
+    root.wait(timeout=5)
+    assert _open_fds() == before
+
+
+def test_a_forked_process_releases_on_a_thread_of_its_own(spawned):
+    releaser.start()  # the parent's thread runs; a fork copies none of it
+    victim = spawned.root("import sys; sys.stdin.read()")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child reports through its exit status
+        ok = False
+        try:
+            ok = kill_pids([victim.pid]) == [victim.pid] and releaser.drain(timeout=10)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    victim.wait(timeout=5)
+    assert victim.returncode == -signal.SIGKILL

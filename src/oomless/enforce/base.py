@@ -30,7 +30,7 @@ import os
 import threading
 import time
 
-from ..linux import proc
+from ..linux import kill, proc
 from ..linux.proc.memory import OwnMemory
 from ..spec import Memory
 from .footprint import Footprints
@@ -92,6 +92,8 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
             os.setpriority(os.PRIO_PROCESS, self.monitor_tid, MONITOR_NICE)
         except OSError as exc:
             logger.debug("oomless: the monitor thread keeps its priority (%s)", exc)
+        # Started from here, the thread that frees killed tasks' memory shares the monitor's priority.
+        kill.releaser.start()
         try:
             self.monitor()
         except Exception:  # the worker must hear about it, loudly, once

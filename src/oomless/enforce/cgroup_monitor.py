@@ -258,16 +258,19 @@ class CgroupMonitor(Enforcer):
             logger.warning("oomless: slot %d hit its memory limit with no task running; killing %s", index, members)
         if spare is None and members and isinstance(self.groups, cgroup.SlotGroupsV2):
             self.groups.kill_all(index)  # the whole slot at once; what is left below gets SIGKILL by PID
-        deadline = time.monotonic() + 5
-        first = True
-        while members and time.monotonic() < deadline:
+        if members:
             self.killer.pids(members)
-            if first and spare is not None:
+            if spare is not None:
                 # v1 (oom_kill_disable): the spared child may itself be paused at the limit, and a
                 # killed member in a non-killable wait; lifting the limit wakes them (the kernel's
                 # OOM recovery), and no one else is left to charge it before the task ends (disarm).
                 self.groups.release(index)
-            first = False
+        if state.running and report is not None:
+            # Every member is signalled and the releaser is freeing their memory: the task fails
+            # now, not once the last of them has exited (5 ms polls below).
+            self.announce_kill(state.task_id)
+        deadline = time.monotonic() + 5
+        while members and time.monotonic() < deadline:
             time.sleep(0.005)
             if spare is not None and self.table.seq(index) != state.seq:
                 break  # the spared child finished that task; what it starts now is not ours to kill
@@ -275,7 +278,7 @@ class CgroupMonitor(Enforcer):
             # is the task's business (Airflow's supervisor), and waiting for it would hold up
             # this thread and every other slot.
             members = [pid for pid in self.groups.procs(index) if pid != spare and not self.readers.exited(pid)]
+            if members:
+                self.killer.pids(members)
         if members:
             logger.error("oomless: slot %d still has members %s 5 s after SIGKILL", index, members)
-        if state.running and report is not None:
-            self.announce_kill(state.task_id)
