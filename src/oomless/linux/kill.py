@@ -102,7 +102,12 @@ class Releaser:
     def put(self, fd: int) -> None:
         """Free the memory of the process behind pidfd ``fd`` (just SIGKILLed) on the thread, soon."""
         self.start()
-        self._queue.put(os.dup(fd))
+        try:
+            mine = os.dup(fd)
+        except OSError:  # out of file descriptors: free it here and now rather than not at all
+            release(fd)
+            return
+        self._queue.put(mine)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything put so far was released; False if ``timeout`` passed first."""
@@ -126,8 +131,15 @@ class Releaser:
                 os.close(item)
 
 
+    def _forked(self) -> None:
+        """In a forked child: no thread runs here, and the lock may have been copied held."""
+        self._lock = threading.Lock()
+        self._owner = 0
+
+
 #: the process's one :class:`Releaser`
 releaser = Releaser()
+os.register_at_fork(after_in_child=releaser._forked)
 
 
 def descendants(root: int) -> list[int]:
