@@ -42,3 +42,37 @@ def sleep(seconds):
     import time
 
     time.sleep(seconds)
+
+
+# bench/profile_steps.py: cProfile the worker's main thread (from ready to shutdown) and each pool
+# child (from its start to its exit), each dumped to OOMLESS_BENCH_PROFILE/<role>-<pid>.prof with the
+# thread's CPU seconds over the same span (to scale the profile's inflated times back to real ones).
+_PROFILE = os.environ.get("OOMLESS_BENCH_PROFILE")
+if _PROFILE:
+    import cProfile
+    import time as _time
+
+    from celery import signals
+
+    _prof: dict = {}
+
+    def _begin(role):
+        # CPU time, not wall time: the main thread idles in epoll, and a loaded machine must not count.
+        _prof.update(role=role, p=cProfile.Profile(_time.thread_time), cpu=_time.thread_time())
+        _prof["p"].enable()
+
+    def _end(**_):
+        if "p" not in _prof:
+            return
+        _prof["p"].disable()
+        cpu = _time.thread_time() - _prof["cpu"]
+        path = f"{_PROFILE}/{_prof['role']}-{os.getpid()}"
+        _prof["p"].dump_stats(path + ".prof")
+        with open(path + ".cpu", "w") as fh:
+            fh.write(f"{cpu}\n")
+        _prof.clear()
+
+    signals.worker_ready.connect(lambda **_: _begin("main"), weak=False)
+    signals.worker_process_init.connect(lambda **_: _begin("child"), weak=False)
+    signals.worker_shutdown.connect(_end, weak=False)
+    signals.worker_process_shutdown.connect(_end, weak=False)

@@ -52,6 +52,7 @@ def simulate(slots: int, window: float, tasks: list[tuple[float, int, float]], b
         # invariants after every event
         assert adm.reserved == sum(adm.running.values()) <= adm.budget
         assert 0 <= adm.free_slots and len(adm.running) <= adm.slots
+        assert adm.cannot_fit() == [w for w in adm.waiting if w.request > adm.free]
     return [
         (at, req * unit, dur, start.get(i), ahead.get(i, 0), i in infeasible)
         for i, (at, req, dur) in enumerate(tasks)
@@ -211,3 +212,31 @@ def test_resize_follows_the_pool():
     adm.resize(1, 2.0)
     assert adm.free_slots == -1  # both still run; no new start until two finish
     assert adm.finish("a", 3.0) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["submit", "finish", "forget", "budget"]), st.integers(0, 10)),
+                max_size=60))
+def test_cannot_fit_and_the_turn_order_are_what_a_full_scan_gives_after_any_sequence_of_events(ops):
+    """cannot_fit() skips its scan while a bound on the waiting requests fits, and drain() skips the
+    sort while nothing is due: both must agree with the plain definitions after any events."""
+    adm = Admission(8 * MiB, 2, backfill_window=5.0)
+    now = 0.0
+    keys = 0
+    for op, n in ops:
+        now += 0.5 * n
+        if op == "submit":
+            keys += 1
+            if n * MiB <= adm.capacity:  # larger: Infeasible, tested above
+                adm.submit(keys, n * MiB, now, priority=n % 3)
+        elif op == "finish" and adm.running:
+            adm.finish(sorted(adm.running)[n % len(adm.running)], now)
+        elif op == "forget" and adm.waiting:
+            adm.forget(adm.waiting[n % len(adm.waiting)].key)
+        elif op == "budget":
+            adm.set_budget((n + 1) * MiB, now)
+        assert adm.cannot_fit() == [w for w in adm.waiting if w.request > adm.free]
+        due = [w for w in adm.waiting if now - w.since >= adm.backfill_window]
+        expected = sorted(adm.waiting, key=lambda w: (w.order[0], 0, w.since, w.order[1]) if w in due
+                          else (w.order[0], 1, 0.0, w.order[1]))
+        assert adm._turns(now) == expected

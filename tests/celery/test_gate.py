@@ -7,11 +7,16 @@ broker the give-back publishes to refuses the connection, so the republish fails
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import pytest
 from celery import Celery
 from celery.worker import state
 from celery.worker.request import Request
 from kombu import Connection
+from kombu.asynchronous import Hub
+from kombu.common import QoS
 
 from oomless.admission import Admission
 from oomless.celery.gate import MemoryGate
@@ -75,3 +80,42 @@ def test_a_give_back_the_broker_refuses_keeps_the_tasks_place_and_its_priority(a
         assert [w.key.id for w in gate.adm.waiting] == ["late-low-priority"]
     finally:
         state.task_ready(running)
+
+
+def _gate(slots: int = 2, budget: int = GiB) -> MemoryGate:
+    return MemoryGate(Admission(budget, slots), max_waiting=slots, higher_priority_first=False,
+                      refuse=lambda req: pytest.fail(f"{req.id} refused"), clock=lambda: 0.0)
+
+
+def test_a_task_waiting_for_a_slot_is_said_at_debug_and_one_waiting_for_memory_at_info(app, caplog):
+    caplog.set_level(logging.INFO, logger="oomless")
+    gate = _gate()
+    first, second = _request(app, "first", 0, 256 * MiB), _request(app, "second", 0, 256 * MiB)
+    slot_wait, big = _request(app, "slot-wait", 0, 64 * MiB), _request(app, "big", 0, 768 * MiB)
+    for req in (first, second, slot_wait):
+        gate.acquire(lambda req: None, req)
+    assert [r.message for r in caplog.records] == []  # Celery's prefetch at work: nothing to say
+    gate.finish(first)  # slot-wait starts: still nothing
+    assert [r.message for r in caplog.records] == []
+    gate.acquire(lambda req: None, big)  # 768 MiB cannot fit beside 2 x 256 MiB... and 64 MiB
+    gate.finish(second)
+    gate.finish(slot_wait)
+    messages = [r.message for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("oomless: gate.work[big] waits (its request does not fit): request 768.0 MiB")
+    assert messages[1].startswith("oomless: admitted gate.work[big] after waiting 0.0 s: request 768.0 MiB")
+
+
+def test_tasks_waiting_only_for_a_slot_leave_celerys_prefetch_alone(app):
+    qos = QoS(lambda prefetch_count: None, 32)
+    gate = _gate()
+    gate.register(Hub(), SimpleNamespace(qos=qos))
+    for i in range(6):  # 2 run, 4 wait for a slot; 6 x 64 MiB fit the budget
+        gate.acquire(lambda req: None, _request(app, f"small-{i}", 0, 64 * MiB))
+    qos.update()
+    assert (len(gate.adm.running), len(gate.adm.waiting), qos.prev) == (2, 4, 32)
+    # Now tasks that cannot fit wait: the gate holds prefetch back (no hoarding).
+    for i in range(2):
+        gate.acquire(lambda req: None, _request(app, f"big-{i}", 0, 1000 * MiB))
+    qos.update()
+    assert gate.stopped and qos.prev < 32

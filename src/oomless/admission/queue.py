@@ -35,10 +35,13 @@ messages are fetched (the Celery glue, ``oomless.celery.gate``).
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 __all__ = ["Admission", "Waiting", "Infeasible"]
+
+_since = operator.attrgetter("since")
 
 
 class Infeasible(ValueError):
@@ -78,6 +81,7 @@ class Admission:
         self.reserved = 0
         self.running: dict[Hashable, int] = {}
         self.waiting: list[Waiting] = []
+        self._largest = 0  # at least the largest request waiting (exact after a scan found none blocked)
         self._seq = 0
         self._runs: dict[Hashable, tuple[float, Hashable]] = {}  # key -> (start, kind)
         #: kind -> how long its tasks take here (moving average of what was seen)
@@ -97,7 +101,12 @@ class Admission:
     def cannot_fit(self) -> list[Waiting]:
         """The waiting tasks that cannot fit in the memory free now, in order."""
         free = self.free
-        return [w for w in self.waiting if w.request > free]
+        if not self.waiting or self._largest <= free:
+            return []  # the common case, asked several times per task: no scan
+        found = [w for w in self.waiting if w.request > free]
+        if not found:
+            self._largest = max(w.request for w in self.waiting)  # the bound was stale: make it exact
+        return found
 
     def blocked(self) -> int:
         """How many waiting tasks cannot fit in the memory free now."""
@@ -123,6 +132,7 @@ class Admission:
             self._start(key, request, now, kind)
             return [key]
         bisect.insort(self.waiting, Waiting((priority, self._seq), key, request, now - max(0.0, waited), now, kind))
+        self._largest = max(self._largest, request)
         return self.drain(now)
 
     def finish(self, key: Hashable, now: float) -> list[Hashable]:
@@ -171,6 +181,8 @@ class Admission:
         may pass; the backfill window bounds both cases.
         """
         started: list[Hashable] = []
+        if not self.waiting or self.free_slots <= 0:
+            return started  # the common case of a busy worker: every slot taken
         shadow: tuple[float, int] | None = None  # (when the first blocked task can start, memory spare then)
         blocked = False
         for w in self._turns(now):
@@ -198,6 +210,8 @@ class Admission:
         if len(self.waiting) < 2:
             return list(self.waiting)
         window = self.backfill_window
+        if now - min(self.waiting, key=_since).since < window:
+            return list(self.waiting)  # none is due: the arrival order, which the list keeps
 
         def turn(w: Waiting) -> tuple[int, int, float, int]:
             priority, seq = w.order

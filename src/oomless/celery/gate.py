@@ -80,6 +80,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
         self._queued_at: dict[Any, float] = {}  # waiting request -> when it started waiting (any worker)
         self._kept: set[Any] = set()  # overdue requests kept here because their queue has a backlog (logged once)
+        self._for_memory: set[Any] = set()  # waiting requests that arrived when their request did not fit
         #: called with the seconds a task waited when it is admitted after waiting (metrics)
         self.on_admitted: Callable[[float], None] | None = None
 
@@ -126,19 +127,23 @@ class MemoryGate(LaxBoundedSemaphore):
         priority = req.delivery_info.get("priority") or 0
         if not isinstance(priority, int):
             priority = 0
-        started = self.adm.submit(
-            req, request, now, self._sign * priority, header_float(req, WAITED), kind=(req.name, request)
-        )
+        waited = header_float(req, WAITED)
+        started = self.adm.submit(req, request, now, self._sign * priority, waited, kind=(req.name, request))
         if started == [req]:
             if request and logger.isEnabledFor(logging.DEBUG):
                 logger.debug("oomless: admitted %s[%s]: %s", req.name, req.id, self._numbers(request))
             callback(*args, **kwargs)
             return True
         self._callbacks[req] = (callback, args, kwargs)
-        self._queued_at[req] = now - header_float(req, WAITED)
+        self._queued_at[req] = now - waited
         if req not in started:
-            why = "no free slot" if request <= self.adm.free else "its request does not fit"
-            logger.info("oomless: %s[%s] waits (%s): %s", req.name, req.id, why, self._numbers(request))
+            if request > self.adm.free:
+                # Held for memory: worth a line.  Waiting for a slot is Celery's prefetch, said at DEBUG.
+                self._for_memory.add(req)
+                logger.info("oomless: %s[%s] waits (its request does not fit): %s",
+                            req.name, req.id, self._numbers(request))
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug("oomless: %s[%s] waits (no free slot): %s", req.name, req.id, self._numbers(request))
         self._start(started, now)
         self._trim(now)
         self._fetch_control(now)
@@ -146,6 +151,8 @@ class MemoryGate(LaxBoundedSemaphore):
 
     def _trim(self, now: float) -> None:
         """Give back at once what cannot fit beyond ``max_waiting`` (RabbitMQ pushes ahead of the stop)."""
+        if len(self.adm.waiting) <= self.max_waiting:
+            return
         for w in self.adm.cannot_fit()[self.max_waiting:]:
             self._give_back(w.key, now - w.since)
 
@@ -172,6 +179,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._callbacks.clear()
         self._queued_at.clear()
         self._kept.clear()
+        self._for_memory.clear()
         self._held_back, self.stopped = 0, False  # Celery builds a new QoS object on reconnect
 
     def __repr__(self) -> str:
@@ -192,6 +200,7 @@ class MemoryGate(LaxBoundedSemaphore):
             self._callbacks.pop(req, None)
             self._queued_at.pop(req, None)
             self._kept.discard(req)
+            self._for_memory.discard(req)
             self._fetch_control(now)
 
     def register(self, hub: Any, consumer: Any) -> None:
@@ -244,6 +253,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._callbacks.pop(req, None)
         self._queued_at.pop(req, None)
         self._kept.discard(req)
+        self._for_memory.discard(req)
         self._quiet_until = self.clock() + (self.adm.give_back_after or 0)
         logger.info(
             "oomless: gave %s[%s] back to the broker after %.1f s: %s",
@@ -278,7 +288,13 @@ class MemoryGate(LaxBoundedSemaphore):
             if entry is None:
                 continue  # admitted at submit; its caller runs it
             callback, args, kwargs = entry
-            logger.info("oomless: admitted %s[%s] after waiting: %s", req.name, req.id, self._numbers(_request(req)))
+            if req in self._for_memory:
+                self._for_memory.discard(req)
+                logger.info("oomless: admitted %s[%s] after waiting %.1f s: %s", req.name, req.id,
+                            now - queued if queued is not None else 0.0, self._numbers(_request(req)))
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug("oomless: admitted %s[%s] after waiting for a slot: %s", req.name, req.id,
+                             self._numbers(_request(req)))
             callback(*args, **kwargs)
 
     def _numbers(self, request: int | None) -> str:
@@ -293,20 +309,22 @@ class MemoryGate(LaxBoundedSemaphore):
     def _fetch_control(self, now: float) -> None:
         """Keep what the broker may still send within ``max_waiting`` while tasks wait for memory.
 
-        While nothing waits, Celery's own prefetch applies untouched.  While
-        tasks wait, prefetch is held at what the worker holds unacknowledged
-        plus the room left for waiting tasks that cannot fit (none just after a
-        give-back), so a burst cannot arrive when the room opens.
+        While nothing waits for memory (tasks may wait for a slot), Celery's own
+        prefetch applies untouched.  While tasks wait for memory, prefetch is held
+        at what the worker holds unacknowledged plus the room left for waiting
+        tasks that cannot fit (none just after a give-back), so a burst cannot
+        arrive when the room opens.
         """
         qos = getattr(self._consumer, "qos", None)
         if qos is None:
             return
         quiet = now < self._quiet_until
-        if not self.adm.waiting and not quiet:
+        blocked = self.adm.blocked() if self.adm.waiting else 0
+        if not blocked and not quiet:
+            # Nothing waits for memory (tasks waiting for a slot are Celery's own prefetch).
             want = 0
             stop = False
         else:
-            blocked = self.adm.blocked()
             room = 0 if quiet else max(0, self.max_waiting - blocked)
             stop = room == 0
             held = len(self.adm.waiting) + sum(1 for r in self._running() if not r.acknowledged)
@@ -324,7 +342,9 @@ class MemoryGate(LaxBoundedSemaphore):
             self.stopped = stop
             # Under steady pressure this flips once per task: say so at most every 10 s.
             level = logging.INFO if now - self._fetch_said >= 10 else logging.DEBUG
-            if stop:
+            if not logger.isEnabledFor(level):
+                pass
+            elif stop:
                 why = "just gave a task back" if quiet else f"{self.adm.blocked()} waiting cannot fit"
                 logger.log(level, "oomless: stopped fetching: %s (%s)", why, self._numbers(None))
                 self._fetch_said = now if level == logging.INFO else self._fetch_said
