@@ -7,14 +7,19 @@ from celery import Celery
 
 BROKER = os.environ["OOMLESS_BENCH_BROKER"]
 app = Celery("noop", broker=BROKER)
-app.conf.update(task_ignore_result=True, task_default_queue=os.environ["OOMLESS_BENCH_QUEUE"],
-                worker_prefetch_multiplier=16)
+app.conf.update(
+    task_ignore_result=True, task_default_queue=os.environ["OOMLESS_BENCH_QUEUE"],
+    # Celery's defaults unless a benchmark sets them (Airflow's: acks_late, prefetch 1)
+    worker_prefetch_multiplier=int(os.environ.get("OOMLESS_BENCH_PREFETCH", "4")),
+    task_acks_late=os.environ.get("OOMLESS_BENCH_ACKS_LATE") == "1",
+)
 governed = os.environ.get("OOMLESS_BENCH_GOVERNED") == "1"
 if governed:
     import oomless
 
     oomless.install(app)
     app.conf.oomless_enforcement = os.environ.get("OOMLESS_BENCH_MODE", "auto")
+    app.conf.oomless_admission = os.environ.get("OOMLESS_BENCH_ADMISSION", "1") == "1"
     app.conf.oomless_history = os.environ.get("OOMLESS_BENCH_HISTORY")  # bench/history.py
     app.conf.oomless_metrics_port = os.environ.get("OOMLESS_BENCH_METRICS_PORT")
 
@@ -28,7 +33,8 @@ def _redis():
     return _counter
 
 
-opts = {"memory": "64MiB"} if governed else {}
+# OOMLESS_BENCH_DECLARE=0: the tasks declare no memory (the worker's default applies, none by default)
+opts = {"memory": "64MiB"} if governed and os.environ.get("OOMLESS_BENCH_DECLARE", "1") == "1" else {}
 
 
 @app.task(name="noop.count", **opts)

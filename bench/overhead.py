@@ -1,14 +1,24 @@
 """What governing costs: no-op throughput, governed vs vanilla Celery, alternating in one run,
 and the watchdog monitor thread's CPU with idle and with busy slots.
 
-    .venv/bin/python bench/overhead.py [--tasks 4000] [--rounds 3] [--concurrency 2]
+    .venv/bin/python bench/overhead.py [--tasks 4000] [--rounds 9] [--settings default,airflow-c2,airflow-c16]
+                                       [--variants vanilla,cgroup,watchdog,...]
 
-Each round starts a fresh worker per variant (vanilla, cgroup, watchdog), on
-the same broker with the same concurrency and prefetch, pre-fills its queue
-with N no-op tasks and measures the steady state: the time from the 10 % to
-the 90 % completion mark, counted by the tasks themselves (an INCR each).
+Each round starts a fresh worker per variant, on the same broker with the same
+concurrency and prefetch, pre-fills its queue with N no-op tasks and measures
+the steady state: the time from the 10 % to the 90 % completion mark, counted
+by the tasks themselves (an INCR each).  Variants run in a different order
+each round (rotated), and each round's ratio is taken against that round's
+vanilla worker: the table gives the median ratio over the rounds and its
+spread (min–max).
+
 Governed tasks declare memory="64MiB", so every one goes through the full
-enforcement path (slot arm/disarm, peak, log line).
+enforcement path (admission, slot arm/disarm, peak, log line); ``…-undeclared``
+variants declare none.  Settings:
+
+* ``default``: Celery's defaults, -c 2 (prefetch multiplier 4, early acks);
+* ``airflow-c2`` / ``airflow-c16``: Airflow's CeleryExecutor settings
+  (``task_acks_late``, prefetch multiplier 1), -c 2 and -c 16.
 """
 
 from __future__ import annotations
@@ -24,10 +34,25 @@ import redis
 from common import broker_url, emit, process_cpu_seconds, start_worker, thread_cpu_seconds, versions
 from kombu import Connection
 
+_GOV = {"OOMLESS_BENCH_GOVERNED": "1"}
 VARIANTS = {
     "vanilla": {"OOMLESS_BENCH_GOVERNED": "0"},
-    "cgroup": {"OOMLESS_BENCH_GOVERNED": "1", "OOMLESS_BENCH_MODE": "cgroup"},
-    "watchdog": {"OOMLESS_BENCH_GOVERNED": "1", "OOMLESS_BENCH_MODE": "watchdog"},
+    "cgroup": dict(_GOV, OOMLESS_BENCH_MODE="cgroup"),
+    "watchdog": dict(_GOV, OOMLESS_BENCH_MODE="watchdog"),
+    "cgroup-undeclared": dict(_GOV, OOMLESS_BENCH_MODE="cgroup", OOMLESS_BENCH_DECLARE="0"),
+    "watchdog-undeclared": dict(_GOV, OOMLESS_BENCH_MODE="watchdog", OOMLESS_BENCH_DECLARE="0"),
+    "cgroup-no-admission": dict(_GOV, OOMLESS_BENCH_MODE="cgroup", OOMLESS_BENCH_ADMISSION="0"),
+    "watchdog-no-admission": dict(_GOV, OOMLESS_BENCH_MODE="watchdog", OOMLESS_BENCH_ADMISSION="0"),
+    # history (a SQLite store, set per run) and metrics (any free port) on
+    "cgroup+history+metrics": dict(_GOV, OOMLESS_BENCH_MODE="cgroup", OOMLESS_BENCH_METRICS_PORT="0",
+                                   OOMLESS_BENCH_HISTORY="sqlite:///{tmp}/history-{queue}.sqlite"),
+    "watchdog+history+metrics": dict(_GOV, OOMLESS_BENCH_MODE="watchdog", OOMLESS_BENCH_METRICS_PORT="0",
+                                     OOMLESS_BENCH_HISTORY="sqlite:///{tmp}/history-{queue}.sqlite"),
+}
+SETTINGS = {
+    "default": (2, {}),
+    "airflow-c2": (2, {"OOMLESS_BENCH_ACKS_LATE": "1", "OOMLESS_BENCH_PREFETCH": "1"}),
+    "airflow-c16": (16, {"OOMLESS_BENCH_ACKS_LATE": "1", "OOMLESS_BENCH_PREFETCH": "1"}),
 }
 
 
@@ -47,13 +72,16 @@ def _prefill(broker: str, queue: str, key: str, n: int) -> None:
 
 
 def throughput(
-    broker: str, variant: str, n: int, concurrency: int, tmp: Path, variants: dict[str, dict] = VARIANTS
+    broker: str, variant: str, n: int, concurrency: int, tmp: Path, variants: dict[str, dict] = VARIANTS,
+    extra_env: dict[str, str] | None = None,
 ) -> float:
-    """Steady-state no-op tasks/s of a fresh worker of ``variants[variant]`` (env for bench/noop_app.py)."""
+    """Steady-state no-op tasks/s of a fresh worker of ``variants[variant]`` (env for bench/noop_app.py,
+    ``{tmp}`` and ``{queue}`` filled in), with ``extra_env`` (the settings) on top."""
     queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-count-{uuid.uuid4().hex[:8]}"
     r = _client(broker)
     _prefill(broker, queue, key, n)
-    env = dict(variants[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
+    env = {k: v.format(tmp=tmp, queue=queue) for k, v in variants[variant].items()}
+    env.update(extra_env or {}, OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
     worker = start_worker("noop_app", env, ["-c", str(concurrency), "-Q", queue], tmp / f"{variant}-{queue}.log")
     try:
         marks = {}
@@ -109,35 +137,47 @@ def monitor_cpu(broker: str, slots: int, busy: bool, seconds: float, tmp: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--cpu-seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="vanilla is always run")
+    parser.add_argument("--cpu-seconds", type=float, default=20, help="0: skip the monitor CPU measurement")
     args = parser.parse_args()
     broker = broker_url()
     tmp = Path(tempfile.mkdtemp(prefix="oomless-overhead-"))
-    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for rnd in range(args.rounds):
-        order = list(VARIANTS) if rnd % 2 == 0 else list(reversed(VARIANTS))
-        for variant in order:
-            rate = throughput(broker, variant, args.tasks, args.concurrency, tmp)
-            rates[variant].append(rate)
-            print(f"round {rnd + 1}: {variant:9s} {rate:8.0f} tasks/s", flush=True)
-    med = {v: statistics.median(r) for v, r in rates.items()}
-    print()
-    print(f"{'variant':10s} {'median tasks/s':>15s} {'ratio vs vanilla':>17s}")
-    for v in VARIANTS:
-        print(f"{v:10s} {med[v]:15.0f} {med[v] / med['vanilla']:17.3f}")
-    cpu = [monitor_cpu(broker, 16, busy, args.cpu_seconds, tmp) for busy in (False, True)]
+    variants = ["vanilla", *[v for v in args.variants.split(",") if v != "vanilla"]]
+    tables = {}
+    for name in args.settings.split(","):
+        concurrency, extra = SETTINGS[name]
+        rates: dict[str, list[float]] = {v: [] for v in variants}
+        print(f"\n{name}: -c {concurrency}, {extra or 'Celery defaults'}", flush=True)
+        for rnd in range(args.rounds):
+            k = rnd % len(variants)
+            for variant in variants[k:] + variants[:k]:  # each variant first in some round
+                rate = throughput(broker, variant, args.tasks, concurrency, tmp, extra_env=extra)
+                rates[variant].append(rate)
+                print(f"  round {rnd + 1}: {variant:26s} {rate:8.0f} tasks/s", flush=True)
+        rows = {}
+        for v in variants:
+            ratios = [a / b for a, b in zip(rates[v], rates["vanilla"], strict=True)]
+            rows[v] = {
+                "median_tasks_per_s": round(statistics.median(rates[v]), 1),
+                "ratio_median": round(statistics.median(ratios), 3),
+                "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+                "tasks_per_s": [round(x, 1) for x in rates[v]],
+            }
+        tables[name] = {"concurrency": concurrency, "env": extra, "rows": rows}
+        print(f"\n{name}: {'variant':26s} {'median tasks/s':>15s} {'ratio (median)':>15s} {'spread':>14s}")
+        for v, row in rows.items():
+            print(f"{name}: {v:26s} {row['median_tasks_per_s']:15.0f} {row['ratio_median']:15.3f} "
+                  f"{row['ratio_min']:6.3f}–{row['ratio_max']:.3f}", flush=True)
+    cpu = [monitor_cpu(broker, 16, busy, args.cpu_seconds, tmp) for busy in (False, True)] if args.cpu_seconds else []
     print()
     for c in cpu:
         state = "busy" if c["busy"] else "idle"
         print(f"watchdog, {c['slots']} {state} slots: monitor thread {c['monitor_cpu_pct']:.2f} % of a core "
               f"(whole main process {c['main_process_cpu_pct']:.2f} %)")
     emit("overhead", {
-        "tasks": args.tasks, "rounds": args.rounds, "concurrency": args.concurrency, "broker": broker.split(":")[0],
-        "median_tasks_per_s": {v: round(m, 1) for v, m in med.items()},
-        "ratio_vs_vanilla": {v: round(med[v] / med["vanilla"], 3) for v in VARIANTS},
-        "all_tasks_per_s": {v: [round(x, 1) for x in r] for v, r in rates.items()},
+        "tasks": args.tasks, "rounds": args.rounds, "broker": broker.split(":")[0], "settings": tables,
         "watchdog_cpu": cpu, "versions": versions(),
     })
 
