@@ -157,8 +157,10 @@ class MemoryGate(LaxBoundedSemaphore):
             self._give_back(w.key, now - w.since)
 
     def release(self) -> None:
-        """billiard: a job ended or a pool process exited.  Slots follow :meth:`finish`; just look again."""
-        if self.adm.waiting:
+        """billiard: a job ended or a pool process exited.  Slots follow :meth:`finish`; just look again
+        (not when every slot is taken: billiard releases before the job's end reaches :meth:`finish`,
+        which then looks itself)."""
+        if self.adm.waiting and self.adm.free_slots > 0:
             self._schedule_drain()
 
     def grow(self, n: int = 1) -> None:
@@ -315,11 +317,13 @@ class MemoryGate(LaxBoundedSemaphore):
         tasks that cannot fit (none just after a give-back), so a burst cannot
         arrive when the room opens.
         """
+        quiet = now < self._quiet_until
+        blocked = self.adm.blocked()
+        if not blocked and not quiet and not self._held_back and not self.stopped:
+            return  # the common case: nothing waits for memory, and nothing is held back
         qos = getattr(self._consumer, "qos", None)
         if qos is None:
             return
-        quiet = now < self._quiet_until
-        blocked = self.adm.blocked() if self.adm.waiting else 0
         if not blocked and not quiet:
             # Nothing waits for memory (tasks waiting for a slot are Celery's own prefetch).
             want = 0

@@ -239,8 +239,9 @@ class Governor:
         peak: int | None = report.peak if report is not None else None
         self.counts[outcome] += 1
         found = None
+        events = events_on(req)
         wanted = (
-            outcome != outcomes.OK or not self.children_report or events_on(req)
+            outcome != outcomes.OK or not self.children_report or events
             or self.recorder is not None or self.metrics is not None
         )
         if report is None and outcome != outcomes.LOST and wanted:
@@ -251,7 +252,7 @@ class Governor:
         child_logged = self.children_report and report is None and (outcome == outcomes.OK or found is not None)
         if not child_logged:
             log_finished(req.name, req.id, outcome, peak, spec, self.mode)
-        if events_on(req):
+        if events:
             req.send_event(
                 EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode,
                 memory=summary(outcome, peak, spec, self.mode),
