@@ -205,6 +205,52 @@ def test_all_children_sees_a_child_forked_by_another_thread():
             child.communicate()
 
 
+def test_own_children_sees_children_of_any_thread_and_none_once_reaped():
+    """In a fresh fork (one thread, no children): what OwnChildren.any() says at each step."""
+    import threading
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            own, seen = proc.OwnChildren(), []
+            seen.append(own.any())  # none yet
+            child = subprocess.Popen([sys.executable, "-c", "pass"])
+            seen.append(own.any())  # one, forked by the main thread (running or a zombie)
+            child.wait()
+            seen.append(own.any())  # reaped
+            spawned, done = threading.Event(), threading.Event()
+            started: list[subprocess.Popen] = []
+
+            def spawn() -> None:
+                started.append(subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                                stdin=subprocess.PIPE))
+                spawned.set()
+                done.wait(30)
+
+            thread = threading.Thread(target=spawn)
+            thread.start()
+            spawned.wait(30)
+            seen.append(own.any())  # one, forked by another thread: only that thread's file lists it
+            started[0].communicate(b"")
+            done.set()
+            thread.join()
+            seen.append(own.any())
+            os.write(write, repr(seen).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        seen = os.read(read, 256).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert seen == "[False, True, False, True, False]"
+
+
 def test_children_of_a_gone_process_is_empty(sleeper):
     sleeper.kill()
     sleeper.wait()

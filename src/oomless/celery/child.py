@@ -159,7 +159,7 @@ def on_process_init(**_: Any) -> None:
     _trimmed_at = proc.rss(pid)
 
 
-def _trim(after: int) -> None:
+def _trim(after: int, rss: Callable[[], int]) -> None:
     """Give the heap's free memory back once this child sits ``after`` bytes above its last trim.
 
     What glibc keeps after a large task stays resident in the child: it would
@@ -169,12 +169,12 @@ def _trim(after: int) -> None:
     """
     global _trimmed_at
     try:
-        rss = proc.rss(os.getpid())
-        if rss - _trimmed_at < after:
-            _trimmed_at = min(_trimmed_at, rss)
+        now = rss()
+        if now - _trimmed_at < after:
+            _trimmed_at = min(_trimmed_at, now)
             return
         proc.malloc_trim()
-        _trimmed_at = proc.rss(os.getpid())
+        _trimmed_at = rss()
     except OSError:
         pass
 
@@ -205,7 +205,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | N
     events.log_finished(name, task_id, outcome, peak, _spec, gov.mode)
     killed = gov.enforcer.clear_leftovers(_slot, pid)
     if gov.settings.malloc_trim:
-        _trim(TRIM_AFTER)
+        _trim(TRIM_AFTER, gov.enforcer.own.rss)
     if killed:
         logger.warning(
             "oomless: %s[%s] left running when it returned: killed its processes %s, so they neither hold "

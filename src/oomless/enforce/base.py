@@ -71,6 +71,7 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
         self._limit: int | None = None
         self._seq = -1  # slot row sequence number the running task started at
         self.own = OwnMemory()  # the pool child's own /proc files
+        self.own_children = proc.OwnChildren()
         self._worker_id = f"{os.getpid()}-{proc.start_time(os.getpid())}"
 
     # -- main process ---------------------------------------------------------

@@ -37,6 +37,7 @@ class SlotProcesses:
 
     table: SlotTable
     killer: Killer
+    own_children: proc.OwnChildren  # the pool child's (see Enforcer.__init__)
     #: the worker's node name (``celery@host``), set by the bootstep: what marks a run as this worker's
     node = ""
     #: kill the processes a task left running when it returns (``oomless_leftovers="kill"``)
@@ -110,8 +111,8 @@ class SlotProcesses:
         They would hold memory no task is charged for, and run beside the next
         task.  Exited children it adopted are reaped here too.
         """
-        if not self.slot_members(index, pid):
-            return []
+        if not (self.own_children.any() if pid == os.getpid() else self.slot_members(index, pid)):
+            return []  # the common case, after every task: one or two preads
         proc.reap_zombie_children()
         if not self.kill_leftovers or not self.slot_members(index, pid, alive=True):
             return []

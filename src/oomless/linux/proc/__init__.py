@@ -34,6 +34,7 @@ from .mounts import Mount, mounts
 from .tmpfs import TmpfsFiles, tmpfs_devices
 from .tree import (
     Identity,
+    OwnChildren,
     all_children,
     children,
     environ_has,
@@ -53,6 +54,7 @@ __all__ = [
     "path",
     "PAGE_SIZE",
     "OwnMemory",
+    "OwnChildren",
     "StatmReader",
     "malloc_trim",
     "mem_available",

@@ -18,6 +18,7 @@ from .files import ROOT, UNREADABLE, entries, read
 __all__ = [
     "children",
     "all_children",
+    "OwnChildren",
     "start_time",
     "parent_pid",
     "exited",
@@ -45,6 +46,32 @@ def all_children(pid: int) -> list[int]:
         if data is not None:
             found.extend(int(p) for p in data.split())
     return found
+
+
+class OwnChildren:
+    """Whether this process has children, through kept-open /proc files (a pool child asks after
+    every task).
+
+    With one thread (the number is in ``/proc/self/stat``), its main thread's
+    ``children`` file says it with one ``pread``; with more, every thread's
+    file is read (:func:`all_children`).  Re-opens itself after a fork.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._stat = self._children = -1
+
+    def any(self) -> bool:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._stat = os.open(f"{ROOT}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            self._children = os.open(f"{ROOT}/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+            self._pid = pid
+        stat = os.pread(self._stat, 1024, 0)
+        threads = int(stat[stat.rindex(b")") + 2 :].split(None, 18)[17])  # field 20, num_threads
+        if threads == 1:
+            return bool(os.pread(self._children, 64, 0).strip())
+        return bool(all_children(pid))
 
 
 def _stat(pid: int) -> list[bytes] | None:
