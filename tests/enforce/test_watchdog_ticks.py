@@ -341,3 +341,37 @@ def test_tasks_within_their_requests_are_not_evicted_until_the_configured_margin
     tick()
     assert killer.trees == [(100, False)]
     assert watchdog.claim_kill("fast", 100).request == 1 * GiB
+
+
+# -- the monitor thread idles ------------------------------------------------------------------
+
+
+def _until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_idle_monitor_sleeps_until_a_task_is_handed_to_the_pool_then_watches_it(
+    watchdog, table, procs, killer, monkeypatch
+):
+    import oomless.enforce.watchdog as module
+
+    monkeypatch.setattr(module, "IDLE_AFTER", 0.0)
+    monkeypatch.setattr(module, "IDLE_POLL", 3600.0)  # an idle monitor that is never kicked never looks
+    ticks: list[float] = []
+    real = watchdog.tick
+    monkeypatch.setattr(watchdog, "tick", lambda now: (ticks.append(now), real(now)))
+    watchdog.start()
+    time.sleep(0.2)
+    assert ticks == []  # nothing runs, nothing was handed to the pool: no look at all
+
+    start_task(table, procs, 0, 100, "etl.load", rss=50 * MiB, limit=100 * MiB)
+    watchdog.dispatched()  # what the request does as it hands the task to the pool
+    assert _until(lambda: len(ticks) >= 3)  # awake, and on its fast polls while the task runs
+    procs.rss[100] = 170 * MiB
+    assert _until(lambda: killer.trees == [(100, False)])
+    assert watchdog.killed_task_ids() == ["etl.load"]

@@ -64,6 +64,9 @@ def _wrap_execute(method: Any) -> Any:
         if self.oomless_error is not None:
             self.oomless_refuse()
             raise _RefusedBeforeStart(self.id)
+        gov = governor.current
+        if gov is not None:
+            gov.enforcer.dispatched()
         try:
             return method(self, pool, **kwargs)
         except BaseException:  # revoked or expired at the last moment, or the pool said no

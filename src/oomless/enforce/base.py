@@ -65,6 +65,10 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
         self._thread: threading.Thread | None = None
         self.monitor_tid: int | None = None  # native thread id, for CPU accounting
         self._stopping = threading.Event()
+        # An idle monitor sleeps until a task is handed to the pool (watchdog mode; see dispatched()).
+        self._wake = threading.Event()
+        self._idle = False
+        self._kicked = False
         # pool-child half: what the running task started from
         self._baseline = 0
         self._spare = False  # the running task's memory_scope is "subprocesses" (pool child half)
@@ -103,9 +107,17 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
     def monitor(self) -> None:
         """The monitor thread's loop; returns when :meth:`stop` is called."""
 
+    def dispatched(self) -> None:
+        """The main process hands a task to the pool (every task; two attribute writes): an idle
+        monitor that sleeps between looks wakes at once."""
+        self._kicked = True
+        if self._idle:
+            self._wake.set()
+
     def stop(self) -> None:
         """Stop the monitor thread and remove what :meth:`prepare` made."""
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

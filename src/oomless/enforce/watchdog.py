@@ -5,6 +5,11 @@ worker *main* process polls; no task code runs there, so the poller is never
 stuck behind a task's allocation loop holding the GIL (a poller sharing a GIL
 with the allocating task overshot by up to 190 MiB when measured).
 
+While no task runs and none was handed to the pool for :data:`IDLE_AFTER`
+seconds, the monitor looks only every :data:`IDLE_POLL` seconds; the request
+that hands a task to the pool wakes it at once (:meth:`~.base.Enforcer.dispatched`),
+so a task is watched from its first poll.
+
 Fast path, every ``interval`` (default 5 ms), one :meth:`~WatchdogEnforcer.tick`:
 for each running slot, ``pread`` the kept-open ``/proc/PID/statm`` of the pool
 child and of each known descendant (≈1.6 µs each).  New children of known
@@ -47,7 +52,12 @@ from .tree import Tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WatchdogEnforcer"]
+__all__ = ["WatchdogEnforcer", "IDLE_AFTER", "IDLE_POLL"]
+
+#: seconds without a running task or a task handed to the pool before the monitor idles
+IDLE_AFTER = 1.0
+#: seconds between the idle monitor's looks (a task handed to the pool wakes it at once)
+IDLE_POLL = 0.1
 
 
 class WatchdogEnforcer(Enforcer):
@@ -72,11 +82,29 @@ class WatchdogEnforcer(Enforcer):
             self._tmpfs_devices = frozenset()
 
     def monitor(self) -> None:
-        wait, tick, clock = self._stopping.wait, self.tick, time.monotonic
+        wait, tick, clock, stopping = self._stopping.wait, self.tick, time.monotonic, self._stopping
         # Every slot is looked at afresh.
         self._seen, self._running, self._ticks = [-1] * self.table.size, [False] * self.table.size, 0
         self._headroom = Headroom(self.eviction_margin, self.interval, clock())
-        while not wait(self.interval):
+        fast_until = 0.0
+        while not stopping.is_set():
+            now = clock()
+            if self._kicked:  # a task was handed to the pool since the last look
+                self._kicked = False
+                fast_until = now + IDLE_AFTER
+            if now < fast_until or any(self._running):
+                if wait(self.interval):
+                    break
+            else:
+                # Nothing runs and nothing was handed to the pool for a while: look every IDLE_POLL
+                # only, and at once when dispatched() says a task is on its way.
+                self._idle = True
+                if not self._kicked:
+                    self._wake.wait(IDLE_POLL)
+                self._idle = False
+                self._wake.clear()
+                if stopping.is_set():
+                    break
             tick(clock())
         for index in list(self._trees):
             self._drop(index)
