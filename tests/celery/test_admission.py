@@ -157,14 +157,17 @@ STEADY = {"request": "400MiB", "limit": "450MiB"}
 
 
 @pytest.mark.parametrize("mode", ["cgroup", "watchdog"])
-def test_under_node_pressure_the_task_most_over_its_request_is_evicted_and_requeued(worker, mode):
+def test_under_node_pressure_the_task_most_over_its_request_is_evicted_and_requeued(worker, mode, tmp_path):
     """Two tasks each request 300 MiB of a 1 GiB budget but may use 900: together they outgrow it."""
     w = worker(budget="1GiB", concurrency=2, mode=mode)
     app = w.app
     grow = app.tasks["t.grow"]
-    steady = grow.apply_async((400, 0.2, 3.0), memory=STEADY)  # within its request
+    started = str(tmp_path / "greedy-started")
+    # Within its request; it holds for 3 s from when the greedy one starts (a loaded machine may start
+    # that one seconds late: once seen, under CI's load, it started after this one had ended).
+    steady = grow.apply_async((400, 0.2, 3.0), {"after": started}, memory=STEADY)
     time.sleep(0.4)
-    greedy = grow.apply_async((704, 0.5, 0.2), memory=OVERCOMMIT)  # 400 MiB over its request
+    greedy = grow.apply_async((704, 0.5, 0.2), {"mark": started}, memory=OVERCOMMIT)  # 400 MiB over its request
     assert steady.get(timeout=60)["end"] > 0
     assert greedy.get(timeout=60)["end"] > 0  # requeued, then ran once memory was free
     text = w.text()

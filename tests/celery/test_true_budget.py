@@ -168,8 +168,10 @@ def test_psi_a_worker_group_stalled_at_its_memory_high_evicts_the_task_most_over
     app = make_app(redis_url, redis_url, worker.queue, mode)
     try:
         grow = app.tasks["t.grow"]
-        steady = grow.apply_async((400, 0.5, 4.0), memory={"request": "440MiB", "limit": "480MiB"})
-        greedy = grow.apply_async((704, 1.0, 0.2), countdown=1, memory={"request": "300MiB", "limit": "900MiB"})
+        started = str(tmp_path / "greedy-started")  # the steady task holds 4 s from the greedy one's start
+        steady = grow.apply_async((400, 0.5, 4.0), {"after": started}, memory={"request": "440MiB", "limit": "480MiB"})
+        greedy = grow.apply_async((704, 1.0, 0.2), {"mark": started}, countdown=1,
+                                  memory={"request": "300MiB", "limit": "900MiB"})
         assert steady.get(timeout=240 * SLACK)["end"] > 0
         outcome = greedy.get(timeout=240 * SLACK, propagate=False)
     finally:

@@ -90,12 +90,22 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
         return {"start": start, "end": time.time(), "pid": os.getpid(), "worker": self.request.hostname}
 
     @app.task(name="t.grow", bind=True)
-    def grow(self, mb: int, seconds: float, hold: float = 0.0) -> dict:
-        """Grow to ``mb`` MiB evenly over ``seconds``, then hold it ``hold`` seconds."""
+    def grow(self, mb: int, seconds: float, hold: float = 0.0, mark: str | None = None,
+             after: str | None = None) -> dict:
+        """Grow to ``mb`` MiB evenly over ``seconds``, then hold it ``hold`` seconds.
+
+        ``mark``: a file created as the task starts.  ``after``: hold only once that file exists
+        (at most 60 s), so two tasks overlap however late a loaded machine starts the second.
+        """
         start, data = time.time(), []
+        if mark is not None:
+            open(mark, "w").close()
         for _ in range(mb // 32):
             data.append(bytearray(32 * MiB))
             time.sleep(seconds / max(1, mb // 32))
+        deadline = time.time() + 60
+        while after is not None and not os.path.exists(after) and time.time() < deadline:
+            time.sleep(0.01)
         time.sleep(hold)
         return {"start": start, "end": time.time(), "pid": os.getpid(), "worker": self.request.hostname}
 
