@@ -184,7 +184,7 @@ def start_worker(
     worker.queue, worker.group = queue, group
     if wait_ready:
         try:
-            worker.wait_for("ready.")
+            worker.wait_for("ready.", 30 * SLACK)  # a guest on a busy host imports slowly
         except AssertionError:
             worker.stop()
             raise
