@@ -131,7 +131,7 @@ class Releaser:
                 os.close(item)
 
 
-    def _forked(self) -> None:
+    def reset(self) -> None:
         """In a forked child: no thread runs here, and the lock may have been copied held."""
         self._lock = threading.Lock()
         self._owner = 0
@@ -139,7 +139,7 @@ class Releaser:
 
 #: the process's one :class:`Releaser`
 releaser = Releaser()
-os.register_at_fork(after_in_child=releaser._forked)
+os.register_at_fork(after_in_child=releaser.reset)
 
 
 def descendants(root: int) -> list[int]:
