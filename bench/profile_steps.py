@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import pstats
 import tempfile
 import time
@@ -132,7 +131,6 @@ def main() -> None:
                 print(f"{step:38s}" + "".join(f"{r[role]['us_per_task'].get(step, 0):10.1f}" for r in results))
         print(f"{'all (the whole thread)':38s}" + "".join(f"{r[role]['all']:10.1f}" for r in results))
     emit("profile_steps", {"concurrency": args.concurrency, "results": results, "versions": versions()})
-    os.environ.pop("OOMLESS_BENCH_PROFILE", None)
 
 
 if __name__ == "__main__":

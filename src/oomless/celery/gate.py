@@ -346,13 +346,11 @@ class MemoryGate(LaxBoundedSemaphore):
             self.stopped = stop
             # Under steady pressure this flips once per task: say so at most every 10 s.
             level = logging.INFO if now - self._fetch_said >= 10 else logging.DEBUG
-            if not logger.isEnabledFor(level):
-                pass
-            elif stop:
-                why = "just gave a task back" if quiet else f"{self.adm.blocked()} waiting cannot fit"
+            if stop and logger.isEnabledFor(level):
+                why = "just gave a task back" if quiet else f"{blocked} waiting cannot fit"
                 logger.log(level, "oomless: stopped fetching: %s (%s)", why, self._numbers(None))
                 self._fetch_said = now if level == logging.INFO else self._fetch_said
-            else:
+            elif not stop and logger.isEnabledFor(level):
                 logger.log(level, "oomless: fetching again: %s", self._numbers(None))
 
     def acknowledged(self) -> None:

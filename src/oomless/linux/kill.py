@@ -83,21 +83,25 @@ class Releaser:
     """
 
     def __init__(self) -> None:
-        self._queue: SimpleQueue[int | threading.Event] = SimpleQueue()
-        self._owner = 0  # the PID the thread runs in (a forked child starts its own)
-        self._lock = threading.Lock()
         #: releases the kernel accepted (including processes whose memory was already gone)
         self.released = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new process (and, through ``os.register_at_fork``, every forked child): no thread runs
+        here yet, the queue copied from the parent holds its work, and its lock may have been copied held."""
+        self._queue: SimpleQueue[int | threading.Event] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = False
 
     def start(self) -> None:
         """Start the thread in this process, if it does not run yet."""
-        if self._owner != os.getpid():
+        if not self._started:
             with self._lock:
-                if self._owner != os.getpid():
-                    self._queue = SimpleQueue()  # a forked child's copy holds its parent's work
+                if not self._started:
                     threading.Thread(target=self._run, args=(self._queue,), name="oomless-release",
                                      daemon=True).start()
-                    self._owner = os.getpid()
+                    self._started = True
 
     def put(self, fd: int) -> None:
         """Free the memory of the process behind pidfd ``fd`` (just SIGKILLed) on the thread, soon."""
@@ -129,12 +133,6 @@ class Releaser:
                 logger.exception("oomless: process_mrelease failed on pidfd %d", item)
             finally:
                 os.close(item)
-
-
-    def reset(self) -> None:
-        """In a forked child: no thread runs here, and the lock may have been copied held."""
-        self._lock = threading.Lock()
-        self._owner = 0
 
 
 #: the process's one :class:`Releaser`

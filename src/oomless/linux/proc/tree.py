@@ -67,20 +67,22 @@ class OwnChildren:
             self._stat = os.open(f"{ROOT}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
             self._children = os.open(f"{ROOT}/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
             self._pid = pid
-        stat = os.pread(self._stat, 1024, 0)
-        threads = int(stat[stat.rindex(b")") + 2 :].split(None, 18)[17])  # field 20, num_threads
+        threads = int(_after_comm(os.pread(self._stat, 1024, 0))[17])  # field 20, num_threads
         if threads == 1:
             return bool(os.pread(self._children, 64, 0).strip())
         return bool(all_children(pid))
 
 
+def _after_comm(data: bytes) -> list[bytes]:
+    """Fields 3… of a ``stat`` line: ``comm`` (field 2) may contain spaces and parentheses, so the
+    split starts after the last ')'."""
+    return data[data.rindex(b")") + 2 :].split()
+
+
 def _stat(pid: int) -> list[bytes] | None:
     """Fields 3… of ``/proc/PID/stat`` (after ``comm``), ``None`` if the process is gone."""
     data = read(pid, "stat")
-    if data is None:
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    return data[data.rindex(b")") + 2 :].split()
+    return None if data is None else _after_comm(data)
 
 
 def start_time(pid: int) -> int | None:
