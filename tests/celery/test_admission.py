@@ -7,6 +7,7 @@ order and overlap (which task ran beside which), never about speed.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,19 @@ def test_escalation_retries_a_memory_killed_task_with_twice_the_memory(worker, m
     assert exc.limit == 512 * MiB and exc.tried == [128 * MiB, 256 * MiB, 512 * MiB]
     assert "All 3 attempts were killed at their limits (128.0 MiB, 256.0 MiB, 512.0 MiB)" in str(exc)
     assert AsyncResult(final.id, app=app).state == "FAILURE"
+
+
+def test_a_task_has_left_the_gate_when_its_end_is_counted(worker):
+    """Counters and gauges agree (a scrape that sees a task counted never sees it running), and the
+    next task is admitted before the ended one's log line, event and history record."""
+    w = worker(budget="1GiB", concurrency=2, conf={"oomless_plugins": ["worker_app.EndsSeen"]})
+    app = w.app
+    assert app.tasks["t.hold"].delay(0.1).get(timeout=30)
+    escalating = app.tasks["t.escalating"].delay(300)
+    assert escalating.get(timeout=60) == 296  # killed twice, then ok
+    w.wait_for(f"t: {escalating.id} ended ok", 10)
+    ends = re.findall(r"t: \S+ ended (\S+), slot (\w+)", w.text())
+    assert sorted(ends) == [("memory-killed", "free")] * 2 + [("ok", "free")] * 2
 
 
 def test_a_task_without_a_policy_is_not_retried(worker):

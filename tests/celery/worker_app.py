@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,8 +18,21 @@ import time
 from celery import Celery
 
 import oomless
+from oomless.celery.plugin import Plugin
 
 MiB = 2**20
+
+
+class EndsSeen(Plugin):
+    """Logs, as each governed task ends, whether the admission gate still holds its slot."""
+
+    def setup(self, app, governor) -> None:
+        self.governor = governor
+
+    def ended(self, req, outcome, report) -> None:
+        gate = self.governor.gate
+        held = gate is not None and req in gate.adm.running
+        logging.getLogger(__name__).warning("t: %s ended %s, slot %s", req.id, outcome, "held" if held else "free")
 
 
 def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: dict | None = None) -> Celery:

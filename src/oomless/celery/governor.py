@@ -234,7 +234,12 @@ class Governor:
             raise InfeasibleMemoryRequest(task_name, task_id, need, self.capacity)
 
     def finished(self, req: Any, outcome: str, report: KillReport | None = None) -> None:
-        """The task's one log line (unless its pool child wrote it) and its memory event."""
+        """The task's one log line (unless its pool child wrote it) and its memory event.
+
+        Its slot and memory are freed first, so the next task starts before the bookkeeping and
+        whoever reads the counters (metrics, status) never sees an ended task still running.
+        """
+        self.release(req)
         spec: Memory = req.oomless_spec
         peak: int | None = report.peak if report is not None else None
         self.counts[outcome] += 1
@@ -292,7 +297,8 @@ class Governor:
         return None if index is None else self.enforcer.table.finished(index, req.id)
 
     def release(self, req: Any) -> None:
-        """``req`` ended (or never ran): free its slot and memory in the admission gate, if any."""
+        """``req`` ended (or never ran): free its slot and memory in the admission gate, if any
+        (again is harmless: the gate forgets a request once)."""
         if self.gate is not None:
             self.gate.finish(req)
 

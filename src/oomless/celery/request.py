@@ -87,12 +87,11 @@ def _wrap_success(method: Any) -> Any:
     def on_success(self: GovernedRequest, failed__retval__runtime: Any, **kwargs: Any) -> Any:
         result = method(self, failed__retval__runtime, **kwargs)
         gov = governor.current
-        if gov is not None:
-            if not failed__retval__runtime[0]:
-                # memory_scope="subprocesses": the task outlived the kill of its subprocesses.
-                spared = gov.enforcer.take_spared(self.id)
-                gov.finished(self, _spared_outcome(spared) if spared else outcomes.OK, spared)
-            gov.release(self)
+        # A failed one went through on_failure, which freed its slot; finished() frees this one's.
+        if gov is not None and not failed__retval__runtime[0]:
+            # memory_scope="subprocesses": the task outlived the kill of its subprocesses.
+            spared = gov.enforcer.take_spared(self.id)
+            gov.finished(self, _spared_outcome(spared) if spared else outcomes.OK, spared)
         return result
 
     return on_success
