@@ -87,6 +87,23 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of process ``pid`` (every thread) and of its child processes together
+    (those alive now; a pool child that exits takes its share with it)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        children = []
+    total = 0.0
+    for child in children:
+        try:
+            total += process_cpu_seconds(child)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return process_cpu_seconds(pid), total
+
+
 def emit(name: str, payload: dict) -> None:
     """Print the benchmark's one JSON line."""
     print(f"BENCH {name} " + json.dumps(payload, sort_keys=True))

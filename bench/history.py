@@ -108,7 +108,7 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = list(table) if rnd % 2 == 0 else list(reversed(table))
             for variant in order:
-                rate = throughput(broker, variant, args.tasks, args.concurrency, tmp, table)
+                rate = throughput(broker, variant, args.tasks, args.concurrency, tmp, table).rate
                 rates[variant].append(rate)
                 print(f"round {rnd + 1}: {variant:16s} {rate:8.0f} tasks/s", flush=True)
         med = {v: statistics.median(r) for v, r in rates.items()}

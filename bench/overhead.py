@@ -29,9 +29,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
-from common import broker_url, emit, process_cpu_seconds, start_worker, thread_cpu_seconds, versions
+from common import (
+    broker_url,
+    emit,
+    process_cpu_seconds,
+    start_worker,
+    thread_cpu_seconds,
+    tree_cpu_seconds,
+    versions,
+)
 from kombu import Connection
 
 _GOV = {"OOMLESS_BENCH_GOVERNED": "1"}
@@ -56,6 +65,15 @@ SETTINGS = {
 }
 
 
+class Run(NamedTuple):
+    """One worker's steady state: tasks/s, and CPU µs per task of its main process (every thread)
+    and of its pool children together (both counted while it ran, not waited)."""
+
+    rate: float
+    main_us: float
+    children_us: float
+
+
 def _client(broker: str) -> redis.Redis:
     return redis.Redis.from_url(broker.replace("redis+socket://", "unix://"))
 
@@ -74,9 +92,9 @@ def _prefill(broker: str, queue: str, key: str, n: int) -> None:
 def throughput(
     broker: str, variant: str, n: int, concurrency: int, tmp: Path, variants: dict[str, dict] = VARIANTS,
     extra_env: dict[str, str] | None = None,
-) -> float:
-    """Steady-state no-op tasks/s of a fresh worker of ``variants[variant]`` (env for bench/noop_app.py,
-    ``{tmp}`` and ``{queue}`` filled in), with ``extra_env`` (the settings) on top."""
+) -> Run:
+    """Steady-state no-op tasks/s and CPU per task of a fresh worker of ``variants[variant]``
+    (env for bench/noop_app.py, ``{tmp}`` and ``{queue}`` filled in), with ``extra_env`` on top."""
     queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-count-{uuid.uuid4().hex[:8]}"
     r = _client(broker)
     _prefill(broker, queue, key, n)
@@ -91,12 +109,13 @@ def throughput(
             now = time.monotonic()
             for frac in (0.1, 0.9):
                 if frac not in marks and done >= frac * n:
-                    marks[frac] = (now, done)
+                    marks[frac] = (now, done, tree_cpu_seconds(worker.pid))
             if 0.9 in marks:
                 break
             time.sleep(0.005)
-        (t1, d1), (t2, d2) = marks[0.1], marks[0.9]
-        return (d2 - d1) / (t2 - t1)
+        (t1, d1, c1), (t2, d2, c2) = marks[0.1], marks[0.9]
+        per_task = [1e6 * (b - a) / (d2 - d1) for a, b in zip(c1, c2, strict=True)]
+        return Run((d2 - d1) / (t2 - t1), per_task[0], per_task[1])
     finally:
         # Measured: no need to let pool children wait (billiard waits up to 20 s for the main process
         # to take results it no longer reads, vanilla Celery too) before the harness kills the tree.
@@ -150,28 +169,33 @@ def main() -> None:
     tables = {}
     for name in args.settings.split(","):
         concurrency, extra = SETTINGS[name]
-        rates: dict[str, list[float]] = {v: [] for v in variants}
+        runs: dict[str, list[Run]] = {v: [] for v in variants}
         print(f"\n{name}: -c {concurrency}, {extra or 'Celery defaults'}", flush=True)
         for rnd in range(args.rounds):
             k = rnd % len(variants)
             for variant in variants[k:] + variants[:k]:  # each variant first in some round
-                rate = throughput(broker, variant, args.tasks, concurrency, tmp, extra_env=extra)
-                rates[variant].append(rate)
-                print(f"  round {rnd + 1}: {variant:26s} {rate:8.0f} tasks/s", flush=True)
+                run = throughput(broker, variant, args.tasks, concurrency, tmp, extra_env=extra)
+                runs[variant].append(run)
+                print(f"  round {rnd + 1}: {variant:26s} {run.rate:8.0f} tasks/s, CPU µs per task: "
+                      f"main {run.main_us:5.0f}, children {run.children_us:5.0f}", flush=True)
         rows = {}
         for v in variants:
-            ratios = [a / b for a, b in zip(rates[v], rates["vanilla"], strict=True)]
+            ratios = [a.rate / b.rate for a, b in zip(runs[v], runs["vanilla"], strict=True)]
             rows[v] = {
-                "median_tasks_per_s": round(statistics.median(rates[v]), 1),
+                "median_tasks_per_s": round(statistics.median(r.rate for r in runs[v]), 1),
                 "ratio_median": round(statistics.median(ratios), 3),
                 "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
-                "tasks_per_s": [round(x, 1) for x in rates[v]],
+                "tasks_per_s": [round(r.rate, 1) for r in runs[v]],
+                "main_cpu_us_median": round(statistics.median(r.main_us for r in runs[v]), 1),
+                "children_cpu_us_median": round(statistics.median(r.children_us for r in runs[v]), 1),
             }
         tables[name] = {"concurrency": concurrency, "env": extra, "rows": rows}
-        print(f"\n{name}: {'variant':26s} {'median tasks/s':>15s} {'ratio (median)':>15s} {'spread':>14s}")
+        print(f"\n{name}: {'variant':26s} {'median tasks/s':>15s} {'ratio (median)':>15s} {'spread':>14s} "
+              f"{'CPU µs/task: main':>18s} {'children':>9s}")
         for v, row in rows.items():
             print(f"{name}: {v:26s} {row['median_tasks_per_s']:15.0f} {row['ratio_median']:15.3f} "
-                  f"{row['ratio_min']:6.3f}–{row['ratio_max']:.3f}", flush=True)
+                  f"{row['ratio_min']:6.3f}–{row['ratio_max']:.3f} {row['main_cpu_us_median']:18.0f} "
+                  f"{row['children_cpu_us_median']:9.0f}", flush=True)
     cpu = [monitor_cpu(broker, 16, busy, args.cpu_seconds, tmp) for busy in (False, True)] if args.cpu_seconds else []
     print()
     for c in cpu:

@@ -37,6 +37,19 @@ class FakeStatm:
         pass
 
 
+class FakeChildren:
+    """A kept-open list of a made-up process's children: ``[]`` once it exited."""
+
+    def __init__(self, procs: FakeProcs, pid: int) -> None:
+        self.procs, self.pid = procs, pid
+
+    def read(self) -> list[int]:
+        return list(self.procs.kids.get(self.pid, []))
+
+    def close(self) -> None:
+        pass
+
+
 class FakeProcs:
     """A made-up process table: each live process's resident bytes and children, and what the
     machine has available."""
@@ -69,11 +82,16 @@ class FakeProcs:
     def children(self, pid: int) -> list[int]:
         return list(self.kids.get(pid, []))
 
+    def lister(self, pid: int) -> FakeChildren:
+        if pid not in self.rss:
+            raise FileNotFoundError(pid)
+        return FakeChildren(self, pid)
+
     def readers(self) -> Readers:
         return Readers(
             statm=self.statm,
             start_time=lambda pid: 1000 + pid if pid in self.rss else None,
-            children=self.children,
+            children=self.lister,
             all_children=self.children,
             exited=lambda pid: pid not in self.rss,
             rss=lambda pid: self.rss[pid],

@@ -175,6 +175,54 @@ def test_children_lists_a_subprocess(sleeper):
     assert sleeper.pid in proc.children(os.getpid())
 
 
+def test_a_kept_open_children_reader_follows_its_process_and_not_its_pid(sleeper):
+    """Read again and again through one open file: children come and go; once the process is gone it
+    reads as childless, and it reads its many children whole; with no descriptor to spare, by path."""
+    code = ("import subprocess, sys\n"
+            "kids = []\n"
+            "for line in sys.stdin:\n"
+            "    n = int(line)\n"
+            "    while len(kids) > n: k = kids.pop(); k.kill(); k.wait()\n"
+            "    while len(kids) < n: kids.append(subprocess.Popen(['sleep', '60']))\n"
+            "    print(*[k.pid for k in kids], flush=True)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = proc.ChildrenReader(parent.pid)
+    try:
+        for n in (2, 0, 800, 1):  # 800 PIDs take more than one 4 KiB read
+            parent.stdin.write(f"{n}\n")
+            parent.stdin.flush()
+            pids = [int(p) for p in parent.stdout.readline().split()]
+            assert sorted(reader.read()) == sorted(pids)
+    finally:
+        parent.stdin.close()
+        parent.kill()
+        parent.wait()
+    assert reader.read() == []
+    reader.close()
+    assert reader.read() == []
+    with pytest.raises(proc.GONE):
+        proc.ChildrenReader(parent.pid)
+    import resource
+
+    me = os.getpid()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        while True:  # use up every descriptor
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        by_path = proc.ChildrenReader(me)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sleeper.pid in by_path.read()
+    by_path.close()
+
+
 def test_all_children_lists_a_subprocess(sleeper):
     assert sleeper.pid in proc.all_children(os.getpid())
 

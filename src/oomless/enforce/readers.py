@@ -24,7 +24,7 @@ from typing import Protocol
 from ..linux import cgroup, proc
 from ..linux.kill import kill_matching, kill_orphans, kill_pids, kill_tree, pidfd, send_signal
 
-__all__ = ["RssReader", "Signals", "Readers", "Killer", "kill_members"]
+__all__ = ["RssReader", "ChildrenLister", "Signals", "Readers", "Killer", "kill_members"]
 
 
 class RssReader(Protocol):
@@ -34,6 +34,19 @@ class RssReader(Protocol):
 
     def read(self) -> int | None:
         """Resident bytes now; ``None`` once the process is gone."""
+
+    def close(self) -> None:
+        """Let the process's file go."""
+
+
+class ChildrenLister(Protocol):
+    """A kept-open list of the children one process's main thread forked
+    (:class:`~oomless.linux.proc.ChildrenReader`)."""
+
+    pid: int
+
+    def read(self) -> list[int]:
+        """Their PIDs now; ``[]`` once the process is gone."""
 
     def close(self) -> None:
         """Let the process's file go."""
@@ -60,8 +73,8 @@ class Readers:
 
     statm: Callable[[int], RssReader] = proc.StatmReader
     start_time: Callable[[int], int | None] = proc.start_time
-    #: children forked by a process's main thread (cheap, every poll) / by any of its threads
-    children: Callable[[int], list[int]] = proc.children
+    #: children forked by a process's main thread (a kept-open reader, every poll) / by any of its threads
+    children: Callable[[int], ChildrenLister] = proc.ChildrenReader
     all_children: Callable[[int], list[int]] = proc.all_children
     exited: Callable[[int], bool] = proc.exited
     rss: Callable[[int], int] = proc.rss

@@ -18,9 +18,13 @@ Not here: the poll over all slots, kills and eviction (:mod:`.watchdog`).
 
 from __future__ import annotations
 
+import logging
+
 from ..linux import proc
-from .readers import Readers, RssReader
+from .readers import ChildrenLister, Readers, RssReader
 from .slots import SlotState
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Tree"]
 
@@ -34,13 +38,15 @@ class Tree:
     when the pool child is already gone.
     """
 
-    __slots__ = ("state", "readers", "root", "root_start", "members", "born", "peak", "peak_now", "tmpfs",
-                 "shmem_base")
+    __slots__ = ("state", "readers", "root", "root_start", "members", "kids", "born", "peak", "peak_now",
+                 "tmpfs", "shmem_base")
 
     def __init__(self, state: SlotState, readers: Readers, tmpfs_devices: frozenset[int] = frozenset()) -> None:
         self.state = state
         self.readers = readers
         self.root = readers.statm(state.pid)
+        self.kids: dict[int, ChildrenLister] = {}  # every member's and the root's children, kept open
+        self.kids[state.pid] = readers.children(state.pid)
         self.root_start = readers.start_time(state.pid)
         self.members: dict[int, RssReader] = {}
         self.born: dict[int, int] = {}  # member pid -> its RSS when first seen
@@ -59,23 +65,38 @@ class Tree:
     def discover(self, full: bool) -> None:
         """Pick up new descendants: children of the main threads of known members (``full``: of every
         thread; also look for tmpfs files afresh)."""
-        readers = self.readers
-        list_children = readers.all_children if full else readers.children
-        todo = [self.root.pid, *self.members]
+        readers, kids, members = self.readers, self.kids, self.members
+        todo = [self.root.pid, *members]
         tmpfs = self.tmpfs
         if tmpfs.devices:
             for pid in todo:
                 tmpfs.look(pid, force=full)
         while todo:
-            for child in list_children(todo.pop()):
-                if child not in self.members:
-                    try:
-                        reader = readers.statm(child)
-                    except proc.GONE:
-                        continue
-                    self.members[child] = reader
-                    self.born[child] = reader.read() or 0
+            pid = todo.pop()
+            for child in readers.all_children(pid) if full else kids[pid].read():
+                if child not in members and self._join(child):
                     todo.append(child)
+
+    def _join(self, pid: int) -> bool:
+        """Keep ``pid``'s files open as a member of the tree; ``False`` if it is already gone (or,
+        out of file descriptors, not now: the next poll tries again)."""
+        try:
+            reader = self.readers.statm(pid)
+        except proc.GONE:
+            return False
+        except OSError as exc:
+            _out_of_descriptors(pid, exc)
+            return False
+        try:
+            self.kids[pid] = self.readers.children(pid)
+        except OSError as exc:
+            reader.close()
+            if not isinstance(exc, proc.GONE):
+                _out_of_descriptors(pid, exc)
+            return False
+        self.members[pid] = reader
+        self.born[pid] = reader.read() or 0
+        return True
 
     def usage(self) -> int | None:
         """What the task uses now, above its baseline; ``None`` once the pool child is gone."""
@@ -94,7 +115,10 @@ class Tree:
                 if grown > 0:
                     total += grown
         for pid in gone:
-            del self.members[pid], born[pid]
+            self.members.pop(pid).close()
+            self.kids.pop(pid).close()
+            self.tmpfs.forget(pid)
+            del born[pid]
         if self.tmpfs.known():
             total += self.tmpfs_bytes()
         return total
@@ -113,3 +137,18 @@ class Tree:
         self.root.close()
         for reader in self.members.values():
             reader.close()
+        for lister in self.kids.values():
+            lister.close()
+        self.tmpfs.close()
+
+
+_warned = False
+
+
+def _out_of_descriptors(pid: int, exc: OSError) -> None:
+    """Opening a member's files failed for another reason than its exit (``EMFILE``): said once."""
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning("oomless: cannot watch process %d of a task's tree (%s); it is retried on every "
+                       "poll (raise the worker's open-file limit, ulimit -n)", pid, exc)

@@ -33,6 +33,7 @@ from .memory import (
 from .mounts import Mount, mounts
 from .tmpfs import TmpfsFiles, tmpfs_devices
 from .tree import (
+    ChildrenReader,
     Identity,
     OwnChildren,
     all_children,
@@ -71,6 +72,7 @@ __all__ = [
     "TmpfsFiles",
     "tmpfs_devices",
     "Identity",
+    "ChildrenReader",
     "all_children",
     "children",
     "environ_has",

@@ -44,13 +44,16 @@ class TmpfsFiles:
     when first seen.  A file written and closed between two looks is not seen.
     """
 
-    __slots__ = ("devices", "files", "counts")
+    __slots__ = ("devices", "files", "counts", "dirs")
 
     def __init__(self, devices: frozenset[int]) -> None:
         self.devices = devices
         #: (dev, inode) -> [a path that reaches it, bytes when first seen, bytes now]
         self.files: dict[tuple[int, int], list] = {}
         self.counts: dict[int, int] = {}  # member pid -> its number of open files at the last look
+        #: member pid -> its kept-open ``/proc/PID/fd`` (an ``fstat`` gives the count: 4 µs less than a
+        #: ``stat`` by path, every poll), -1 when it could not be opened (then: by path)
+        self.dirs: dict[int, int] = {}
 
     def look(self, pid: int, force: bool, new: bool = True) -> None:
         """Find tmpfs files ``pid`` has open.
@@ -62,8 +65,15 @@ class TmpfsFiles:
         else (the task's first look) only what they grow by.
         """
         base = path(pid, "fd")
+        fd = self.dirs.get(pid)
+        if fd is None:
+            try:
+                fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:  # gone, another user's, or out of descriptors: by path, as before
+                fd = -1
+            self.dirs[pid] = fd
         try:
-            count = os.stat(base).st_size
+            count = os.fstat(fd).st_size if fd >= 0 else os.stat(base).st_size
             if not force and (count == 0 or self.counts.get(pid) == count):
                 return
             self.counts[pid] = count
@@ -89,6 +99,17 @@ class TmpfsFiles:
                 reach = fd_path if target.endswith(" (deleted)") or not target.startswith("/") else target
                 size = st.st_blocks * 512
                 files[key] = [reach, 0 if new else size, size]
+
+    def forget(self, pid: int) -> None:
+        """``pid`` left the tree: let its files go (the tmpfs files it left stay watched)."""
+        self.counts.pop(pid, None)
+        fd = self.dirs.pop(pid, -1)
+        if fd >= 0:
+            os.close(fd)
+
+    def close(self) -> None:
+        for pid in list(self.dirs):
+            self.forget(pid)
 
     def refresh(self) -> int:
         """Re-read the size of every file found; forget the ones that are gone. Returns :meth:`bytes`."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 
-from .files import ROOT, UNREADABLE, entries, read
+from .files import GONE, ROOT, UNREADABLE, entries, read
 
 __all__ = [
     "children",
     "all_children",
+    "ChildrenReader",
     "OwnChildren",
     "start_time",
     "parent_pid",
@@ -36,6 +37,63 @@ def children(pid: int) -> list[int]:
     """Children forked by the main thread of ``pid`` (cheap; misses other threads' children)."""
     data = read(pid, f"task/{pid}/children")
     return [] if data is None else [int(p) for p in data.split()]
+
+
+_PAGE = 4096
+
+
+class ChildrenReader:
+    """The children forked by the main thread of one process, from its kept-open
+    ``task/PID/children`` file: a ``pread`` (about 1.5 µs here, against 17 µs to open and read the
+    file by path, which the watchdog did for every running slot every 5 ms).
+
+    The open file names the process it was opened for, not its PID: once that process is
+    gone (even if its PID names another one) ``read()`` returns ``[]``.  Raises one of
+    :data:`~.files.GONE` when the process is already gone; out of file descriptors, it reads
+    by path (:func:`children`).
+    """
+
+    __slots__ = ("pid", "_fd")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(f"{ROOT}/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if isinstance(exc, GONE):
+                raise
+            self._fd = -1
+
+    def read(self) -> list[int]:
+        fd = self._fd
+        if fd is None:
+            return []
+        if fd < 0:
+            return children(self.pid)
+        try:
+            data = os.pread(fd, _PAGE, 0)
+            if len(data) > _PAGE - 32:
+                # The kernel hands a seq_file out a page at a time, in whole records ("<pid> ", at most
+                # 12 bytes): a read this full may have more behind it.
+                parts = [data]
+                while data:
+                    data = os.pread(fd, _PAGE, sum(map(len, parts)))
+                    parts.append(data)
+                data = b"".join(parts)
+        except ProcessLookupError:
+            return []
+        return [int(p) for p in data.split()]
+
+    def close(self) -> None:
+        # getattr: __del__ also runs when __init__ failed (the process was already gone).
+        fd = getattr(self, "_fd", None)
+        if fd is not None and fd >= 0:
+            os.close(fd)
+        self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def all_children(pid: int) -> list[int]:
