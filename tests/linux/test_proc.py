@@ -140,6 +140,46 @@ def test_own_memory_peak_drops_after_reset():
     assert own.peak() <= high - 150 * MiB
 
 
+_PEAKS = r"""
+import os, sys
+from oomless.linux import proc
+MiB = 2**20
+if sys.argv[1:] == ["first"]:  # hold 300 MiB, then become a new image: its rusage keeps that mark
+    hog = b"\x01" * (300 * MiB)
+    os.execv(sys.executable, [sys.executable, __file__, "second"])
+own = proc.OwnMemory()
+
+
+def task(mb):
+    base = own.reset_peak()
+    hog = bytes([3]) * (mb * MiB)
+    del hog
+    return (own.peak() - base) / MiB, (own.hwm() - base) / MiB, own._rusage
+
+
+if os.fork() == 0:  # a pool child: forked, with no mark of its parent's in its rusage
+    print("child", task(100), task(20), flush=True)
+    os._exit(0)
+os.wait()
+print("exec'd", task(20), flush=True)
+"""
+
+
+def test_own_memory_peak_is_the_peak_since_the_reset_in_a_forked_child_and_after_an_exec(tmp_path):
+    """The fast peak (getrusage) and the slow one (VmHWM) agree, and a smaller task after a larger one
+    gets its own; a process exec'd by a larger one (whose rusage keeps that one's mark) reads VmHWM."""
+    script = tmp_path / "peaks.py"
+    script.write_text(_PEAKS)
+    out = subprocess.run([sys.executable, str(script), "first"], capture_output=True, text=True, check=True).stdout
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    first, second = eval(lines["child"].replace(") (", "), ("))  # noqa: S307 - our own output
+    exec_d = eval(lines["exec'd"])  # noqa: S307
+    for (fast, slow, _used), mb in ((first, 100), (second, 20), (exec_d, 20)):
+        assert mb - 1 <= fast <= mb + 4 and abs(fast - slow) <= 1, (fast, slow, mb)
+    assert first[2] and second[2]  # getrusage in the pool child
+    assert not exec_d[2]  # VmHWM where getrusage remembers the 300 MiB of the image before
+
+
 def test_own_memory_reopens_its_files_after_fork():
     own = proc.OwnMemory()
     own.rss()  # open the parent's files before forking

@@ -188,7 +188,7 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     assert gov is not None
     raw = task.request.get(SPEC_KEY)
     _spec = Memory(raw[0], raw[1]) if raw else Memory()
-    gov.enforcer.task_start(_slot, os.getpid(), task_id, _spec, getattr(task, "memory_scope", None) == SUBPROCESSES)
+    gov.enforcer.task_start(_slot, proc.self_pid(), task_id, _spec, getattr(task, "memory_scope", None) == SUBPROCESSES)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
@@ -197,7 +197,7 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | N
     gov = governor.current
     assert gov is not None
     size = _input_size if _input_size is not None else (_header_size(task) if task is not None else None)
-    pid = os.getpid()
+    pid = proc.self_pid()
     peak = gov.enforcer.task_end(_slot, pid, task_id, size)
     # The task's line comes from here, not from the busy main process.
     outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())

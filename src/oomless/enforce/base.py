@@ -173,8 +173,7 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
 
     def measure_baseline(self, index: int, pid: int) -> int:
         """What the slot holds as its task starts (here: the pool child's own RSS, its peak reset)."""
-        self.own.reset_peak()
-        return self.own.rss()
+        return self.own.reset_peak()
 
     def held(self, index: int) -> int | None:
         """After :meth:`measure_baseline`: what earlier tasks left in the slot that this one could

@@ -183,8 +183,7 @@ class CgroupEnforcer(CgroupMonitor):
         if not self.groups.peak_resets(index):
             # cgroup v2 before Linux 6.12: memory.peak is the slot's lifetime peak (see measure_peak).
             self._peak0 = self.groups.peak(index)
-            self.own.reset_peak()
-            self._own0 = self.own.rss()
+            self._own0 = self.own.reset_peak()
         return usage
 
     def held(self, index: int) -> int | None:

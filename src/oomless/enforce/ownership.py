@@ -111,7 +111,7 @@ class SlotProcesses:
         They would hold memory no task is charged for, and run beside the next
         task.  Exited children it adopted are reaped here too.
         """
-        if not (self.own_children.any() if pid == os.getpid() else self.slot_members(index, pid)):
+        if not (self.own_children.any() if pid == proc.self_pid() else self.slot_members(index, pid)):
             return []  # the common case, after every task: one or two preads
         proc.reap_zombie_children()
         if not self.kill_leftovers or not self.slot_members(index, pid, alive=True):

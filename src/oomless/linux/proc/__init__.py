@@ -14,7 +14,7 @@ Not here: cgroups (:mod:`oomless.linux.cgroup`), killing (:mod:`oomless.linux.ki
 
 from __future__ import annotations
 
-from .files import GONE, UNREADABLE, path
+from .files import GONE, UNREADABLE, path, self_pid
 from .memory import (
     PAGE_SIZE,
     OwnMemory,
@@ -53,6 +53,7 @@ __all__ = [
     "GONE",
     "UNREADABLE",
     "path",
+    "self_pid",
     "PAGE_SIZE",
     "OwnMemory",
     "OwnChildren",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ROOT", "GONE", "UNREADABLE", "path", "read", "entries"]
+__all__ = ["ROOT", "GONE", "UNREADABLE", "path", "read", "entries", "self_pid"]
 
 #: Where procfs is mounted.
 ROOT = "/proc"
@@ -48,3 +48,20 @@ def entries(pid: int | str, name: str) -> list[str]:
         return os.listdir(path(pid, name))
     except GONE:
         return []
+
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def self_pid() -> int:
+    """This process's PID without a system call (glibc no longer caches ``getpid``; a pool child
+    asked several times per task), kept right in a forked child by an at-fork hook."""
+    return _pid

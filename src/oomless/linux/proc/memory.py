@@ -13,10 +13,11 @@ Not here: which processes make a tree (:mod:`.tree`), tmpfs files nobody maps
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable
 from typing import Any
 
-from .files import GONE, ROOT, path
+from .files import GONE, ROOT, path, self_pid
 
 __all__ = [
     "PAGE_SIZE",
@@ -81,34 +82,63 @@ class OwnMemory:
     A pool child reads these around every task: pread on open files costs a
     third of open/read/close.  Re-opens itself after a fork (files of
     ``/proc/self`` opened before the fork still describe the parent).
+
+    The peak comes from ``getrusage`` (a system call, no text to parse) when it
+    can: ``ru_maxrss`` is the larger of the high-water mark :meth:`reset_peak`
+    resets and the highest mark any thread of this process had when it
+    exited.  While the latter is no higher than what the process holds at the
+    reset, ``ru_maxrss`` *is* the peak since the reset; after a task whose
+    threads exited at a higher mark, ``VmHWM`` is read from ``status`` instead.
     """
 
     def __init__(self) -> None:
         self._pid = -1
         self._statm = self._status = self._clear_refs = -1
+        self._rusage = False  # whether ru_maxrss answers peak() since the last reset
 
     def _open(self) -> None:
-        pid = os.getpid()
+        pid = self_pid()
         if pid != self._pid:
             self._statm = os.open(path(pid, "statm"), os.O_RDONLY | os.O_CLOEXEC)
             self._status = os.open(path(pid, "status"), os.O_RDONLY | os.O_CLOEXEC)
             self._clear_refs = os.open(path(pid, "clear_refs"), os.O_WRONLY | os.O_CLOEXEC)
-            self._pid = pid
+            self._pid, self._rusage = pid, False
 
     def rss(self) -> int:
         self._open()
         return int(os.pread(self._statm, 128, 0).split(None, 2)[1]) * PAGE_SIZE
 
     def peak(self) -> int:
-        """``VmHWM``: peak RSS since start or the last :meth:`reset_peak`."""
+        """Peak RSS since start or the last :meth:`reset_peak`."""
+        self._open()
+        if self._rusage:
+            return _maxrss()
+        return self.hwm()
+
+    def hwm(self) -> int:
+        """``VmHWM`` from ``status`` (what :meth:`peak` says, the slow way)."""
         self._open()
         data = os.pread(self._status, 8192, 0)
         at = data.index(b"VmHWM:") + 6
         return int(data[at : data.index(b"kB", at)]) * 1024
 
-    def reset_peak(self) -> None:
+    def reset_peak(self) -> int:
+        """Start the peak again from what the process holds now; returns that (:meth:`rss`)."""
         self._open()
         os.write(self._clear_refs, b"5")
+        high = _maxrss()
+        now = self.rss()
+        # The kernel's RSS counters are per-CPU and summed approximately: a few hundred KiB of slack
+        # (a peak at most that much too high, where an exited process image's mark sits right there).
+        self._rusage = high <= now + _SLACK
+        return now
+
+
+_SLACK = 2**20
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss(pid: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .files import GONE, ROOT, UNREADABLE, entries, read
+from .files import GONE, ROOT, UNREADABLE, entries, read, self_pid
 
 __all__ = [
     "children",
@@ -120,7 +120,7 @@ class OwnChildren:
         self._stat = self._children = -1
 
     def any(self) -> bool:
-        pid = os.getpid()
+        pid = self_pid()
         if pid != self._pid:
             self._stat = os.open(f"{ROOT}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
             self._children = os.open(f"{ROOT}/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
