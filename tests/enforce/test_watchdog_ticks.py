@@ -57,6 +57,7 @@ class FakeProcs:
     def __init__(self) -> None:
         self.rss: dict[int, int] = {}
         self.kids: dict[int, list[int]] = {}
+        self.shared: dict[int, int] = {}  # what a process shares with others (default: all it holds)
         self.available = 64 * GiB
 
     def spawn(self, pid: int, rss: int, parent: int | None = None) -> int:
@@ -96,6 +97,7 @@ class FakeProcs:
             exited=lambda pid: pid not in self.rss,
             rss=lambda pid: self.rss[pid],
             uss=lambda pid: self.rss[pid],
+            shared=lambda pid: self.shared.get(pid, self.rss[pid]),
             rss_shmem=lambda pid: 0,
             tmpfs_devices=frozenset,
             mem_total=lambda: 64 * GiB,
@@ -253,6 +255,19 @@ def test_a_child_the_task_forks_is_charged_what_it_grew_by_since_first_seen(watc
     assert watchdog.usage(0, state) == 80 * MiB
     assert table.tree_peak(0, state.seq) == 80 * MiB
     assert killer.trees == []
+
+
+def test_a_child_first_seen_late_is_charged_what_it_held_of_its_own_already(watchdog, tick, table, procs, killer):
+    # First seen at 90 MiB (it allocated before the monitor looked), 10 MiB of it shared.
+    start_task(table, procs, 0, 100, "etl.load", rss=50 * MiB, limit=1 * GiB)
+    tick()
+    procs.spawn(101, 90 * MiB, parent=100)
+    procs.shared[101] = 10 * MiB
+    tick()
+    procs.rss[101] = 100 * MiB
+    tick()
+    state = table.read(0)
+    assert watchdog.usage(0, state) == 90 * MiB
 
 
 def test_a_child_that_takes_its_task_over_the_limit_gets_the_whole_tree_killed(watchdog, tick, table, procs, killer):

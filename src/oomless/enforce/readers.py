@@ -79,6 +79,7 @@ class Readers:
     exited: Callable[[int], bool] = proc.exited
     rss: Callable[[int], int] = proc.rss
     uss: Callable[[int], int] = proc.uss
+    shared: Callable[[int], int] = proc.shared
     rss_shmem: Callable[[int], int] = proc.rss_shmem
     tmpfs_devices: Callable[[], frozenset[int]] = proc.tmpfs_devices
     tmpfs_files: Callable[[frozenset[int]], proc.TmpfsFiles] = proc.TmpfsFiles

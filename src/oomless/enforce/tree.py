@@ -1,13 +1,14 @@
 """What the watchdog knows of one pool child's process tree, and what its task uses.
 
 A task's usage = (pool child RSS − its RSS at task start) + Σ (descendant RSS −
-its RSS when first seen).  Subtracting the start RSS removes the pages the
-child shares copy-on-write with the worker; subtracting a descendant's
-first-seen RSS removes what a process forked *without* exec shares with its
-parent (Airflow's task runner is such a fork of its supervisor: its RSS at
-birth is the whole Airflow worker image, which it does not own).  The price:
-a subprocess's footprint in its first poll interval (a few MiB for a freshly
-exec'd program) is not charged.
+what it shared when first seen).  Subtracting the start RSS removes the pages
+the child shares copy-on-write with the worker; subtracting what a descendant
+shared when first seen removes what a process forked *without* exec shares
+with its parent (Airflow's task runner is such a fork of its supervisor: its
+RSS at birth is mostly the Airflow worker image, which it does not own), while
+what it had allocated before the monitor first saw it counts.  A descendant
+first seen under :data:`WALK_FROM` is taken as all shared (a few MiB of a
+freshly exec'd program not charged; no page-table walk for each ``sleep``).
 
 tmpfs files the tree holds without mapping them are charged for what they grew
 by during the task, less the growth of the tree's mapped shared memory (already
@@ -26,7 +27,11 @@ from .slots import SlotState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tree"]
+__all__ = ["Tree", "WALK_FROM"]
+
+#: A new member first seen holding this much or more has its shared pages counted
+#: (``smaps_rollup``, about 1 ms per 100 MiB); a smaller one is taken as all shared.
+WALK_FROM = 4 * 2**20
 
 
 class Tree:
@@ -95,8 +100,20 @@ class Tree:
                 _out_of_descriptors(pid, exc)
             return False
         self.members[pid] = reader
-        self.born[pid] = reader.read() or 0
+        self.born[pid] = self._shared_at_birth(pid, reader.read() or 0)
         return True
+
+    def _shared_at_birth(self, pid: int, rss: int) -> int:
+        """What of a new member's first-seen ``rss`` is not its own: the pages it shares (a fork
+        without exec shares its parent's).  Its own pages count from the first look, so a
+        subprocess that allocated before the monitor first saw it (a loaded machine: tens of ms)
+        is charged for them.  A small one is taken as all shared (no page-table walk for it)."""
+        if rss < WALK_FROM:
+            return rss
+        try:
+            return min(rss, self.readers.shared(pid))
+        except (*proc.UNREADABLE, LookupError):
+            return rss
 
     def usage(self) -> int | None:
         """What the task uses now, above its baseline; ``None`` once the pool child is gone."""

@@ -28,6 +28,7 @@ from .memory import (
     rss,
     rss_shmem,
     set_oom_score_adj,
+    shared,
     uss,
 )
 from .mounts import Mount, mounts
@@ -67,6 +68,7 @@ __all__ = [
     "rss",
     "rss_shmem",
     "set_oom_score_adj",
+    "shared",
     "uss",
     "Mount",
     "mounts",

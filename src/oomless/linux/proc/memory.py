@@ -26,6 +26,7 @@ __all__ = [
     "rss",
     "rss_shmem",
     "pss",
+    "shared",
     "uss",
     "mem_total",
     "mem_available",
@@ -182,6 +183,12 @@ def _rollup(pid: int, *keys: bytes) -> int:
 def pss(pid: int) -> int:
     """Proportional set size of ``pid``: shared pages divided among their sharers."""
     return _rollup(pid, b"Pss:")
+
+
+def shared(pid: int) -> int:
+    """Resident bytes ``pid`` shares with other processes (pages another process maps too: a fork's
+    copy-on-write pages, libraries), from ``smaps_rollup``: a walk of its page tables."""
+    return _rollup(pid, b"Shared_Clean:", b"Shared_Dirty:")
 
 
 def uss(pid: int) -> int:
