@@ -55,6 +55,12 @@ def backstop(limit: int) -> int:
     return max(32 * 2**20, limit // 8)
 
 
+#: memory.stat is read again as a task starts when the slot's charge moved by more than this …
+STAT_MOVED = 2**20
+#: … or after this many tasks
+STAT_EVERY = 64
+
+
 class CgroupEnforcer(CgroupMonitor):
     """Per-slot memory cgroups below the worker's own group."""
 
@@ -70,6 +76,8 @@ class CgroupEnforcer(CgroupMonitor):
         # pool-child half: non-tmpfs usage at the child's first task, tmpfs at the running task's start
         self._clean: tuple[int, int] | None = None
         self._shmem0 = 0
+        self._stat: tuple[int, int, int] | None = None  # (charge, cache, shmem) when memory.stat was last read
+        self._stat_age = 0  # tasks started since
         self._peak0 = self._own0 = 0  # where memory.peak cannot be reset: the slot's and the child's at task start
 
     # -- main process ---------------------------------------------------------
@@ -177,7 +185,7 @@ class CgroupEnforcer(CgroupMonitor):
 
     def measure_baseline(self, index: int, pid: int) -> int:
         self.groups.reset_peak(index)
-        usage, self._shmem0 = self.groups.usage_shmem(index)
+        usage, self._shmem0 = self._start_usage(index)
         if self._clean is None:
             self._clean = (usage - self._shmem0, self._shmem0)
         if not self.groups.peak_resets(index):
@@ -185,6 +193,27 @@ class CgroupEnforcer(CgroupMonitor):
             self._peak0 = self.groups.peak(index)
             self._own0 = self.own.reset_peak()
         return usage
+
+    def _start_usage(self, index: int) -> tuple[int, int]:
+        """The slot's :meth:`~oomless.linux.cgroup.SlotGroups.usage_shmem` as a task starts.
+
+        ``memory.stat`` (the page cache to leave out) is read again only when the
+        slot's whole charge moved by more than :data:`STAT_MOVED` since the last
+        reading, or after :data:`STAT_EVERY` tasks: between two short tasks it
+        seldom moves, and reading it was a quarter of what a pool child spent on
+        oomless per task.  Between readings the cache figure is stale by at most what
+        the charge moved, unless anonymous memory and page cache moved by the same
+        amount in opposite directions; the reading every ``STAT_EVERY`` tasks bounds that.
+        """
+        charge = self.groups.charge(index)
+        last = self._stat
+        if last is None or abs(charge - last[0]) > STAT_MOVED or self._stat_age >= STAT_EVERY:
+            cache, shmem = self.groups.cache_shmem(index)
+            self._stat, self._stat_age = (charge, cache, shmem), 0
+        else:
+            _, cache, shmem = last
+            self._stat_age += 1
+        return cgroup.unreclaimable(charge, cache, shmem), shmem
 
     def held(self, index: int) -> int | None:
         other, shmem = self._clean or (0, 0)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from .groups import group_name, slot_groups, stale_groups
 from .host import CgroupHost, current_limit, detect, v2_delegation_problem
-from .reads import GroupSignals, working_set
+from .reads import GroupSignals, unreclaimable, working_set
 from .slots import SlotGroups
 from .v1 import SlotGroupsV1
 from .v2 import SlotGroupsV2, v2_peak_resets
@@ -47,5 +47,6 @@ __all__ = [
     "group_name",
     "stale_groups",
     "working_set",
+    "unreclaimable",
     "GroupSignals",
 ]

@@ -156,11 +156,20 @@ class SlotGroups:
 
     def usage_shmem(self, index: int) -> tuple[int, int]:
         """:meth:`usage` and the part of it that is tmpfs/shared memory (files that outlive their writer)."""
-        usage_file, cache_key, shmem_key = self.usage_files
-        used = int(self._get(index, usage_file))
+        cache, shmem = self.cache_shmem(index)
+        return unreclaimable(self.charge(index), cache, shmem), shmem
+
+    def charge(self, index: int) -> int:
+        """Everything charged to the slot, page cache included (one small file)."""
+        return int(self._get(index, self.usage_files[0]))
+
+    def cache_shmem(self, index: int) -> tuple[int, int]:
+        """The slot's page cache and the tmpfs/shared memory part of it (``memory.stat``: about 40
+        lines to read and search)."""
+        _, cache_key, shmem_key = self.usage_files
         stat = os.pread(self._fd(index, "memory.stat", os.O_RDONLY), 65536, 0)
         cache, shmem = keyed_values(stat, cache_key, shmem_key)
-        return unreclaimable(used, cache, shmem), shmem
+        return cache, shmem
 
     def reset_peak(self, index: int) -> None:
         """Start the slot's peak again from what it holds now (a task starts)."""
