@@ -58,7 +58,7 @@ def backstop(limit: int) -> int:
 #: memory.stat is read again as a task starts when the slot's charge moved by more than this …
 STAT_MOVED = 2**20
 #: … or after this many tasks
-STAT_EVERY = 64
+STAT_EVERY = 16
 
 
 class CgroupEnforcer(CgroupMonitor):
