@@ -79,7 +79,8 @@ def test_a_task_that_declares_nothing_runs_as_before(run):
     plain = run.ti["plain"]
     assert (plain["state"], plain["try_number"]) == ("success", 1)
     celery_id = _celery_id(run, "plain")
-    line = next(ln for ln in run.text("worker").splitlines() if f"[{celery_id}] ok: peak" in ln)
+    line = next(ln for ln in run.text("worker").splitlines() if f"[{celery_id}] succeeded" in ln)
+    assert "(oomless: peak " in line
     assert "limit no limit, request none" in line
 
 

@@ -96,7 +96,7 @@ def test_an_infeasible_request_goes_to_the_queue_for_bigger_workers(worker):
     assert result.get(timeout=30)["worker"].startswith(big.node)
     text = small.wait_for("re-routed to queue")
     assert f"needs 2.0 GiB, more than this worker's budget of 1.0 GiB; re-routed to queue '{big.queue}'" in text
-    assert f"t.hold[{result.id}]" in big.wait_for(f"t.hold[{result.id}] ok")
+    assert f"t.hold[{result.id}]" in big.wait_for(f"t.hold[{result.id}] succeeded")
 
 
 def test_an_infeasible_request_is_re_routed_only_once(worker):

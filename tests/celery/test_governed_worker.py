@@ -153,10 +153,21 @@ def test_each_task_gets_one_log_line_and_one_memory_event_with_its_peak(governed
         got = events.wait([result.id], timeout=10 * SLACK)[result.id]
     assert got.outcome == "ok" and got.mode == governed.mode
     assert 96 * 0.9 * MiB <= got.peak <= (96 + 32) * MiB, got
-    # The log's one line says what the event says.
-    assert f"oomless: t.hog[{result.id}] {got.memory}" in governed.wait_for(f"{result.id}] ok: peak")
+    # The task's one line, Celery's own, says what the event says.
+    said = f"t.hog[{result.id}] succeeded in "
+    line = next(ln for ln in governed.wait_for(said).splitlines() if said in ln)
+    assert line.endswith(f": 96 (oomless: {got.memory.removeprefix('ok: ')})"), line
     time.sleep(0.5)
-    assert governed.text().count(f"oomless: t.hog[{result.id}]") == 1
+    assert [ln for ln in governed.text().splitlines() if result.id in ln and "oomless" in ln] == [line]
+
+
+def test_a_failed_tasks_line_carries_its_memory_too(governed):
+    result = governed.app.tasks["t.fail"].delay("boom")
+    with pytest.raises(ValueError, match="boom"):
+        result.get(timeout=30)
+    said = f"t.fail[{result.id}] raised unexpected: ValueError('boom') (oomless: peak "
+    assert "limit 256.0 MiB, request 256.0 MiB" in next(
+        ln for ln in governed.wait_for(said).splitlines() if said in ln)
 
 
 def test_peak_of_a_task_includes_its_subprocess(governed):

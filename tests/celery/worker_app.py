@@ -194,6 +194,10 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
         subprocess.run([sys.executable, "-c", code], check=True, start_new_session=new_session)
         return os.getpid()
 
+    @app.task(name="t.fail", memory="256MiB")
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
     @app.task(name="t.whoami")
     def whoami() -> dict:
         with open("/proc/self/oom_score_adj") as fh:

@@ -18,7 +18,6 @@ from typing import Any
 
 from billiard.process import current_process
 
-from .. import outcomes
 from ..errors import MemoryLimitExceeded
 from ..linux import proc
 from ..spec import Memory
@@ -45,15 +44,14 @@ CHILD_OOM_SCORE_ADJ = 500
 
 _slot: int | None = None
 _spec = Memory()
+_running: str | None = None  # the id of the task this child runs (between prerun and postrun)
+_peak: tuple[str, int] | None = None  # (task id, peak) measured for Celery's line about it
 _input_size: int | None = None  # what the running task said it reads (input_size())
 _trimmed_at = 0  # this child's RSS after its last malloc_trim (or at birth)
 #: RSS a task may leave its pool child above that before the C heap is trimmed
 TRIM_AFTER = 4 * 2**20
 #: Largest input size accepted (1 EiB): anything above is a bug in the caller, not a size.
 _MAX_INPUT = 2**60
-
-#: Celery state at task_postrun -> the outcome word of the log line and event.
-_OUTCOMES = {"SUCCESS": outcomes.OK, "FAILURE": outcomes.FAILED, "RETRY": outcomes.RETRY}
 
 
 def input_size(n_bytes: int) -> None:
@@ -131,6 +129,43 @@ def share_with_children() -> None:
     gc.freeze()
 
 
+class TaskLine(logging.Filter):
+    """Puts the running task's memory on Celery's own line about it, a pool child's one line per
+    task: ``Task etl.load[…] succeeded in 1.2s: 42 (oomless: peak 96.0 MiB, limit 256.0 MiB,
+    request 256.0 MiB [cgroup])``; also on its "raised", "retry" and "ignored" lines.
+
+    A filter on Celery's ``celery.app.trace`` logger: it sees only records the logger's level lets
+    through, so with the worker at ``-l warning`` a task that succeeds gets no line, as in Celery.
+    The peak is measured when the line is made, after the task's code returned, and is the one
+    the task's end reports (history, events).  A second line per task cost a pool child about as
+    much as all of oomless's other per-task work.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if _running is not None and isinstance(args, dict) and args.get("id") == _running:
+            try:
+                text = events.figures(_task_peak(_running), _spec, governor.current.mode)  # type: ignore[union-attr]
+                record.msg, record.args = f"{record.msg} (oomless: %(oomless)s)", {**args, "oomless": text}
+            except Exception:  # noqa: BLE001 - Celery's line about its task must never fail for it
+                logger.debug("oomless: cannot add the memory to Celery's line", exc_info=True)
+        return True
+
+
+#: Celery's logger for what happened to each task it runs in a pool child
+TRACE_LOGGER = "celery.app.trace"
+_TASK_LINE = TaskLine()
+
+
+def _task_peak(task_id: str) -> int:
+    global _peak
+    if _peak is None or _peak[0] != task_id:
+        gov = governor.current
+        assert gov is not None and _slot is not None
+        _peak = (task_id, gov.enforcer.task_peak(_slot, proc.self_pid()))
+    return _peak[1]
+
+
 def on_process_init(**_: Any) -> None:
     global _slot, _trimmed_at
     gov = governor.current
@@ -157,6 +192,9 @@ def on_process_init(**_: Any) -> None:
     gov.enforcer.child_init(index, pid)
     _slot = index
     _trimmed_at = proc.rss(pid)
+    trace = logging.getLogger(TRACE_LOGGER)
+    if _TASK_LINE not in trace.filters:
+        trace.addFilter(_TASK_LINE)
 
 
 def _trim(after: int, rss: Callable[[], int]) -> None:
@@ -180,10 +218,11 @@ def _trim(after: int, rss: Callable[[], int]) -> None:
 
 
 def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    global _spec, _input_size
+    global _spec, _input_size, _running
     _input_size = None
     if _slot is None or task is None or task_id is None:
         return
+    _running = task_id
     gov = governor.current
     assert gov is not None
     raw = task.request.get(SPEC_KEY)
@@ -191,18 +230,19 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     gov.enforcer.task_start(_slot, proc.self_pid(), task_id, _spec, getattr(task, "memory_scope", None) == SUBPROCESSES)
 
 
-def on_task_postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+def on_task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    global _running, _peak
     if _slot is None or task_id is None:
         return
     gov = governor.current
     assert gov is not None
     size = _input_size if _input_size is not None else (_header_size(task) if task is not None else None)
     pid = proc.self_pid()
-    peak = gov.enforcer.task_end(_slot, pid, task_id, size)
-    # The task's line comes from here, not from the busy main process.
-    outcome = _OUTCOMES.get(state or "", (state or "unknown").lower())
+    # The task's line was Celery's, from here (TaskLine), not from the busy main process.
+    early = _peak[1] if _peak is not None and _peak[0] == task_id else None
+    _running = _peak = None
+    gov.enforcer.task_end(_slot, pid, task_id, size, early)
     name = getattr(task, "name", "?")
-    events.log_finished(name, task_id, outcome, peak, _spec, gov.mode)
     killed = gov.enforcer.clear_leftovers(_slot, pid)
     if gov.settings.malloc_trim:
         _trim(TRIM_AFTER, gov.enforcer.own.rss)

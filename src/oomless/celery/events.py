@@ -1,5 +1,10 @@
 """What a governed task's end says: one log line, one ``task-memory`` event; and Flower shows it.
 
+The log line: in a pool child, Celery's own line about the task (``Task …[id]
+succeeded in 0.2s: … (oomless: peak …)``, see :mod:`.child`); elsewhere, and for
+a task that ended without finishing in its pool child (killed, evicted, lost),
+``oomless: <name>[<id>] <outcome>: peak …`` from the main process.
+
 Every governed task ends with one ``task-memory`` event: ``outcome``,
 ``peak``, ``limit``, ``request`` (bytes), ``mode``, and ``memory``, the same
 figures in words (``ok: peak 64.0 MiB, limit 256.0 MiB, request 256.0 MiB
@@ -27,7 +32,7 @@ from . import compat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EVENT", "summary", "log_finished", "events_on", "show_in_flower"]
+__all__ = ["EVENT", "summary", "figures", "log_finished", "events_on", "show_in_flower"]
 
 #: Celery event sent when a task ends, with its memory figures.
 EVENT = "task-memory"
@@ -35,8 +40,12 @@ EVENT = "task-memory"
 
 def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
     """``<outcome>: peak …, limit …, request … [<mode>]`` (the log line's tail, and the event's ``memory``)."""
-    return "{}: peak {}, limit {}, request {} [{}]".format(
-        outcome,
+    return f"{outcome}: {figures(peak, spec, mode)}"
+
+
+def figures(peak: int | None, spec: Memory, mode: str) -> str:
+    """``peak …, limit …, request … [<mode>]``."""
+    return "peak {}, limit {}, request {} [{}]".format(
         "unknown" if peak is None else format_size(peak),
         format_size(spec.limit),
         format_size(spec.request) if spec.request is not None else "none",

@@ -149,21 +149,26 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
         )
         self.arm(index, spec.limit)
 
-    def task_end(self, index: int, pid: int, task_id: str, input_size: int | None = None) -> int:
+    def task_end(self, index: int, pid: int, task_id: str, input_size: int | None = None,
+                 peak: int | None = None) -> int:
         """Called in the pool child after the task; returns the task's peak (bytes).
 
         ``input_size``: what the task said it read (``oomless.input_size()``), for the history.
+        ``peak``: :meth:`task_peak` as measured after the task's code returned (for Celery's line).
 
         The child measures itself; a watchdog monitor that saw the task's whole
         tree (subprocesses too) higher publishes that peak in the slot row.
         """
-        peak = max(0, self.measure_peak(index, pid) - self._baseline)
-        tree = self.table.tree_peak(index, self._seq)
-        if tree is not None and tree > peak:
-            peak = tree
+        peak = self.task_peak(index, pid) if peak is None else max(peak, self.table.tree_peak(index, self._seq) or 0)
         self.disarm(index)
         self.table.finish(index, pid, task_id, peak, self._limit, input_size)
         return peak
+
+    def task_peak(self, index: int, pid: int) -> int:
+        """Pool child: the running task's peak so far (once its code has returned: its peak)."""
+        peak = max(0, self.measure_peak(index, pid) - self._baseline)
+        tree = self.table.tree_peak(index, self._seq)
+        return tree if tree is not None and tree > peak else peak
 
     def refused_at_limit(self, index: int) -> tuple[int, int] | None:
         """Pool child, after the running task raised ``MemoryError`` or ``ENOMEM``: ``(limit, peak)`` if that
