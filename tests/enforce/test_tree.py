@@ -14,34 +14,16 @@ from oomless.enforce.slots import SlotState
 from oomless.enforce.tree import Tree
 from oomless.linux import proc
 
+from ..processes import parent_of_sleepers
+
 MiB = 2**20
-
-# Starts or stops `sleep` children as told on stdin; prints their PIDs.
-_PARENT = (
-    "import subprocess, sys\n"
-    "kids = []\n"
-    "for line in sys.stdin:\n"
-    "    n = int(line)\n"
-    "    while len(kids) > n: k = kids.pop(); k.kill(); k.wait()\n"
-    "    while len(kids) < n: kids.append(subprocess.Popen(['sleep', '60']))\n"
-    "    print(*[k.pid for k in kids], flush=True)\n"
-)
-
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
 def test_a_tree_lets_go_of_the_files_of_members_that_left_and_of_all_at_close():
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-
-    def children(n: int) -> list[int]:
-        parent.stdin.write(f"{n}\n")
-        parent.stdin.flush()
-        return [int(p) for p in parent.stdout.readline().split()]
-
-    try:
+    with parent_of_sleepers() as (parent, children):
         before = _open_fds()
         state = SlotState(1, parent.pid, True, "t", None, None, proc.rss(parent.pid), 0, 0)
         tree = Tree(state, Readers(), proc.tmpfs_devices())
@@ -57,10 +39,6 @@ def test_a_tree_lets_go_of_the_files_of_members_that_left_and_of_all_at_close():
         assert _open_fds() == alone
         tree.close()
         assert _open_fds() == before
-    finally:
-        parent.stdin.close()
-        parent.kill()
-        parent.wait()
 
 
 # A parent that starts one child and says when it is ready: "exec" runs a new Python that allocates

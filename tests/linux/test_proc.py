@@ -12,6 +12,8 @@ import pytest
 from oomless.linux import proc
 from oomless.linux.proc.files import entries, read
 
+from ..processes import parent_of_sleepers
+
 MiB = 2**20
 
 # A child that allocates (and touches) 100 MiB when told, then waits for stdin to close.
@@ -218,25 +220,11 @@ def test_children_lists_a_subprocess(sleeper):
 def test_a_kept_open_children_reader_follows_its_process_and_not_its_pid(sleeper):
     """Read again and again through one open file: children come and go; once the process is gone it
     reads as childless, and it reads its many children whole; with no descriptor to spare, by path."""
-    code = ("import subprocess, sys\n"
-            "kids = []\n"
-            "for line in sys.stdin:\n"
-            "    n = int(line)\n"
-            "    while len(kids) > n: k = kids.pop(); k.kill(); k.wait()\n"
-            "    while len(kids) < n: kids.append(subprocess.Popen(['sleep', '60']))\n"
-            "    print(*[k.pid for k in kids], flush=True)\n")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    reader = proc.ChildrenReader(parent.pid)
-    try:
+    with parent_of_sleepers() as (parent, children):
+        reader = proc.ChildrenReader(parent.pid)
         for n in (2, 0, 800, 1):  # 800 PIDs take more than one 4 KiB read
-            parent.stdin.write(f"{n}\n")
-            parent.stdin.flush()
-            pids = [int(p) for p in parent.stdout.readline().split()]
+            pids = children(n)
             assert sorted(reader.read()) == sorted(pids)
-    finally:
-        parent.stdin.close()
-        parent.kill()
-        parent.wait()
     assert reader.read() == []
     reader.close()
     assert reader.read() == []
