@@ -2,7 +2,7 @@
 and the watchdog monitor thread's CPU with idle and with busy slots.
 
     .venv/bin/python bench/overhead.py [--tasks 4000] [--rounds 9] [--settings default,airflow-c2,airflow-c16]
-                                       [--variants vanilla,cgroup,watchdog,...]
+                                       [--variants vanilla,cgroup,watchdog,...] [--paired]
 
 Each round starts a fresh worker per variant, on the same broker with the same
 concurrency and prefetch, pre-fills its queue with N no-op tasks and measures
@@ -11,6 +11,12 @@ by the tasks themselves (an INCR each).  Variants run in a different order
 each round (rotated), and each round's ratio is taken against that round's
 vanilla worker: the table gives the median ratio over the rounds and its
 spread (min–max).
+
+``--paired``: each round runs every governed variant *at the same time* as a
+vanilla worker (each on its own queue, one window for both), and takes the
+ratio within the pair.  Side by side they share whatever speed the machine
+has at that moment; on these machines it moved by half within seconds, which
+put a ±25 % spread on the ratios of rounds run one after the other.
 
 Governed tasks declare memory="64MiB", so every one goes through the full
 enforcement path (admission, slot arm/disarm, peak, log line); ``…-undeclared``
@@ -78,6 +84,18 @@ def _client(broker: str) -> redis.Redis:
     return redis.Redis.from_url(broker.replace("redis+socket://", "unix://"))
 
 
+def _prefill_together(broker: str, queues: list[str], keys: list[str], n: int) -> None:
+    """``n`` no-op tasks on each queue, one to each in turn."""
+    from celery import Celery
+
+    app = Celery("noop", broker=broker)
+    with Connection(broker) as conn, conn.Producer() as producer:
+        for _ in range(n):
+            for queue, key in zip(queues, keys, strict=True):
+                app.send_task("noop.count", args=[key], producer=producer, queue=queue)
+    app.close()
+
+
 def _prefill(broker: str, queue: str, key: str, n: int) -> None:
     from celery import Celery
 
@@ -95,32 +113,59 @@ def throughput(
 ) -> Run:
     """Steady-state no-op tasks/s and CPU per task of a fresh worker of ``variants[variant]``
     (env for bench/noop_app.py, ``{tmp}`` and ``{queue}`` filled in), with ``extra_env`` on top."""
-    queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-count-{uuid.uuid4().hex[:8]}"
+    return together(broker, [variant], n, concurrency, tmp, variants, extra_env, prefill_first=True)[0]
+
+
+def together(
+    broker: str, names: list[str], n: int, concurrency: int, tmp: Path, variants: dict[str, dict] = VARIANTS,
+    extra_env: dict[str, str] | None = None, prefill_first: bool = False,
+) -> list[Run]:
+    """:func:`throughput` of one fresh worker per variant in ``names``, all running at once, each on a
+    queue of its own with ``n`` tasks, measured over one window: from when every one has done 10 %
+    to when the first has done 90 %.  Run side by side, they share whatever speed the machine has
+    at that moment (on these machines it moved by half within seconds), so their ratio does not
+    move with it.  ``prefill_first``: fill the queues before the workers start (else: once every
+    worker is ready, one message to each queue in turn)."""
     r = _client(broker)
-    _prefill(broker, queue, key, n)
-    env = {k: v.format(tmp=tmp, queue=queue) for k, v in variants[variant].items()}
-    env.update(extra_env or {}, OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
-    worker = start_worker("noop_app", env, ["-c", str(concurrency), "-Q", queue], tmp / f"{variant}-{queue}.log")
+    queues = [f"bench-{uuid.uuid4().hex[:8]}" for _ in names]
+    keys = [f"bench-count-{uuid.uuid4().hex[:8]}" for _ in names]
+    if prefill_first:
+        for queue, key in zip(queues, keys, strict=True):
+            _prefill(broker, queue, key, n)
+    workers = []
     try:
-        marks = {}
+        for name, queue in zip(names, queues, strict=True):
+            env = {k: v.format(tmp=tmp, queue=queue) for k, v in variants[name].items()}
+            env.update(extra_env or {}, OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue)
+            workers.append(start_worker("noop_app", env, ["-c", str(concurrency), "-Q", queue],
+                                        tmp / f"{name}-{queue}.log"))
+        if not prefill_first:
+            _prefill_together(broker, queues, keys, n)
+        first = last = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            done = int(r.get(key) or 0)
+            done = [int(x or 0) for x in r.mget(keys)]
             now = time.monotonic()
-            for frac in (0.1, 0.9):
-                if frac not in marks and done >= frac * n:
-                    marks[frac] = (now, done, tree_cpu_seconds(worker.pid))
-            if 0.9 in marks:
+            if first is None and min(done) >= 0.1 * n:
+                first = (now, done, [tree_cpu_seconds(w.pid) for w in workers])
+            if first is not None and max(done) >= 0.9 * n:
+                last = (now, done, [tree_cpu_seconds(w.pid) for w in workers])
                 break
             time.sleep(0.005)
-        (t1, d1, c1), (t2, d2, c2) = marks[0.1], marks[0.9]
-        per_task = [1e6 * (b - a) / (d2 - d1) for a, b in zip(c1, c2, strict=True)]
-        return Run((d2 - d1) / (t2 - t1), per_task[0], per_task[1])
+        assert first is not None and last is not None, "the workers did not get through their tasks in 600 s"
+        (t1, d1, c1), (t2, d2, c2) = first, last
+        runs = []
+        for i in range(len(names)):
+            count = d2[i] - d1[i]
+            cpu = [1e6 * (b - a) / max(1, count) for a, b in zip(c1[i], c2[i], strict=True)]
+            runs.append(Run(count / (t2 - t1), cpu[0], cpu[1]))
+        return runs
     finally:
         # Measured: no need to let pool children wait (billiard waits up to 20 s for the main process
         # to take results it no longer reads, vanilla Celery too) before the harness kills the tree.
-        worker.stop(2)
-        r.delete(key, queue)
+        for worker in workers:
+            worker.stop(2)
+        r.delete(*keys, *queues)
 
 
 def monitor_cpu(broker: str, slots: int, busy: bool, seconds: float, tmp: Path) -> dict:
@@ -162,6 +207,8 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--variants", default=",".join(VARIANTS), help="vanilla is always run")
     parser.add_argument("--cpu-seconds", type=float, default=20, help="0: skip the monitor CPU measurement")
+    parser.add_argument("--paired", action="store_true",
+                        help="run each variant at the same time as a vanilla worker (see together())")
     args = parser.parse_args()
     broker = broker_url()
     tmp = Path(tempfile.mkdtemp(prefix="oomless-overhead-"))
@@ -170,17 +217,32 @@ def main() -> None:
     for name in args.settings.split(","):
         concurrency, extra = SETTINGS[name]
         runs: dict[str, list[Run]] = {v: [] for v in variants}
-        print(f"\n{name}: -c {concurrency}, {extra or 'Celery defaults'}", flush=True)
+        base: dict[str, list[Run]] = {v: [] for v in variants}  # --paired: the vanilla beside each run
+        print(f"\n{name}: -c {concurrency}, {extra or 'Celery defaults'}"
+              f"{', each beside a vanilla worker' if args.paired else ''}", flush=True)
         for rnd in range(args.rounds):
             k = rnd % len(variants)
             for variant in variants[k:] + variants[:k]:  # each variant first in some round
-                run = throughput(broker, variant, args.tasks, concurrency, tmp, extra_env=extra)
+                if args.paired and variant == "vanilla":
+                    continue
+                if args.paired:
+                    pair = ["vanilla", variant] if rnd % 2 == 0 else [variant, "vanilla"]  # who starts first
+                    got = dict(zip(pair, together(broker, pair, args.tasks, concurrency, tmp, extra_env=extra),
+                                   strict=True))
+                    run, base[variant] = got[variant], [*base[variant], got["vanilla"]]
+                    runs["vanilla"].append(got["vanilla"])
+                else:
+                    run = throughput(broker, variant, args.tasks, concurrency, tmp, extra_env=extra)
                 runs[variant].append(run)
-                print(f"  round {rnd + 1}: {variant:26s} {run.rate:8.0f} tasks/s, CPU µs per task: "
+                beside = f" (vanilla beside it: {base[variant][-1].rate:.0f})" if args.paired else ""
+                print(f"  round {rnd + 1}: {variant:26s} {run.rate:8.0f} tasks/s{beside}, CPU µs per task: "
                       f"main {run.main_us:5.0f}, children {run.children_us:5.0f}", flush=True)
         rows = {}
         for v in variants:
-            ratios = [a.rate / b.rate for a, b in zip(runs[v], runs["vanilla"], strict=True)]
+            against = base[v] if args.paired and v != "vanilla" else runs["vanilla"]
+            if not runs[v] or not against:
+                continue
+            ratios = [a.rate / b.rate for a, b in zip(runs[v], against, strict=True)]
             rows[v] = {
                 "median_tasks_per_s": round(statistics.median(r.rate for r in runs[v]), 1),
                 "ratio_median": round(statistics.median(ratios), 3),
@@ -203,7 +265,8 @@ def main() -> None:
         print(f"watchdog, {c['slots']} {state} slots: monitor thread {c['monitor_cpu_pct']:.2f} % of a core "
               f"(whole main process {c['main_process_cpu_pct']:.2f} %)")
     emit("overhead", {
-        "tasks": args.tasks, "rounds": args.rounds, "broker": broker.split(":")[0], "settings": tables,
+        "tasks": args.tasks, "rounds": args.rounds, "paired": args.paired, "broker": broker.split(":")[0],
+        "settings": tables,
         "watchdog_cpu": cpu, "versions": versions(),
     })
 
