@@ -225,6 +225,36 @@ def test_a_field_added_to_the_event_state_is_kept_in_task_records():
     assert dict(state.tasks["t-1"].as_dict())["memory"] == "ok: peak 1.0 MiB"
 
 
+def test_celerys_tracer_writes_its_line_about_a_task_through_the_trace_logger_with_its_id(app):
+    """What the pool child's memory filter relies on: the success line's record comes from
+    compat.trace_logger() with the task's id among its dict args."""
+    import logging
+
+    seen = []
+
+    class Catch(logging.Filter):
+        def filter(self, record):
+            seen.append(record)
+            return False
+
+    @app.task(name="t.answer", shared=False)
+    def answer():
+        return 42
+
+    logger = compat.trace_logger()
+    catch, level = Catch(), logger.level
+    logger.addFilter(catch)
+    logger.setLevel(logging.INFO)
+    try:
+        from celery.app.trace import build_tracer
+
+        build_tracer("t.answer", answer, eager=False, app=app)("id-1", (), {}, {"id": "id-1"})
+    finally:
+        logger.removeFilter(catch)
+        logger.setLevel(level)
+    assert [(r.args["id"], r.getMessage().split(" succeeded")[0]) for r in seen] == [("id-1", "Task t.answer[id-1]")]
+
+
 def test_every_door_names_the_versions_it_was_checked_against_and_has_a_test():
     doors = [name for name in compat.__all__ if name != "checked"]
     assert [name for name in doors if not getattr(getattr(compat, name), "__checked__", None)] == []

@@ -134,8 +134,9 @@ class TaskLine(logging.Filter):
     task: ``Task etl.load[…] succeeded in 1.2s: 42 (oomless: peak 96.0 MiB, limit 256.0 MiB,
     request 256.0 MiB [cgroup])``; also on its "raised", "retry" and "ignored" lines.
 
-    A filter on Celery's ``celery.app.trace`` logger: it sees only records the logger's level lets
-    through, so with the worker at ``-l warning`` a task that succeeds gets no line, as in Celery.
+    A filter on Celery's ``celery.app.trace`` logger (:func:`.compat.trace_logger`): it sees only
+    records the logger's level lets through, so with the worker at ``-l warning`` a task that
+    succeeds gets no line, as in Celery.
     The peak is measured when the line is made, after the task's code returned, and is the one
     the task's end reports (history, events).  A second line per task cost a pool child about as
     much as all of oomless's other per-task work.
@@ -152,8 +153,6 @@ class TaskLine(logging.Filter):
         return True
 
 
-#: Celery's logger for what happened to each task it runs in a pool child
-TRACE_LOGGER = "celery.app.trace"
 _TASK_LINE = TaskLine()
 
 
@@ -192,7 +191,7 @@ def on_process_init(**_: Any) -> None:
     gov.enforcer.child_init(index, pid)
     _slot = index
     _trimmed_at = proc.rss(pid)
-    trace = logging.getLogger(TRACE_LOGGER)
+    trace = compat.trace_logger()
     if _TASK_LINE not in trace.filters:
         trace.addFilter(_TASK_LINE)
 

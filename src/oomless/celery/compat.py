@@ -28,7 +28,7 @@ __all__ = [
     "uses_slot_semaphore", "replace_slot_semaphore",
     "request_context", "pool_job", "job_accepted", "fail_job", "wrap_generated_request_methods",
     "bound_tasks", "forget_exec_options", "check_task_options", "wrap_run",
-    "serializer_functions", "has_serializer", "show_task_field",
+    "serializer_functions", "has_serializer", "show_task_field", "trace_logger",
 ]
 
 
@@ -187,3 +187,17 @@ def show_task_field(name: str) -> None:
 
     if name not in Task._fields:
         Task._fields = (*Task._fields, name)
+
+
+# -- Celery's tracer's log lines -----------------------------------------------------------------
+
+
+@checked(celery="5.5, 5.6")
+def trace_logger() -> Any:
+    """The logger through which Celery's tracer writes its line about each task it runs in a pool
+    child (``Task …[id] succeeded in …``: ``celery.app.trace.logger``, its records' args the dict
+    of ``id``, ``name``, … the formats ``LOG_SUCCESS``, ``LOG_FAILURE`` … use).  No setting or
+    signal adds to that line."""
+    from celery.app import trace
+
+    return trace.logger
