@@ -13,8 +13,9 @@ so a task is watched from its first poll.
 Fast path, every ``interval`` (default 5 ms), one :meth:`~WatchdogEnforcer.tick`:
 for each running slot, ``pread`` the kept-open ``/proc/PID/statm`` of the pool
 child and of each known descendant (≈1.6 µs each).  New children of known
-members are picked up on every poll from the main thread's ``children`` file;
-children forked by other threads on a full rescan every ``rescan`` polls.
+members are picked up every :data:`DISCOVER_EVERY` polls from their main
+threads' kept-open ``children`` files; children forked by other threads on a
+full rescan every ``rescan`` polls.
 What a tree's task uses is :class:`~oomless.enforce.tree.Tree`'s to say (its
 RSS above the task's start, tmpfs files it wrote); overshoot is bounded by
 allocation rate × interval (about 1.5 MiB median at 1 GB/s with 5 ms polls,
@@ -52,12 +53,17 @@ from .tree import Tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WatchdogEnforcer", "IDLE_AFTER", "IDLE_POLL"]
+__all__ = ["WatchdogEnforcer", "IDLE_AFTER", "IDLE_POLL", "DISCOVER_EVERY"]
 
 #: seconds without a running task or a task handed to the pool before the monitor idles
 IDLE_AFTER = 1.0
 #: seconds between the idle monitor's looks (a task handed to the pool wakes it at once)
 IDLE_POLL = 0.1
+#: a running task's tree is looked through for new processes and tmpfs files every this many
+#: polls (its known members' RSS: every poll).  A member found a poll later is still charged what
+#: it held of its own (see :class:`~.tree.Tree`); the monitor shares the worker's GIL, and each
+#: /proc read hands it back to the main thread and takes it again.
+DISCOVER_EVERY = 2
 
 
 class WatchdogEnforcer(Enforcer):
@@ -142,7 +148,7 @@ class WatchdogEnforcer(Enforcer):
                     tree.next_task(state)
             elif not running[index] or tree is None:
                 continue
-            else:
+            elif full or self._ticks % DISCOVER_EVERY == 0:
                 tree.discover(full)
             used = tree.usage()
             tree.peak_now = used or 0
