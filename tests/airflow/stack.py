@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..celery.harness import SLACK
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 EXAMPLE_DAGS = REPO / "examples" / "airflow" / "dags"
@@ -216,7 +218,9 @@ class Stack:
             f"http://127.0.0.1:{self.port}/api/v2{path}", data=data, method=method,
             headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json", "Accept": accept},
         )
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        # In the cgroup v2 guest beside a busy host the DAG's allocating tasks starve the api-server
+        # (seen: a GET of a DAG run unanswered for 30 s under two CPU hogs); waits there take SLACK.
+        with urllib.request.urlopen(req, timeout=30 * SLACK) as resp:
             return json.loads(resp.read())
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
