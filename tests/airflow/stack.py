@@ -23,8 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..celery.harness import SLACK
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 EXAMPLE_DAGS = REPO / "examples" / "airflow" / "dags"
@@ -66,8 +64,10 @@ class Stack:
         env: dict[str, str] | None = None,
         worker_args: tuple[str, ...] = (),
         worker_preexec: Any = None,
+        slack: float = 1.0,
     ) -> None:
         self.home = home
+        self.slack = slack  # how much longer a slow place (the cgroup v2 guest) gets for each API call
         self.marker = uuid.uuid4().hex
         self.port = free_port()
         self.log_port = free_port()
@@ -220,7 +220,7 @@ class Stack:
         )
         # In the cgroup v2 guest beside a busy host the DAG's allocating tasks starve the api-server
         # (seen: a GET of a DAG run unanswered for 30 s under two CPU hogs); waits there take SLACK.
-        with urllib.request.urlopen(req, timeout=30 * SLACK) as resp:
+        with urllib.request.urlopen(req, timeout=30 * self.slack) as resp:
             return json.loads(resp.read())
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:

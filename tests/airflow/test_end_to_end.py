@@ -16,7 +16,7 @@ pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python
 sys.path.insert(0, str(Path(__file__).parent))
 from stack import Stack, _kill_marked  # noqa: E402
 
-from ..celery.harness import V2, MemoryCgroup  # noqa: E402
+from ..celery.harness import SLACK, V2, MemoryCgroup  # noqa: E402
 
 DAG = "oomless_memory_demo"
 NEED = 320  # MiB the hungry tasks use (OOMLESS_DEMO_MIB); first limit 240 MiB, then 480 MiB
@@ -33,6 +33,7 @@ def run(request, tmp_path_factory, redis_url):
     stack = Stack(
         home,
         redis_url,
+        slack=SLACK,
         worker_preexec=None if group is None else group.join,
         env={
             "AIRFLOW__OOMLESS__BUDGET": "3GiB",
