@@ -48,7 +48,7 @@ def run(request, tmp_path_factory, redis_url):
         stack.wait_for("worker", "ready.", 120)
         stack.wait_dag(DAG)
         run_id = stack.trigger(DAG)
-        stack.wait_run(DAG, run_id, 300)
+        stack.wait_run(DAG, run_id, 300 * SLACK)
         stack.run_id, stack.mode = run_id, mode
         stack.ti = stack.tis(DAG, run_id)
         stack.worker_alive = stack.procs["worker"].poll() is None
