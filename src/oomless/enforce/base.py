@@ -159,14 +159,15 @@ class Enforcer(KillReports, PressureCheck, Footprints, SlotProcesses):
         The child measures itself; a watchdog monitor that saw the task's whole
         tree (subprocesses too) higher publishes that peak in the slot row.
         """
-        peak = self.task_peak(index, pid) if peak is None else max(peak, self.table.tree_peak(index, self._seq) or 0)
+        peak = self.task_peak(index, pid, peak)
         self.disarm(index)
         self.table.finish(index, pid, task_id, peak, self._limit, input_size)
         return peak
 
-    def task_peak(self, index: int, pid: int) -> int:
-        """Pool child: the running task's peak so far (once its code has returned: its peak)."""
-        peak = max(0, self.measure_peak(index, pid) - self._baseline)
+    def task_peak(self, index: int, pid: int, own: int | None = None) -> int:
+        """Pool child: the running task's peak so far (once its code has returned: its peak), or
+        ``own``, the child's peak measured earlier, with the monitor's tree peak since."""
+        peak = max(0, self.measure_peak(index, pid) - self._baseline) if own is None else own
         tree = self.table.tree_peak(index, self._seq)
         return tree if tree is not None and tree > peak else peak
 

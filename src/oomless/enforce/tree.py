@@ -54,7 +54,7 @@ class Tree:
         self.kids[state.pid] = readers.children(state.pid)
         self.root_start = readers.start_time(state.pid)
         self.members: dict[int, RssReader] = {}
-        self.born: dict[int, int] = {}  # member pid -> its RSS when first seen
+        self.born: dict[int, int] = {}  # member pid -> what of its RSS it shared when first seen
         self.peak = 0
         self.peak_now = 0  # usage at the last poll
         self.tmpfs = readers.tmpfs_files(tmpfs_devices)
