@@ -67,7 +67,7 @@ class Stack:
         slack: float = 1.0,
     ) -> None:
         self.home = home
-        self.slack = slack  # how much longer a slow place (the cgroup v2 guest) gets for each API call
+        self.slack = slack  # how much longer a slow place (the cgroup v2 guest) gets for each wait and API call
         self.marker = uuid.uuid4().hex
         self.port = free_port()
         self.log_port = free_port()
@@ -106,6 +106,12 @@ class Stack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         }
+        if slack > 1:
+            # A try's supervisor gives the execution API 5 s per call (Airflow's default), then
+            # retries; a retried "start this try" finds the try already running and fails it
+            # (400). In the one-CPU guest, with six tries importing Airflow at once, the first
+            # call took 36 s, so every try failed and was retried until the run timed out.
+            self.env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"] = str(30 * slack)
         if oomless:
             self.env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = "oomless.airflow.celery_config.CELERY_CONFIG"
         self.env.update(env or {})
@@ -140,7 +146,7 @@ class Stack:
         self._spawn("dag-processor", [*py, "dag-processor"])
         self.start_worker()
         self._spawn("serve-logs", [sys.executable, str(HERE / "serve_logs_local.py"), str(self.log_port)])
-        self.wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", 120)
+        self.wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", 120 * self.slack)
         return self
 
     def start_worker(self) -> None:
@@ -224,7 +230,7 @@ class Stack:
             return json.loads(resp.read())
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.slack
         while time.monotonic() < deadline:
             try:
                 self.api("GET", f"/dags/{dag_id}")
@@ -234,7 +240,7 @@ class Stack:
                     raise
             time.sleep(0.5)
         errors = self.api("GET", "/importErrors")
-        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout} s; import errors: {errors}")
+        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout * self.slack} s; import errors: {errors}")
 
     def trigger(self, dag_id: str) -> str:
         return self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"]
