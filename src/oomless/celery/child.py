@@ -48,8 +48,13 @@ _running: str | None = None  # the id of the task this child runs (between preru
 _peak: tuple[str, int] | None = None  # (task id, peak) measured for Celery's line about it
 _input_size: int | None = None  # what the running task said it reads (input_size())
 _trimmed_at = 0  # this child's RSS after its last malloc_trim (or at birth)
+_untrimmed = 0  # tasks since this child last read its RSS for the trim
 #: RSS a task may leave its pool child above that before the C heap is trimmed
 TRIM_AFTER = 4 * 2**20
+#: A task that peaked below TRIM_AFTER cannot have left that much more behind, so its end does not
+#: read the child's RSS; one such end in TRIM_EVERY does, for what small tasks leave, bit by bit.
+TRIM_EVERY = 16
+_specs: dict[tuple[int | None, int | None], Memory] = {}  # the specs this child ran tasks with
 #: Largest input size accepted (1 EiB): anything above is a bug in the caller, not a size.
 _MAX_INPUT = 2**60
 
@@ -196,15 +201,20 @@ def on_process_init(**_: Any) -> None:
         trace.addFilter(_TASK_LINE)
 
 
-def _trim(after: int, rss: Callable[[], int]) -> None:
+def _trim(after: int, rss: Callable[[], int], peak: int) -> None:
     """Give the heap's free memory back once this child sits ``after`` bytes above its last trim.
 
     What glibc keeps after a large task stays resident in the child: it would
     count in the slot's baseline and the worker's footprint (so in no task's
     request and against the budget) for as long as the child lives.  A read of
-    ``/proc/self/statm`` per task; the trim itself takes about 1 ms for 20 MiB.
+    ``/proc/self/statm`` after a task that peaked at ``after`` or more (and after
+    one in :data:`TRIM_EVERY` others); the trim itself takes about 1 ms for 20 MiB.
     """
-    global _trimmed_at
+    global _trimmed_at, _untrimmed
+    _untrimmed += 1
+    if peak < after and _untrimmed < TRIM_EVERY:
+        return
+    _untrimmed = 0
     try:
         now = rss()
         if now - _trimmed_at < after:
@@ -225,8 +235,22 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     gov = governor.current
     assert gov is not None
     raw = task.request.get(SPEC_KEY)
-    _spec = Memory(raw[0], raw[1]) if raw else Memory()
+    _spec = _spec_of(raw[0], raw[1]) if raw else _NO_SPEC
     gov.enforcer.task_start(_slot, proc.self_pid(), task_id, _spec, getattr(task, "memory_scope", None) == SUBPROCESSES)
+
+
+_NO_SPEC = Memory()
+
+
+def _spec_of(request: int | None, limit: int | None) -> Memory:
+    """The :class:`Memory` the main process resolved for a task (two sizes it checked), built once per
+    pair in this child."""
+    spec = _specs.get((request, limit))
+    if spec is None:
+        if len(_specs) >= 256:
+            _specs.clear()
+        spec = _specs[(request, limit)] = Memory(request, limit)
+    return spec
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -240,11 +264,11 @@ def on_task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> N
     # The task's line was Celery's, from here (TaskLine), not from the busy main process.
     early = _peak[1] if _peak is not None and _peak[0] == task_id else None
     _running = _peak = None
-    gov.enforcer.task_end(_slot, pid, task_id, size, early)
+    peak = gov.enforcer.task_end(_slot, pid, task_id, size, early)
     name = getattr(task, "name", "?")
     killed = gov.enforcer.clear_leftovers(_slot, pid)
     if gov.settings.malloc_trim:
-        _trim(TRIM_AFTER, gov.enforcer.own.rss)
+        _trim(TRIM_AFTER, gov.enforcer.own.rss, peak)
     if killed:
         logger.warning(
             "oomless: %s[%s] left running when it returned: killed its processes %s, so they neither hold "

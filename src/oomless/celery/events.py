@@ -45,12 +45,18 @@ def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
 
 def figures(peak: int | None, spec: Memory, mode: str) -> str:
     """``peak …, limit …, request … [<mode>]``."""
-    return "peak {}, limit {}, request {} [{}]".format(
-        "unknown" if peak is None else format_size(peak),
-        format_size(spec.limit),
-        format_size(spec.request) if spec.request is not None else "none",
-        mode,
-    )
+    tail = _tails.get((spec, mode))
+    if tail is None:
+        if len(_tails) >= 256:
+            _tails.clear()
+        tail = _tails[(spec, mode)] = "limit {}, request {} [{}]".format(
+            format_size(spec.limit), format_size(spec.request) if spec.request is not None else "none", mode,
+        )
+    return f"peak {'unknown' if peak is None else format_size(peak)}, {tail}"
+
+
+#: What :func:`figures` says after the peak, per spec and mode (a worker runs few distinct specs).
+_tails: dict[tuple[Memory, str], str] = {}
 
 
 def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
