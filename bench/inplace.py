@@ -3,6 +3,9 @@ and the pool children, beside a vanilla worker running at the same time.
 
     .venv/bin/python bench/inplace.py [--seconds 10] [--rounds 3] [--variants vanilla,cgroup,watchdog]
 
+A variant ``cgroup@/tmp/old/src`` runs the oomless of another checkout (``git worktree add``) in that
+mode, beside this one's: a change measured before and after in one run.
+
 cProfile (bench/profile_steps.py) charges every Python call about a microsecond, so its figures
 are inflated and spread unevenly; timed one by one in a loop (bench/micro.py) the steps run with
 warm caches and cost a third to a fifth of what they cost between a task's other work.  Here the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import statistics
 import tempfile
 import time
@@ -84,6 +88,10 @@ def _probe(out: Path, label: str) -> dict[str, tuple[int, int, dict[str, int]]]:
     return {role: (t, c, dict(s)) for role, (t, c, s) in sums.items()}
 
 
+def _label(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
 def one_round(broker: str, names: list[str], seconds: float, tmp: Path) -> dict[str, dict]:
     r = _client(broker)
     out = tmp / f"probe-{uuid.uuid4().hex[:6]}"
@@ -95,10 +103,12 @@ def one_round(broker: str, names: list[str], seconds: float, tmp: Path) -> dict[
     workers = []
     try:
         for name, queue in zip(names, queues, strict=True):
-            env = dict(VARIANTS[name], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue,
-                       OOMLESS_INPLACE_OUT=str(out / name), OOMLESS_INPLACE_WRAP=",".join(CHILD_STEPS + MAIN_STEPS),
-                       PYTHONPATH=str(HERE / "inplace"))
-            workers.append(start_worker("noop_app", env, ["-c", "2", "-Q", queue], tmp / f"{name}-{queue}.log"))
+            variant, _, tree = name.partition("@")  # "cgroup@/tmp/old/src": another checkout's oomless
+            env = dict(VARIANTS[variant], OOMLESS_BENCH_BROKER=broker, OOMLESS_BENCH_QUEUE=queue,
+                       OOMLESS_INPLACE_OUT=str(out / _label(name)),
+                       OOMLESS_INPLACE_WRAP=",".join(CHILD_STEPS + MAIN_STEPS),
+                       PYTHONPATH=os.pathsep.join(filter(None, [tree, str(HERE / "inplace")])))
+            workers.append(start_worker("noop_app", env, ["-c", "2", "-Q", queue], tmp / f"{_label(name)}-{queue}.log"))
         time.sleep(3)
         kids = [[c.pid for c in psutil.Process(w.pid).children()] for w in workers]
 
@@ -114,7 +124,7 @@ def one_round(broker: str, names: list[str], seconds: float, tmp: Path) -> dict[
             n = max(1, d1[i] - d0[i])
             main = [(b - a) * 1e6 / n for a, b in zip(c0[i][0], c1[i][0], strict=True)]
             pool = [sum(c1[i][j][k] - c0[i][j][k] for j in range(1, len(c0[i]))) * 1e6 / n for k in (0, 1)]
-            probe = _probe(out, name)
+            probe = _probe(out, _label(name))
             result[name] = {
                 "rate": n / seconds,
                 "main_user_us": main[0], "main_sys_us": main[1],
@@ -144,7 +154,9 @@ def main() -> None:
         for i in range(args.rounds):
             rounds.append(one_round(broker, names[i % len(names):] + names[: i % len(names)], args.seconds, Path(tmp)))
     med = statistics.median
-    print(f"{'variant':10s} {'tasks/s':>8s} {'main user':>10s} {'main sys':>9s} {'pool user':>10s} {'pool sys':>9s}")
+    width = max(10, *map(len, names))
+    print(f"{'variant':{width}s} {'tasks/s':>8s} {'main user':>10s} {'main sys':>9s} "
+          f"{'pool user':>10s} {'pool sys':>9s}")
     summary = {}
     for name in names:
         fig = {k: med(r[name][k] for r in rounds) for k in rounds[0][name] if k != "steps"}
@@ -153,14 +165,14 @@ def main() -> None:
             keys = {s for r in rounds for s in r[name]["steps"].get(role, {})}
             steps[role] = {s: med(r[name]["steps"].get(role, {}).get(s, 0.0) for r in rounds) for s in sorted(keys)}
         summary[name] = {**fig, "steps": steps}
-        print(f"{name:10s} {fig['rate']:8.0f} {fig['main_user_us']:10.0f} {fig['main_sys_us']:9.0f} "
+        print(f"{name:{width}s} {fig['rate']:8.0f} {fig['main_user_us']:10.0f} {fig['main_sys_us']:9.0f} "
               f"{fig['children_user_us']:10.0f} {fig['children_sys_us']:9.0f}")
     for role in ("main", "child"):
         print(f"\n{role}: µs per task, exclusive, median of {args.rounds} rounds")
         keys = sorted({s for name in names for s in summary[name]["steps"][role]})
-        print(f"{'step':58s}" + "".join(f"{name:>11s}" for name in names))
+        print(f"{'step':34s}" + "".join(f"{name:>{width + 1}s}" for name in names))
         for step in keys:
-            print(f"{step:58s}" + "".join(f"{summary[name]['steps'][role].get(step, 0.0):11.1f}" for name in names))
+            print(f"{step:34s}" + "".join(f"{summary[n]['steps'][role].get(step, 0.0):{width + 1}.1f}" for n in names))
     emit("inplace", {"rounds": args.rounds, "seconds": args.seconds, "summary": summary, **versions()})
 
 
