@@ -16,7 +16,8 @@ the other timed steps it calls.  The same Celery functions are timed in the vani
 Each round starts one worker per variant (-c 2, Celery's defaults, no-op tasks from a pre-filled
 queue of their own), lets them warm up for 3 s, and reads over ``--seconds``:
 
-* user and system CPU per task of the main process and of the pool children (``/proc/PID/stat``);
+* user and system CPU per task of the main process (and how much of it its threads other than the
+  main one took: the watchdog monitor) and of the pool children (``/proc/PID/stat``);
 * the steps' µs per task (the probe's sums, from its last write).
 """
 
@@ -65,10 +66,16 @@ MAIN_STEPS = [
 _CLK = 100.0
 
 
-def _cpu(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as fh:
+def _cpu(pid: int, tid: int | None = None) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / _CLK, int(fields[12]) / _CLK
+
+
+def _main_thread(pid: int) -> float:
+    """User and system CPU seconds of the main process's main thread (the rest of the process: its
+    other threads, the watchdog monitor among them)."""
+    return sum(_cpu(pid, pid))
 
 
 def _probe(out: Path, label: str) -> dict[str, tuple[int, int, dict[str, int]]]:
@@ -114,7 +121,8 @@ def one_round(broker: str, names: list[str], seconds: float, tmp: Path) -> dict[
 
         def sample() -> tuple[list[int], list[list[tuple[float, float]]]]:
             done = [int(x or 0) for x in r.mget(keys)]
-            return done, [[_cpu(w.pid)] + [_cpu(k) for k in ks] for w, ks in zip(workers, kids, strict=True)]
+            return done, [[_cpu(w.pid), (_main_thread(w.pid), 0.0)] + [_cpu(k) for k in ks]
+                          for w, ks in zip(workers, kids, strict=True)]
 
         d0, c0 = sample()
         time.sleep(seconds)
@@ -123,11 +131,12 @@ def one_round(broker: str, names: list[str], seconds: float, tmp: Path) -> dict[
         for i, name in enumerate(names):
             n = max(1, d1[i] - d0[i])
             main = [(b - a) * 1e6 / n for a, b in zip(c0[i][0], c1[i][0], strict=True)]
-            pool = [sum(c1[i][j][k] - c0[i][j][k] for j in range(1, len(c0[i]))) * 1e6 / n for k in (0, 1)]
+            thread = (c1[i][1][0] - c0[i][1][0]) * 1e6 / n
+            pool = [sum(c1[i][j][k] - c0[i][j][k] for j in range(2, len(c0[i]))) * 1e6 / n for k in (0, 1)]
             probe = _probe(out, _label(name))
             result[name] = {
                 "rate": n / seconds,
-                "main_user_us": main[0], "main_sys_us": main[1],
+                "main_user_us": main[0], "main_sys_us": main[1], "main_other_threads_us": sum(main) - thread,
                 "children_user_us": pool[0], "children_sys_us": pool[1],
                 "steps": {role: {step: ns / 1000 / t for step, ns in steps.items()} | {"thread CPU": cpu / 1000 / t}
                           for role, (t, cpu, steps) in probe.items()},
@@ -155,7 +164,7 @@ def main() -> None:
             rounds.append(one_round(broker, names[i % len(names):] + names[: i % len(names)], args.seconds, Path(tmp)))
     med = statistics.median
     width = max(10, *map(len, names))
-    print(f"{'variant':{width}s} {'tasks/s':>8s} {'main user':>10s} {'main sys':>9s} "
+    print(f"{'variant':{width}s} {'tasks/s':>8s} {'main user':>10s} {'main sys':>9s} {'of which threads':>17s} "
           f"{'pool user':>10s} {'pool sys':>9s}")
     summary = {}
     for name in names:
@@ -166,6 +175,7 @@ def main() -> None:
             steps[role] = {s: med(r[name]["steps"].get(role, {}).get(s, 0.0) for r in rounds) for s in sorted(keys)}
         summary[name] = {**fig, "steps": steps}
         print(f"{name:{width}s} {fig['rate']:8.0f} {fig['main_user_us']:10.0f} {fig['main_sys_us']:9.0f} "
+              f"{fig['main_other_threads_us']:17.0f} "
               f"{fig['children_user_us']:10.0f} {fig['children_sys_us']:9.0f}")
     for role in ("main", "child"):
         print(f"\n{role}: µs per task, exclusive, median of {args.rounds} rounds")
