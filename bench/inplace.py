@@ -48,6 +48,14 @@ CHILD_STEPS = [
     "oomless.enforce.base:Enforcer.task_peak",
     "oomless.enforce.base:Enforcer.clear_leftovers",
     "oomless.celery.events:figures",
+    # the system calls, each with the little Python around it: a slot's cgroup files (cgroup mode),
+    # the child's own /proc files and rusage (watchdog mode), the leftover-children check
+    "oomless.linux.cgroup.slots:SlotGroups._set",
+    "oomless.linux.cgroup.slots:SlotGroups._get",
+    "oomless.linux.proc.memory:OwnMemory.reset_peak",
+    "oomless.linux.proc.memory:OwnMemory.peak",
+    "oomless.linux.proc.memory:OwnMemory.rss",
+    "oomless.linux.proc.tree:OwnChildren.any",
 ]
 #: The main process's: Celery's request and hand-over to the pool (both workers), oomless's request
 #: subclass, gate and governor.
