@@ -67,7 +67,9 @@ class Stack:
         slack: float = 1.0,
     ) -> None:
         self.home = home
-        self.slack = slack  # how much longer a slow place (the cgroup v2 guest) gets for each wait and API call
+        # how much longer a slow place (the cgroup v2 guest) gets: every wait below and every API call
+        # take this many times the timeout they are given
+        self.slack = slack
         self.marker = uuid.uuid4().hex
         self.port = free_port()
         self.log_port = free_port()
@@ -146,7 +148,7 @@ class Stack:
         self._spawn("dag-processor", [*py, "dag-processor"])
         self.start_worker()
         self._spawn("serve-logs", [sys.executable, str(HERE / "serve_logs_local.py"), str(self.log_port)])
-        self.wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", 120 * self.slack)
+        self.wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", 120)
         return self
 
     def start_worker(self) -> None:
@@ -165,6 +167,7 @@ class Stack:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
     def wait_for(self, name: str, needle: str, timeout: float = 120) -> None:
+        timeout *= self.slack
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if needle in self.text(name):
@@ -201,6 +204,7 @@ class Stack:
 
     # -- REST API ---------------------------------------------------------------
     def wait_http(self, url: str, timeout: float) -> None:
+        timeout *= self.slack
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -230,7 +234,8 @@ class Stack:
             return json.loads(resp.read())
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout * self.slack
+        timeout *= self.slack
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 self.api("GET", f"/dags/{dag_id}")
@@ -240,12 +245,13 @@ class Stack:
                     raise
             time.sleep(0.5)
         errors = self.api("GET", "/importErrors")
-        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout * self.slack} s; import errors: {errors}")
+        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout} s; import errors: {errors}")
 
     def trigger(self, dag_id: str) -> str:
         return self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"]
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+        timeout *= self.slack
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")

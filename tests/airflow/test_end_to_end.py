@@ -45,10 +45,10 @@ def run(request, tmp_path_factory, redis_url):
     stack.history = f"sqlite:///{home / 'oomless-history.sqlite'}"
     try:
         stack.start()
-        stack.wait_for("worker", "ready.", 120 * SLACK)
+        stack.wait_for("worker", "ready.", 120)
         stack.wait_dag(DAG)
         run_id = stack.trigger(DAG)
-        stack.wait_run(DAG, run_id, 300 * SLACK)
+        stack.wait_run(DAG, run_id, 300)
         stack.run_id, stack.mode = run_id, mode
         stack.ti = stack.tis(DAG, run_id)
         stack.worker_alive = stack.procs["worker"].poll() is None

@@ -54,7 +54,6 @@ TRIM_AFTER = 4 * 2**20
 #: A task that peaked below TRIM_AFTER cannot have left that much more behind, so its end does not
 #: read the child's RSS; one such end in TRIM_EVERY does, for what small tasks leave, bit by bit.
 TRIM_EVERY = 16
-_specs: dict[tuple[int | None, int | None], Memory] = {}  # the specs this child ran tasks with
 #: Largest input size accepted (1 EiB): anything above is a bug in the caller, not a size.
 _MAX_INPUT = 2**60
 
@@ -242,15 +241,9 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
 _NO_SPEC = Memory()
 
 
-def _spec_of(request: int | None, limit: int | None) -> Memory:
-    """The :class:`Memory` the main process resolved for a task (two sizes it checked), built once per
-    pair in this child."""
-    spec = _specs.get((request, limit))
-    if spec is None:
-        if len(_specs) >= 256:
-            _specs.clear()
-        spec = _specs[(request, limit)] = Memory(request, limit)
-    return spec
+#: The :class:`Memory` the main process resolved for a task (two sizes it checked), built once per
+#: pair in this child.
+_spec_of = functools.lru_cache(maxsize=256)(Memory)
 
 
 def on_task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:

@@ -23,6 +23,7 @@ Flower's task page then shows a "Memory" row.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -45,18 +46,15 @@ def summary(outcome: str, peak: int | None, spec: Memory, mode: str) -> str:
 
 def figures(peak: int | None, spec: Memory, mode: str) -> str:
     """``peak …, limit …, request … [<mode>]``."""
-    tail = _tails.get((spec, mode))
-    if tail is None:
-        if len(_tails) >= 256:
-            _tails.clear()
-        tail = _tails[(spec, mode)] = "limit {}, request {} [{}]".format(
-            format_size(spec.limit), format_size(spec.request) if spec.request is not None else "none", mode,
-        )
-    return f"peak {'unknown' if peak is None else format_size(peak)}, {tail}"
+    return f"peak {'unknown' if peak is None else format_size(peak)}, {_spec_figures(spec, mode)}"
 
 
-#: What :func:`figures` says after the peak, per spec and mode (a worker runs few distinct specs).
-_tails: dict[tuple[Memory, str], str] = {}
+@functools.lru_cache(maxsize=256)
+def _spec_figures(spec: Memory, mode: str) -> str:
+    """What :func:`figures` says after the peak (a worker runs few distinct specs: made once each)."""
+    return "limit {}, request {} [{}]".format(
+        format_size(spec.limit), format_size(spec.request) if spec.request is not None else "none", mode,
+    )
 
 
 def log_finished(name: str, task_id: str, outcome: str, peak: int | None, spec: Memory, mode: str) -> None:
