@@ -1,13 +1,17 @@
-"""The recommender's arithmetic: p95 × 1.15 for the request, max × 1.2 for the limit, a floor,
-the OOM bump for memory-killed attempts, and the fit of peak against input size."""
+"""The recommender's arithmetic: median × 1.15 for the request, max × 1.2 for the limit, a floor,
+the OOM bump for memory-killed attempts, and the fit of peak against input size (its range, its
+threshold, its relative margins, and the kills that move it)."""
 
 from __future__ import annotations
+
+import math
+import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oomless.history.recommend import FLOOR, quantile, recommend, recommend_all
+from oomless.history.recommend import FIT_R2, FLOOR, RANGE_TOLERANCE, bump, quantile, recommend, recommend_all
 
 MiB = 2**20
 
@@ -16,12 +20,13 @@ def row(name="etl.load", outcome="ok", peak=None, request=None, limit=None, size
     return (name, dag, task, outcome, peak, request, limit, size, t)
 
 
-def test_request_is_the_95th_percentile_plus_15_percent_and_limit_the_max_plus_20_percent():
+def test_request_is_the_median_plus_15_percent_and_limit_the_max_plus_20_percent():
     rows = [row(peak=(i + 1) * 10 * MiB, request=512 * MiB, limit=1024 * MiB) for i in range(100)]  # 10..1000 MiB
     r = recommend(rows, "etl.load")
-    p95 = quantile(sorted((i + 1) * 10 * MiB for i in range(100)), 0.95)
-    assert p95 == pytest.approx(950.5 * MiB)
-    assert r.request == -(-int(p95 * 1.15) // MiB) * MiB
+    median = quantile(sorted((i + 1) * 10 * MiB for i in range(100)), 0.5)
+    assert median == pytest.approx(505 * MiB)
+    assert r.request == -(-int(median * 1.15) // MiB) * MiB
+    assert (r.median_peak, r.p95_peak) == (505 * MiB, int(950.5 * MiB))
     assert r.limit == 1200 * MiB
     assert (r.samples, r.kills, r.confidence) == (100, 0, "ok")
     assert (r.current_request, r.current_limit) == (512 * MiB, 1024 * MiB)
@@ -87,3 +92,89 @@ def test_the_recommendation_always_covers_every_peak_and_request_never_exceeds_l
     r = recommend([row(peak=p) for p in peaks], "etl.load")
     assert r.limit >= max(peaks) and r.request <= r.limit
     assert r.request >= FLOOR and r.request % MiB == 0 and r.limit % MiB == 0
+
+
+def test_a_bimodal_task_reserves_its_common_size_and_its_limit_covers_the_rare_one():
+    rows = [row(peak=60 * MiB)] * 85 + [row(peak=240 * MiB)] * 15
+    r = recommend(rows, "etl.load")
+    assert r.request == 69 * MiB  # 60 × 1.15
+    assert r.limit == 288 * MiB  # 240 × 1.2
+
+
+def linear(sizes, base=30 * MiB, slope=2.0, noise=0.0, seed=1):
+    rng = random.Random(seed)
+    return [row(peak=int((base + slope * s) * math.exp(rng.gauss(0, noise))), size=s, t=i)
+            for i, s in enumerate(sizes)]
+
+
+TRAIN = [(8 + 4 * i) * MiB for i in range(30)]  # 8 .. 124 MiB of input
+
+
+def test_a_kill_at_a_size_moves_the_answer_there_and_the_loop_of_the_same_kill_ends():
+    """The issue's case: inputs 1.6× the largest seen, whose true peak the learned limit did not reach."""
+    rows = linear(TRAIN, noise=0.05)
+    size = int(TRAIN[-1] * 1.6)
+    true_peak = int((30 * MiB + 2 * size) * 1.35)  # this input needs a third more than the line says
+    limits = []
+    for _ in range(5):
+        limit = recommend(rows, "etl.load").for_size(size)[1]
+        limits.append(limit)
+        if limit >= true_peak:
+            break
+        rows.append(row(outcome="memory-killed", peak=limit, limit=limit, size=size, t=len(rows)))
+    assert limits[-1] >= true_peak and len(limits) <= 3, [x / MiB for x in limits]
+    assert limits == sorted(set(limits)), "every kill raised the limit for that size"
+    r = recommend(rows, "etl.load")
+    killed = [x for x in rows if x[3] == "memory-killed"]
+    # a larger input never gets less than what was killed at a smaller one
+    for k in killed:
+        for bigger in (k[7], k[7] + MiB, 2 * k[7]):
+            assert r.for_size(bigger)[1] >= bump(k[6])
+
+
+def test_above_the_sizes_seen_the_answer_is_the_larger_of_the_blind_pair_and_the_extrapolation():
+    r = recommend(linear(TRAIN, noise=0.05), "etl.load")
+    inside = r.sized(int(TRAIN[-1] * RANGE_TOLERANCE))
+    assert inside.how == "fitted"
+    beyond = r.sized(int(TRAIN[-1] * 2))
+    assert beyond.how == "above range"
+    assert beyond.limit == max(r.limit, r.by_size.limit(int(TRAIN[-1] * 2)))
+    assert beyond.request == max(r.request, r.by_size.request(int(TRAIN[-1] * 2)))
+    # far out, the line wins over the blind pair: 10× the largest input needs ~10× the peak
+    assert r.sized(TRAIN[-1] * 10).limit > 9 * r.limit
+    # below the sizes seen: the smallest size's answer (peak grows with size, so it covers)
+    below = r.sized(MiB)
+    assert below.how == "below range" and (below.request, below.limit) == r.by_size.pair(TRAIN[0])
+    assert r.sized(None).how == "size-blind"
+
+
+def test_a_peak_that_does_not_follow_the_input_gets_no_fit_and_says_why():
+    """The issue's case: R² 0.003 had given '75.6 MiB + 0.14 × size'."""
+    notes = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        rows = [row(peak=int(75 * MiB * math.exp(rng.gauss(0, 0.2)) + 0.14 * s), size=s) for s in TRAIN]
+        r = recommend(rows, "etl.load")
+        assert r.by_size is None and r.sized(TRAIN[-1]).how == "size-blind"
+        notes.append(r.size_note)
+    explained = [n for n in notes if "explains" in n]
+    assert explained and all(f"a fit needs {FIT_R2:.0%}" in n for n in explained)
+    assert set(notes) - set(explained) <= {"peak does not grow with input size"}
+
+
+def test_margins_are_relative_so_small_and_large_inputs_get_the_same_room():
+    r = recommend(linear(TRAIN, noise=0.1, seed=5), "etl.load")
+    fit = r.by_size
+    assert fit is not None and fit.r2 > 0.9
+    for size in (TRAIN[0], TRAIN[len(TRAIN) // 2], TRAIN[-1]):
+        request, limit = r.for_size(size)
+        assert limit / fit.peak(size) == pytest.approx(fit.ratio_max * 1.2, rel=0.05)
+        assert request / fit.peak(size) == pytest.approx(fit.ratio_mid * 1.15, rel=0.05)
+
+
+def test_a_superlinear_peak_is_fitted_as_a_power_and_extrapolates_above_the_line():
+    rows = [row(peak=int(20 * MiB + 0.05 * s ** 1.5 / MiB ** 0.5), size=s) for s in TRAIN]
+    r = recommend(rows, "etl.load")
+    assert r.by_size is not None and r.by_size.exponent > 1.2, r.by_size
+    size = TRAIN[-1] * 2
+    assert r.for_size(size)[1] >= 20 * MiB + 0.05 * size ** 1.5 / MiB ** 0.5

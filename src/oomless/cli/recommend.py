@@ -111,19 +111,26 @@ def _airflow_snippet(recs: list[Any]) -> str:
 def _table(recs: list[Any]) -> Any:
     from rich.table import Table
 
+    from ..history.recommend import RANGE_TOLERANCE
+
     table = Table(title="oomless recommend", title_justify="left")
-    for col in ("task", "samples", "kills", "p95 peak", "max peak", "now: request/limit", "recommended",
+    for col in ("task", "samples", "kills", "median peak", "max peak", "now: request/limit", "recommended",
                 "waste/attempt", "lack"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in recs:
         fit = ""
         if r.by_size is not None:
-            fit = f"\n  by input size: {format_size(int(r.by_size.base))} + {r.by_size.slope:.2f} × size"
+            f = r.by_size
+            fit = (f"\n  by input size: {f.describe()} (R² {f.r2:.2f}, inputs {format_size(f.smallest)}–"
+                   f"{format_size(f.largest)}; beyond {format_size(int(f.largest * RANGE_TOLERANCE))}: the larger "
+                   f"of this row and the extrapolation)")
+        elif r.size_note:
+            fit = f"\n  by input size: none, {r.size_note}"
         table.add_row(
             r.task_name + fit,
             f"{r.samples}" + (" (low)" if r.confidence == "low" else ""),
             str(r.kills),
-            format_size(r.p95_peak),
+            format_size(r.median_peak),
             format_size(r.max_peak),
             f"{_size(r.current_request)} / {_size(r.current_limit)}",
             f"{format_size(r.request)} / {format_size(r.limit)}",
@@ -146,8 +153,9 @@ def _table(recs: list[Any]) -> Any:
 def recommend(url: str | None, since: str | None, task_name: str | None, fmt: str, min_samples: int) -> None:
     """A memory request and limit per task, from the peaks in the history store.
 
-    request = p95 of the peaks × 1.15, limit = max × 1.2 (a memory-killed
-    attempt counts as max(limit × 1.2, limit + 100 MiB)); see docs/history.md.
+    request = median of the peaks × 1.15, limit = max × 1.2 (a memory-killed
+    attempt counts as max(limit × 1.2, limit + 100 MiB)); fitted to the input
+    size where one was recorded and explains the peaks; see docs/history.md.
     """
     from ..history.recommend import recommend_all
 

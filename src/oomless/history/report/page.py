@@ -128,10 +128,10 @@ def _outcome_table(counts: dict[str, int]) -> str:
 def _size_fit(rec: Recommendation) -> str:
     fit = rec.by_size
     if fit is None:
-        return ""
+        return rec.size_note or ""
     request, limit = rec.for_size(fit.largest)
     return (
-        f"peak ≈ {format_size(int(fit.base))} + {fit.slope:.3g} × input size ({fit.samples:,} attempts, inputs "
+        f"peak ≈ {fit.describe()}, R² {fit.r2:.2f} ({fit.samples:,} attempts, inputs "
         f"{format_size(fit.smallest)}–{format_size(fit.largest)}); for {format_size(fit.largest)}: request "
         f"{format_size(request)}, limit {format_size(limit)}"
     )
@@ -143,7 +143,7 @@ def _recommendation_table(recs: Sequence[Recommendation]) -> str:
         "<th rowspan='2'>confidence</th><th colspan='2'>current</th><th colspan='2'>recommended</th>"
         "<th colspan='2'>peak</th><th rowspan='2'>waste</th><th rowspan='2'>lack</th>"
         "<th class='name' rowspan='2'>by input size</th></tr>"
-        "<tr><th>request</th><th>limit</th><th>request</th><th>limit</th><th>p95</th><th>max</th></tr>"
+        "<tr><th>request</th><th>limit</th><th>request</th><th>limit</th><th>median</th><th>max</th></tr>"
     )
     rows = []
     for r in recs:
@@ -154,7 +154,7 @@ def _recommendation_table(recs: Sequence[Recommendation]) -> str:
             f"<tr><td class='name'>{html.escape(r.task_name)}</td><td>{r.samples:,}</td><td>{r.kills:,}</td>"
             f"<td{low}>{html.escape(r.confidence)}</td><td>{current_request}</td>"
             f"<td>{format_size(r.current_limit)}</td><td><b>{format_size(r.request)}</b></td>"
-            f"<td><b>{format_size(r.limit)}</b></td><td>{format_size(r.p95_peak)}</td>"
+            f"<td><b>{format_size(r.limit)}</b></td><td>{format_size(r.median_peak)}</td>"
             f"<td>{format_size(r.max_peak)}</td><td>{format_size(r.waste)}</td>"
             f"<td{lack}>{format_size(r.lack) if r.lack else '—'}</td>"
             f"<td class='fit'>{html.escape(_size_fit(r))}</td></tr>"
