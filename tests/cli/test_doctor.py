@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from oomless.linux import cgroup
@@ -227,12 +228,44 @@ def test_doctor_says_where_history_and_metrics_go_or_how_to_turn_them_on(tmp_pat
     """))
     on = doctor("-A", "observed:app", cwd=tmp_path)
     assert on.returncode == 0, on.stderr
-    assert line(on.stdout, "history") == ("every attempt is recorded in postgresql+psycopg://me:***@db/oomless; "
-                                          "tasks that declare no memory get their learned size")
+    assert line(on.stdout, "history") == "every attempt is recorded in postgresql+psycopg://me:***@db/oomless"
+    # the store cannot be reached: said with its URL, password hidden
+    learned = line(on.stdout, "learned")
+    assert learned.startswith("oomless_learned is on, but no task has a learned size yet: cannot open the history "
+                              "store postgresql+psycopg://me:***@db/oomless"), learned
+    assert "s3cret" not in on.stdout
     assert line(on.stdout, "metrics") == "Prometheus metrics on http://127.0.0.1:9808/metrics"
     off = doctor()
     assert line(off.stdout, "history").startswith("off: set oomless_history = 'default'")
     assert line(off.stdout, "metrics").startswith("off: set oomless_metrics_port")
+
+
+def test_doctor_says_where_learned_sizes_come_from_and_how_many_tasks_they_cover(tmp_path):
+    from oomless.history import Attempt
+    from oomless.history.store import Store
+
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    Store(url).add([Attempt(name, f"{name}{i}", "ok", time.time() - 60, 1.0, peak_rss=100 * 2**20)
+                    for name in ("t.a", "t.b") for i in range(6)] +
+                   [Attempt("t.few", "f", "ok", time.time() - 60, 1.0, peak_rss=2**20)])
+    (tmp_path / "learning.py").write_text(textwrap.dedent(f"""
+        from celery import Celery
+        import oomless
+
+        app = Celery("learning", broker="memory://")
+        app.conf.update(oomless_history={url!r}, oomless_learned=True)
+        oomless.install(app)
+    """))
+    out = doctor("-A", "learning:app", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert line(out.stdout, "learned") == (f"tasks that declare no memory get their learned size: 2 task(s) have one "
+                                           f"in {url} (the last 30 days, at least 5 samples each)")
+    empty = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    (tmp_path / "learning.py").write_text((tmp_path / "learning.py").read_text().replace(url, empty))
+    out = doctor("-A", "learning:app", cwd=tmp_path)
+    assert line(out.stdout, "learned").startswith(f"oomless_learned is on, but no task has a learned size yet: no "
+                                                  f"history store at {tmp_path / 'empty.sqlite'}")
+    assert not (tmp_path / "empty.sqlite").exists()  # reading never creates a store
 
 
 # --- result backend and serializers (issue 7) ------------------------------------------------------------------

@@ -90,3 +90,99 @@ def test_submit_time_learned_spec_is_fitted_to_the_input_size(tmp_path, redis_ur
 def test_learned_rejects_a_bad_default():
     with pytest.raises(oomless.InvalidMemorySpec):
         oomless.learned(default="lots")
+
+
+def test_a_task_killed_at_its_learned_limit_gets_more_at_once_not_at_the_next_load(tmp_path, redis_url):
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    _history(url)  # t.hold: learned at request 115 MiB, limit 120 MiB
+    worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog",
+                          conf={"oomless_history": url, "oomless_learned": True})
+    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
+    try:
+        worker.wait_for("learned memory sizes for 3 task names")
+        with MemoryEvents(app) as events:
+            big = app.tasks["t.hold"].delay(2.0, 200)
+            with pytest.raises(oomless.MemoryLimitExceeded):
+                big.get(timeout=60)
+            after = app.tasks["t.hold"].delay(0.1, 8)
+            after.get(timeout=30)
+            got = events.wait([big.id, after.id], timeout=10 * SLACK)
+    finally:
+        worker.stop()
+        app.close()
+    assert (got[big.id].outcome, got[big.id].limit) == ("memory-killed", 120 * MiB)
+    # killed at 120 MiB: it needs max(× 1.2, + 100 MiB) = 220 MiB, and the limit is that × 1.2
+    assert (got[after.id].outcome, got[after.id].limit) == ("ok", 264 * MiB)
+    assert worker.text().count("learned memory sizes for") == 1  # no reload: the kill moved it
+
+
+def _sized_history(url: str) -> None:
+    now = time.time()
+    Store(url).add([Attempt("t.sized", f"s{mb}", "ok", now - 60, 1.0, peak_rss=2 * mb * MiB, input_size=mb * MiB)
+                    for mb in range(8, 136, 8)])
+
+
+def test_an_input_beyond_the_sizes_seen_is_said_once_per_task(tmp_path, caplog):
+    from oomless.history.learned import resolve_learned
+
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    _sized_history(url)
+    with caplog.at_level("WARNING", logger="oomless"):
+        inside = resolve_learned("t.sized", oomless.learned(input_size=100 * MiB, history=url), None)
+        beyond = [resolve_learned("t.sized", oomless.learned(input_size=n * MiB, history=url), None)
+                  for n in (400, 500)]
+    assert inside.limit < 2 * 128 * MiB * 1.2 < beyond[0].limit < beyond[1].limit  # extrapolated, not the blind max
+    said = [r.getMessage() for r in caplog.records if "larger than any its history has seen" in r.getMessage()]
+    assert len(said) == 1 and "t.sized: an input of 400.0 MiB" in said[0] and "8.0 MiB to 128.0 MiB" in said[0]
+
+
+def test_a_kill_recorded_by_a_worker_reaches_the_client_before_the_next_load(tmp_path, monkeypatch):
+    from oomless.history import learned as module
+
+    monkeypatch.setattr(module, "KILLS_EVERY", 0.0)
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    _sized_history(url)
+    want = oomless.learned(input_size=64 * MiB, history=url)
+    before = module.resolve_learned("t.sized", want, None)
+    # what a worker records when the task is killed at that limit (the store is the real one)
+    Store(url).add([Attempt("t.sized", "k1", "memory-killed", time.time(), 1.0, limit=before.limit,
+                            peak_rss=before.limit, input_size=64 * MiB)])
+    after = module.resolve_learned("t.sized", want, None)
+    smaller = module.resolve_learned("t.sized", oomless.learned(input_size=32 * MiB, history=url), None)
+    assert after.limit == -(-int(max(before.limit * 1.2, before.limit + 100 * MiB) * 1.2) // MiB) * MiB
+    assert smaller.limit < after.limit  # a smaller input is not held to what a larger one needed
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unreachable"])
+def test_a_history_that_cannot_be_read_is_a_warning_naming_it_and_nothing_is_created(tmp_path, caplog, case):
+    from oomless.history.learned import resolve_learned
+
+    url = {
+        "missing": f"sqlite:///{tmp_path / 'typo.sqlite'}",
+        "empty": f"sqlite:///{tmp_path / 'empty.sqlite'}",
+        "unreachable": "postgresql+psycopg://me:s3cret@127.0.0.1:1/oomless",
+    }[case]
+    if case == "empty":
+        (tmp_path / "empty.sqlite").touch()
+    with caplog.at_level("WARNING", logger="oomless"):
+        got = [resolve_learned("t.any", oomless.learned(default="300MiB", history=url), None) for _ in range(3)]
+    assert [g.limit for g in got] == [300 * MiB] * 3
+    said = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1, [r.getMessage() for r in said]  # once, not per call
+    text = said[0].getMessage()
+    assert "s3cret" not in text
+    expected = {"missing": f"no history store at {tmp_path / 'typo.sqlite'}",
+                "empty": f"the history store {url} is empty",
+                "unreachable": "cannot open the history store postgresql+psycopg://me:***@127.0.0.1:1/oomless"}
+    assert expected[case] in text, text
+    assert not (tmp_path / "typo.sqlite").exists()
+    if case == "empty":
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "empty.sqlite") as db:  # not given tables
+            assert db.execute("select count(*) from sqlite_master").fetchone() == (0,)
+
+
+def test_learned_refuses_a_history_that_is_not_a_url():
+    with pytest.raises(ValueError, match="history= of oomless.learned"):
+        oomless.learned(history="typo.sqlite")

@@ -174,9 +174,10 @@ class Governor:
             self.pss = PssSampler(self.enforcer.table)
             if settings.learned:
                 from ..history.learned import Learned
+                from ..history.store import open_reader
 
                 # A refresh forgets the per-name specs the requests cached, so they pick it up.
-                self.learned = Learned(lambda: Store(url), on_update=self.task_specs.clear)
+                self.learned = Learned(lambda: open_reader(url), on_update=self.task_specs.clear)
                 self.learned.start()
             logger.info("oomless: recording every attempt in %s", redact(url))
 
@@ -264,6 +265,10 @@ class Governor:
             )
         if self.recorder is not None:
             self.record(req, outcome, peak, found.input_size if found is not None else None)
+        if self.learned is not None and outcome == outcomes.MEMORY_KILLED and spec.limit is not None:
+            size = header_int(req, INPUT_SIZE, -1, high=2**60)
+            self.learned.note_kill(req.name, size if size >= 0 else None, spec.limit)
+            self.task_specs.pop(req.name, None)
         if self.metrics is not None and peak is not None:
             self.metrics.observe_peak(req.name, peak)
         for plugin in self.plugins:

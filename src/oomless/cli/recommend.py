@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from ..units import format_size, parse_duration
-from ..urls import redact
 from .common import history_option, progress_bar, since_option
 
 __all__ = ["recommend", "parse_since"]
@@ -42,37 +41,17 @@ def parse_since(value: str | None) -> float | None:
 def open_store(url: str | None) -> Any:
     """The store at ``url`` (read-only use: an empty database is not given tables), or a usage
     error that says what is wrong and what to do."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from ..history.store import StoreUnavailable, open_reader
 
-    from ..history.store import SCHEMA_VERSION, Store
-    from ..paths import history_url
-
-    url = url or history_url()
-    if url.startswith("sqlite:///"):
-        import os
-
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise click.UsageError(
-                f"no history store at {path}: workers record there only with oomless_history set "
-                f"(see docs/history.md); or give --history URL"
-            )
     try:
-        make_url(url)
-        shown = redact(url)
-    except ArgumentError:
-        raise click.UsageError(f"--history {url!r} is not an SQLAlchemy URL (e.g. sqlite:///path or "
-                               f"postgresql+psycopg://user@host/db)") from None
-    try:
-        store = Store(url)
-        found = store.version()
-    except (SQLAlchemyError, ImportError) as exc:
-        raise click.UsageError(f"cannot open the history store {shown}: {exc}") from None
-    if found > SCHEMA_VERSION:
-        raise click.UsageError(f"the history store {shown} has schema version {found}, newer than this oomless "
-                               f"understands ({SCHEMA_VERSION}); upgrade oomless")
-    return store
+        return open_reader(url)
+    except StoreUnavailable as exc:
+        message = str(exc)
+        if url is not None and " is not an SQLAlchemy URL" in message:
+            message = "--history " + message
+        elif message.startswith("no history store at"):
+            message += "; or give --history URL"
+        raise click.UsageError(message) from None
 
 
 def _size(n: int | None) -> str:

@@ -1,23 +1,28 @@
-"""Learned sizes: the recommender's answers, kept in memory for the worker and the client.
+"""Learned sizes: the recommender's answers, kept in memory for the worker, the client and the executor.
 
-Two users, one cache:
+Three users, one cache:
 
 * a worker with ``oomless_learned = True`` gives a task that declares no
   memory (no per-call spec, no ``memory=`` option) the recommended spec, ahead
   of ``oomless_default_memory`` (precedence: call > task > learned > worker
   default).  A thread loads the recommendations when the worker starts and
   refreshes them every ``refresh`` seconds; until the first load, nothing is
-  learned and tasks run as before.
+  learned and tasks run as before.  A task this worker kills for memory moves
+  its learned limit at once (:meth:`Learned.note_kill`), not at the next load.
 * a client may ask at submit time: ``task.apply_async(args,
   memory=oomless.learned(input_size=n, default="1GiB"))``.  The publish hook
   resolves it to a concrete spec for that task name (and input size, when the
-  history has a size fit), so the worker sees an ordinary per-call spec.
+  history has a size fit), so the worker sees an ordinary per-call spec.  The
+  client reloads every :data:`REFRESH` seconds and, in between, reads the
+  task's new memory kills every :data:`KILLS_EVERY` seconds (one indexed query).
+* the Airflow executor (``[oomless] learned = True``), per DAG task.
 
 Only task names with at least ``min_samples`` samples are learned, and a
 learned limit is capped at ``cap`` (the worker's budget), so learning never
-turns a runnable task into an infeasible one.  Airflow tries are not learned
-here (they are grouped per DAG task, and the executor sets their specs): use
-``oomless recommend --format airflow``.
+turns a runnable task into an infeasible one.  The history is only read here,
+never created or migrated: a store that is missing, empty or unreadable is
+said in a WARNING that names it (password hidden), and tried again after
+:data:`RETRY` seconds.
 """
 
 from __future__ import annotations
@@ -25,23 +30,56 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from ..spec import Memory
+from ..units import format_size
+from ..urls import redact
+from .recommend import LIMIT_MARGIN, Recommendation, bump
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Learned", "LearnedMemory", "learned", "resolve_learned"]
+__all__ = ["Learned", "Learnt", "LearnedMemory", "learned", "resolve_learned", "airflow_key"]
 
 WINDOW = 30 * 86400  # seconds of history the recommendations rest on
 REFRESH = 600.0
+RETRY = 60.0  # a store that could not be read is tried again after this long
+KILLS_EVERY = 10.0  # a client reads a task's new memory kills this often
 MIN_SAMPLES = 5
+LONGEST_TASK = 6 * 3600  # a kill is looked for among attempts started this long before the last look
+
+
+def airflow_key(dag_id: str, task_id: str) -> tuple[str, str]:
+    """The key an Airflow task's recommendation is learned under."""
+    return dag_id, task_id
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """A learned spec and where it came from (for the log)."""
+
+    memory: Memory
+    how: str  # Sized.how: "size-blind", "fitted", "below range", "above range"
+    samples: int
+    kills_since_load: int
+
+    def describe(self, size: int | None = None) -> str:
+        """``learned from 34 attempts in the history, fitted to an input of 120 MiB``."""
+        where = {
+            "size-blind": "",
+            "fitted": f", fitted to an input of {format_size(size or 0)}",
+            "below range": f", for an input of {format_size(size or 0)} (smaller than any seen: the smallest's size)",
+            "above range": f", for an input of {format_size(size or 0)} (larger than any seen: the larger of the "
+                           f"size-blind size and the extrapolation)",
+        }[self.how]
+        kills = f", raised after {self.kills_since_load} memory kill(s) since" if self.kills_since_load else ""
+        return f"learned from {self.samples} attempts in the history{where}{kills}"
 
 
 class Learned:
-    """Recommendations per task name from a history store (see the module docstring)."""
+    """Recommendations per task from a history store (see the module docstring)."""
 
     def __init__(
         self,
@@ -53,43 +91,114 @@ class Learned:
         self._factory = store
         self.window, self.min_samples = window, min_samples
         self._on_update = on_update
-        self._recs: dict[str, Any] = {}
+        self._recs: dict[Hashable, Recommendation] = {}
+        #: memory kills seen since the last load, per key: (size or None, what it needed, when)
+        self._kills: dict[Hashable, list[tuple[int | None, int, float]]] = {}
+        self._seen_kills: set[int] = set()  # store ids of kills already noted (a client's polls)
+        self._polled: dict[str, float] = {}
+        self._warned: set[Hashable] = set()
+        self._lock = threading.Lock()
         self.loaded_at: float | None = None
 
-    def load(self) -> int:
-        """Read the history now (any thread); returns how many task names are learned."""
-        from .recommend import recommend_all
+    @property
+    def names(self) -> int:
+        """How many tasks have a learned size."""
+        return len(self._recs)
 
+    def load(self) -> int:
+        """Read the history now (any thread); returns how many tasks are learned.  Raises
+        :class:`~oomless.history.store.StoreUnavailable` with a sentence when there is nothing to read."""
+        from .recommend import recommend_all
+        from .store import StoreUnavailable
+
+        started = time.time()
         store = self._factory()
         try:
-            recs = recommend_all(store.samples(since=time.time() - self.window))
+            if not store.version():
+                raise StoreUnavailable(f"the history store {redact(store.url)} is empty: nothing recorded there yet")
+            recs = recommend_all(store.samples(since=started - self.window))
         finally:
             store.close()
-        self._recs = {r.task_name: r for r in recs if r.dag_id is None and r.samples >= self.min_samples}
-        self.loaded_at = time.time()
+        with self._lock:
+            self._recs = {_key(r): r for r in recs if r.samples >= self.min_samples}
+            # kills noted before this read began are in what it read
+            self._kills = {k: kept for k, ks in self._kills.items() if (kept := [x for x in ks if x[2] >= started])}
+            self._seen_kills.clear()
+            self.loaded_at = started
         if self._on_update is not None:
             self._on_update()
         return len(self._recs)
 
-    def get(self, task_name: str, input_size: int | None = None, cap: int | None = None) -> Memory | None:
-        """The learned spec of ``task_name`` (for ``input_size`` when there is a size fit), or ``None``."""
-        rec = self._recs.get(task_name)
+    def note_kill(self, key: Hashable, size: int | None, limit: int, at: float | None = None) -> None:
+        """A task was killed at ``limit``: until the next load it is learned at no less than the
+        recommender would now say (the kill's bumped need × the limit margin) for that size and larger."""
+        if key not in self._recs:
+            return
+        with self._lock:
+            self._kills.setdefault(key, []).append((size, bump(limit), time.time() if at is None else at))
+
+    def poll_kills(self, task_name: str, store: Any) -> None:
+        """A client: note the memory kills of ``task_name`` recorded since the last look (every
+        :data:`KILLS_EVERY` seconds at most)."""
+        now = time.time()
+        last = self._polled.get(task_name)
+        if last is not None and now - last < KILLS_EVERY:
+            return
+        self._polled[task_name] = now
+        since = min(last if last is not None else now, self.loaded_at or now) - LONGEST_TASK
+        for kill_id, dag_id, af_task_id, size, limit in store.kills(task_name, since):
+            if kill_id in self._seen_kills or limit is None:
+                continue
+            self._seen_kills.add(kill_id)
+            key = airflow_key(dag_id, af_task_id) if dag_id and af_task_id else task_name
+            self.note_kill(key, size if size is not None and size >= 0 else None, limit, at=now)
+
+    def lookup(self, key: Hashable, input_size: int | None = None, cap: int | None = None) -> Learnt | None:
+        """The learned spec of a Celery task name or an :func:`airflow_key` (for ``input_size`` when there
+        is a size fit), and how it was found; ``None`` when nothing is learned for it."""
+        rec = self._recs.get(key)
         if rec is None:
             return None
-        request, limit = rec.for_size(input_size)
+        answer = rec.sized(input_size)
+        request, limit = answer.request, answer.limit
+        kills = 0
+        blind = input_size is None or answer.how in ("size-blind", "above range")
+        for size, need, _ in self._kills.get(key, ()):
+            if blind or (size is not None and size <= input_size):  # type: ignore[operator]
+                kills += 1
+                limit = max(limit, -(-int(need * LIMIT_MARGIN) // 2**20) * 2**20)
+        if answer.how == "above range" and key not in self._warned:
+            self._warned.add(key)
+            fit = rec.by_size
+            assert fit is not None
+            logger.warning(
+                "oomless: %s: an input of %s is larger than any its history has seen (%s to %s); it gets the larger "
+                "of the size-blind size and the extrapolation (request %s, limit %s), and so do larger ones "
+                "(said once per task)", rec.task_name, format_size(input_size or 0), format_size(fit.smallest),
+                format_size(fit.largest), format_size(request), format_size(limit),
+            )
         if cap is not None and limit > cap:
             limit = cap
-            request = min(request, cap)
-        return Memory(request=request, limit=limit)
+        return Learnt(Memory(request=min(request, limit), limit=limit), answer.how, rec.samples, kills)
+
+    def get(self, key: Hashable, input_size: int | None = None, cap: int | None = None) -> Memory | None:
+        """The learned spec (see :meth:`lookup`), or ``None``."""
+        found = self.lookup(key, input_size, cap)
+        return None if found is None else found.memory
 
     def start(self, refresh: float = REFRESH) -> threading.Thread:
-        """Load now and every ``refresh`` seconds in a daemon thread (a worker)."""
+        """Load now and every ``refresh`` seconds in a daemon thread (a worker, which records into the
+        store it learns from: a missing or empty one is its first start, said at INFO)."""
+        from .store import StoreUnavailable
 
         def run() -> None:
             while True:
                 try:
                     n = self.load()
                     logger.info("oomless: learned memory sizes for %d task names from the history", n)
+                except StoreUnavailable as exc:
+                    logger.info("oomless: nothing learned yet (%s); this worker records there and reads it "
+                                "again in %.0f s", exc, refresh)
                 except Exception as exc:  # the store is down: keep what was learned, try again later
                     logger.warning("oomless: could not read learned memory sizes from the history: %s", exc)
                 time.sleep(refresh)
@@ -97,6 +206,10 @@ class Learned:
         thread = threading.Thread(target=run, name="oomless-learned", daemon=True)
         thread.start()
         return thread
+
+
+def _key(rec: Recommendation) -> Hashable:
+    return airflow_key(rec.dag_id, rec.af_task_id) if rec.dag_id and rec.af_task_id else rec.task_name
 
 
 @dataclass(frozen=True)
@@ -117,31 +230,71 @@ def learned(input_size: int | None = None, default: Any = None, history: str | N
     ``memory=`` applies).  ``history``: the store URL (default: the app's
     ``oomless_history``, else the default SQLite file).
     """
-    return LearnedMemory(input_size, Memory.coerce(default, what="default= of oomless.learned()"), history)
+    from ..settings import history as history_setting
+
+    url = history_setting(history, "history= of oomless.learned()") if history is not None else None
+    return LearnedMemory(input_size, Memory.coerce(default, what="default= of oomless.learned()"), url)
 
 
-_CLIENT: dict[str, tuple[float, Learned]] = {}
+class _Client:
+    """One history store as a client reads it: the recommendations and a reader for new kills."""
+
+    def __init__(self, url: str) -> None:
+        from .store import open_reader
+
+        self.url = url
+        self.learned = Learned(lambda: open_reader(url))
+        self.loaded = 0.0
+        self.failed: str | None = None
+        self._reader: Any = None
+
+    def refresh(self) -> None:
+        if time.monotonic() - self.loaded < (RETRY if self.failed else REFRESH) and self.loaded:
+            return
+        self.loaded = time.monotonic()
+        try:
+            n = self.learned.load()
+        except Exception as exc:  # noqa: BLE001 - any store error: say it once, send the default
+            if str(exc) != self.failed:
+                logger.warning("oomless: learned memory sizes unavailable, sending the default: %s", exc)
+            self.failed = str(exc)
+            return
+        if self.failed:
+            logger.warning("oomless: learned memory sizes read again from %s", redact(self.url))
+        self.failed = None
+        logger.info("oomless: learned memory sizes for %d tasks from %s", n, redact(self.url))
+
+    def kills(self, task_name: str) -> None:
+        if self.failed or not self.learned.names:
+            return
+        from .store import open_reader
+
+        try:
+            if self._reader is None:
+                self._reader = open_reader(self.url)
+            self.learned.poll_kills(task_name, self._reader)
+        except Exception as exc:  # noqa: BLE001 - a missed poll only delays what the next load reads
+            logger.debug("oomless: could not read new memory kills from %s: %s", redact(self.url), exc)
+
+
+_CLIENT: dict[str, _Client] = {}
 _LOCK = threading.Lock()
 
 
 def resolve_learned(task_name: str, want: LearnedMemory, app_history: Any) -> Memory | None:
-    """Client side: the concrete spec for ``want`` (cached per store for :data:`REFRESH` seconds)."""
+    """Client side: the concrete spec for ``want`` (see the module docstring for what is cached)."""
     from ..paths import history_url
     from ..settings import history
-    from .store import Store
 
     url = want.history or history(app_history) or history_url()
     with _LOCK:
-        cached = _CLIENT.get(url)
-        if cached is None or time.monotonic() - cached[0] > REFRESH:
-            cache = Learned(lambda: Store(url))
-            try:
-                n = cache.load()
-                logger.debug("oomless: learned sizes for %d task names from %s", n, url)
-            except Exception as exc:
-                logger.warning("oomless: could not read learned sizes from the history (%s); using the default", exc)
-            cached = _CLIENT[url] = (time.monotonic(), cache)
-    spec = cached[1].get(task_name, want.input_size)
-    if spec is not None:
-        logger.debug("oomless: %s gets its learned memory %s", task_name, spec)
-    return spec if spec is not None else want.default
+        client = _CLIENT.get(url)
+        if client is None:
+            client = _CLIENT[url] = _Client(url)
+        client.refresh()
+        client.kills(task_name)
+        found = client.learned.lookup(task_name, want.input_size)
+    if found is not None:
+        logger.debug("oomless: %s gets %s, %s", task_name, found.memory, found.describe(want.input_size))
+        return found.memory
+    return want.default

@@ -36,11 +36,12 @@ from sqlalchemy import (
     select,
 )
 
+from .. import outcomes
 from ..paths import history_url
 from ..urls import redact
 from .attempt import Attempt
 
-__all__ = ["Attempt", "Store", "SCHEMA_VERSION"]
+__all__ = ["Attempt", "Store", "StoreUnavailable", "open_reader", "SCHEMA_VERSION"]
 
 metadata = MetaData()
 
@@ -93,8 +94,48 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cur.close()
 
 
+class StoreUnavailable(Exception):
+    """A history store that cannot be read; the message names it (password hidden) and what to do."""
+
+
+def open_reader(url: str | None = None) -> Store:
+    """The store at ``url`` to read from: never created nor migrated here (a mistyped URL must not
+    leave an empty store behind and read as "nothing recorded").  Raises :class:`StoreUnavailable`
+    when it is missing, not a URL, unreachable, or newer than this oomless; an empty one opens, with
+    ``version() == 0``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    url = url or history_url()
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise StoreUnavailable(f"{url!r} is not an SQLAlchemy URL (e.g. sqlite:///path or "
+                               f"postgresql+psycopg://user@host/db)") from None
+    shown = redact(url)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise StoreUnavailable(f"no history store at {path}: workers record there only with oomless_history "
+                                   f"set to this URL (see docs/history.md)")
+    try:
+        store = Store(url)
+        found = store.version()
+    except (SQLAlchemyError, ImportError, OSError) as exc:
+        raise StoreUnavailable(f"cannot open the history store {shown}: {exc}") from None
+    if found > SCHEMA_VERSION:
+        store.close()
+        raise StoreUnavailable(f"the history store {shown} has schema version {found}, newer than this oomless "
+                               f"understands ({SCHEMA_VERSION}); upgrade oomless")
+    store._migrated = found == SCHEMA_VERSION  # reads as it is; an empty or older store is never changed here
+    store.readonly = True
+    return store
+
+
 class Store:
-    """A history database at ``url`` (created and migrated on first use)."""
+    """A history database at ``url`` (created and migrated on first use; see :func:`open_reader`)."""
+
+    readonly = False
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or history_url()
@@ -116,6 +157,9 @@ class Store:
 
     def migrate(self) -> int:
         """Bring the database to :data:`SCHEMA_VERSION`; returns the version it was at."""
+        if self.readonly:
+            raise StoreUnavailable(f"the history store {redact(self.url)} has no attempts recorded by this "
+                                   f"oomless's schema (version {self.version()} of {SCHEMA_VERSION})")
         with self.engine.begin() as conn:
             if not inspect(conn).has_table("oomless_schema"):
                 metadata.create_all(conn, tables=[schema])
@@ -134,6 +178,14 @@ class Store:
         self._migrated = True
         return found
 
+    def _readable(self) -> bool:
+        """Whether there are tables to read: a writer creates them, a reader of an empty store finds none."""
+        if not self._migrated:
+            if self.readonly:
+                return False
+            self.migrate()
+        return True
+
     def add(self, rows: Iterable[Attempt]) -> int:
         """Insert ``rows`` in one transaction; returns how many."""
         # Not dataclasses.asdict: it deep-copies every value, and costs the worker's GIL 15× more.
@@ -148,8 +200,8 @@ class Store:
 
     def attempts(self, task_name: str | None = None) -> list[Attempt]:
         """Recorded attempts, oldest first (all, or of one task name)."""
-        if not self._migrated:
-            self.migrate()
+        if not self._readable():
+            return []
         query = select(*(attempts.c[name] for name in _COLUMNS)).order_by(attempts.c.started_at, attempts.c.id)
         if task_name is not None:
             query = query.where(attempts.c.task_name == task_name)
@@ -158,8 +210,8 @@ class Store:
 
     def count(self, since: float | None = None) -> int:
         """How many attempts are recorded (since ``since``, seconds since the epoch)."""
-        if not self._migrated:
-            self.migrate()
+        if not self._readable():
+            return 0
         query = select(func.count()).select_from(attempts)
         if since is not None:
             query = query.where(attempts.c.started_at >= since)
@@ -169,8 +221,8 @@ class Store:
     def samples(self, since: float | None = None, task_name: str | None = None) -> Iterator[tuple[Any, ...]]:
         """``(task_name, dag_id, af_task_id, outcome, peak_rss, request, limit, input_size, started_at)`` rows, oldest
         first, streamed (a million rows are never all in memory; see :mod:`oomless.history.recommend`)."""
-        if not self._migrated:
-            self.migrate()
+        if not self._readable():
+            return
         c = attempts.c
         query = select(
             c.task_name, c.dag_id, c.af_task_id, c.outcome, c.peak_rss, c.request, c.limit, c.input_size, c.started_at
@@ -184,10 +236,21 @@ class Store:
             for row in conn.execution_options(yield_per=10_000).execute(query):
                 yield tuple(row)
 
+    def kills(self, task_name: str, since: float) -> list[tuple[Any, ...]]:
+        """``(id, dag_id, af_task_id, input_size, limit)`` of the memory-killed attempts of ``task_name`` started
+        since ``since`` (one indexed range: cheap enough to ask every few seconds)."""
+        if not self._readable():
+            return []
+        c = attempts.c
+        query = select(c.id, c.dag_id, c.af_task_id, c.input_size, c.limit).where(
+            c.task_name == task_name, c.started_at >= since, c.outcome == outcomes.MEMORY_KILLED)
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
     def span(self, since: float | None = None) -> tuple[int, float | None, float | None]:
         """``(attempts, earliest start, latest end)`` of the attempts started since ``since`` (one query)."""
-        if not self._migrated:
-            self.migrate()
+        if not self._readable():
+            return 0, None, None
         c = attempts.c
         query = select(func.count(), func.min(c.started_at), func.max(c.started_at + func.coalesce(c.duration, 0.0)))
         if since is not None:
@@ -200,8 +263,8 @@ class Store:
         """``(task_name, outcome, started_at, duration, request, limit, peak_rss, worker_host, task_id, dag_id,
         af_task_id)`` rows, streamed, in no particular order (sorting a million rows would cost a report
         more than reading them)."""
-        if not self._migrated:
-            self.migrate()
+        if not self._readable():
+            return
         c = attempts.c
         query = select(c.task_name, c.outcome, c.started_at, c.duration, c.request, c.limit, c.peak_rss,
                        c.worker_host, c.task_id, c.dag_id, c.af_task_id)

@@ -87,11 +87,21 @@ def _worker(found: Diagnosis) -> Iterator[Check]:
         yield from _admission(found)
     if found.observe is not None:
         obs = found.observe
-        learned = "; tasks that declare no memory get their learned size" if obs.learned else ""
-        yield Check("history", "ok", f"every attempt is recorded in {obs.history}{learned}" if obs.history else (
+        yield Check("history", "ok", f"every attempt is recorded in {obs.history}" if obs.history else (
             "off: set oomless_history = 'default' (an SQLite file) or an SQLAlchemy URL to record every attempt "
             "for oomless recommend and oomless report (docs/history.md)"),
             figures={"url": obs.history, "learned": obs.learned})
+        if obs.learned:
+            from ...history.learned import MIN_SAMPLES, WINDOW
+
+            window = f"the last {WINDOW // 86400} days"
+            problem = obs.learned_problem or f"no task has {MIN_SAMPLES} samples in {window}"
+            yield Check("learned", "ok" if obs.learned_tasks else "warn", (
+                f"tasks that declare no memory get their learned size: {obs.learned_tasks} task(s) have one in "
+                f"{obs.history} ({window}, at least {MIN_SAMPLES} samples each)" if obs.learned_tasks else
+                f"oomless_learned is on, but no task has a learned size yet: {problem}; tasks run with their "
+                f"declared or default memory until one has"),
+                figures={"url": obs.history, "tasks": obs.learned_tasks, "problem": obs.learned_problem})
         yield Check("metrics", "ok", f"Prometheus metrics on http://{obs.metrics}/metrics" if obs.metrics
                     else "off: set oomless_metrics_port to serve Prometheus metrics (on 127.0.0.1)",
                     figures={"address": obs.metrics})

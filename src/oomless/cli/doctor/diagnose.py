@@ -191,11 +191,27 @@ def _worker(
     found.mode.chosen, found.mode.reason, found.mode.warning = choice.mode, choice.reason, choice.warning or None
     found.admission = _admission(settings, isolating, choice.mode)
     found.airflow = _airflow(choice.mode, host.version)
+    learned_tasks, learned_problem = _learned(settings.history) if settings.learned else (None, None)
     found.observe = Observe(
         history=None if settings.history is None else redact(settings.history),
         learned=settings.learned,
         metrics=None if settings.metrics_port is None else f"{settings.metrics_address}:{settings.metrics_port}",
+        learned_tasks=learned_tasks,
+        learned_problem=learned_problem,
     )
+
+
+def _learned(url: str | None) -> tuple[int | None, str | None]:
+    """How many tasks the worker would learn a size for from ``url`` now, or why it would learn none."""
+    from ...history.learned import Learned
+    from ...history.store import open_reader
+
+    if url is None:
+        return None, "no oomless_history to learn from"
+    try:
+        return Learned(lambda: open_reader(url)).load(), None
+    except Exception as exc:  # noqa: BLE001 - any store error is the finding
+        return None, str(exc)
 
 
 def _isolates(pool_name: str) -> bool:

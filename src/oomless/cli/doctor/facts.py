@@ -219,6 +219,8 @@ class Observe:
     history: str | None
     learned: bool
     metrics: str | None
+    learned_tasks: int | None = None  # tasks with a learned size in the history (learned on and readable)
+    learned_problem: str | None = None  # why none could be read
 
 
 @dataclass
