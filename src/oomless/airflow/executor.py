@@ -35,8 +35,10 @@ from airflow.providers.celery.executors.celery_executor import CeleryExecutor
 from celery import signals
 
 from ..errors import InvalidMemorySpec
-from ..spec import HEADER
-from .spec import AIRFLOW_HEADER, KEY, TaskMemory, TryInfo
+from ..spec import HEADER, Memory
+from ..units import format_size
+from .provider import SECTION
+from .spec import AIRFLOW_HEADER, KEY, TASK, TaskMemory, TryInfo
 from .tries import count_memory_killed
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,22 @@ def _add_headers(sender: Any = None, body: Any = None, headers: Any = None, **_:
         headers.update(extra)
 
 
+def _spec_words(spec: Memory) -> str:
+    if spec.limit is None and spec.request is None:
+        return "no memory spec (the worker's default)"
+    return f"memory request {format_size(spec.request or 0)}, limit {format_size(spec.limit or 0)}"
+
+
+def _fallback(base: Memory) -> str:
+    return "it runs with the default= of memory('auto')" if base.limit is not None or base.request is not None \
+        else "it runs with the worker's default memory"
+
+
 class OomlessCeleryExecutor(CeleryExecutor):
-    """The CeleryExecutor, plus each try's ``executor_config={"oomless": ...}`` in the message."""
+    """The CeleryExecutor, plus each try's ``executor_config={"oomless": ...}`` in the message, and with
+    ``[oomless] learned = True`` the learned size of tries that declare none."""
+
+    _learned_conf: tuple[bool, str | None] | None = None
 
     def queue_workload(self, workload: Any, session: Any) -> None:
         super().queue_workload(workload, session)
@@ -84,33 +100,76 @@ class OomlessCeleryExecutor(CeleryExecutor):
     def _plan(self, workload: ExecuteTask, session: Any) -> None:
         ti = workload.ti
         config = ti.executor_config
-        if not isinstance(config, dict) or KEY not in config:
+        ours = isinstance(config, dict) and KEY in config
+        learn_all, history = self._learning()
+        if not ours and not learn_all:
             return
         key = (str(ti.id), int(ti.try_number))
-        try:
-            declared = TaskMemory.from_config(config)
-        except InvalidMemorySpec as exc:
-            logger.error("oomless: %s (task %s); the worker will fail this try", exc, ti.key)
-            raw = config[KEY]
-            with _lock:
-                _pending[key] = {HEADER: raw if isinstance(raw, (str, int, dict)) else repr(raw)}
-            return
-        assert declared is not None
+        declared: TaskMemory | None = None
+        if ours:
+            try:
+                declared = TaskMemory.from_config(config)
+            except InvalidMemorySpec as exc:
+                logger.error("oomless: %s (task %s); the worker will fail this try", exc, ti.key)
+                raw = config[KEY]  # type: ignore[index]
+                with _lock:
+                    _pending[key] = {HEADER: raw if isinstance(raw, (str, int, dict)) else repr(raw)}
+                return
+        source = None
+        if declared is None or declared.auto:
+            declared, source = self._learn(ti, declared, history)
         ids = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         killed = 0
         if declared.escalate is not None and ti.try_number > 1:
             killed = count_memory_killed(self.celery_app.backend, ids, ti.try_number)
-        info = TryInfo(ti.try_number, self._max_tries(ti, session), killed, declared)
         spec = declared.for_try(killed)
+        if source is not None:
+            source = f"{_spec_words(spec)}: {source}"
+            logger.info("oomless: %s try %d runs with %s", ti.key, ti.try_number, source)
+        info = TryInfo(ti.try_number, self._max_tries(ti, session), killed, declared, source)
         if killed:
             logger.info(
                 "oomless: %s try %d gets %s after %d memory-killed tr%s (declared %s)",
                 ti.key, ti.try_number, spec, killed, "y" if killed == 1 else "ies", declared.base,
             )
+        headers: dict[str, Any] = {AIRFLOW_HEADER: info.to_header()}
+        if spec.request is not None or spec.limit is not None:
+            headers[HEADER] = spec.to_header()
         with _lock:
-            _pending[key] = {HEADER: spec.to_header(), AIRFLOW_HEADER: info.to_header()}
+            _pending[key] = headers
             while len(_pending) > 100_000:  # tries queued but never published (revoked, or the scheduler stopped)
                 _pending.pop(next(iter(_pending)))
+
+    def _learning(self) -> tuple[bool, str | None]:
+        """``[oomless] learned`` and the history URL it learns from (read once)."""
+        if self._learned_conf is None:
+            from airflow.configuration import conf
+
+            from ..settings import history
+
+            learn_all = conf.getboolean(SECTION, "learned", fallback=False)
+            url = history(conf.get(SECTION, "history", fallback=None), f"[{SECTION}] history")
+            if learn_all and url is None:
+                logger.error("oomless: [%s] learned = True needs [%s] history, the store it learns from; tasks "
+                             "run with their declared memory", SECTION, SECTION)
+            self._learned_conf = (learn_all and url is not None, url)
+        return self._learned_conf
+
+    @staticmethod
+    def _learn(ti: Any, declared: TaskMemory | None, history: str | None) -> tuple[TaskMemory, str]:
+        """The learned size of ``ti``'s DAG task, as declared memory, and a clause saying where it came from."""
+        from ..history.learned import airflow_key, lookup_learned
+
+        escalate, cap = (declared.escalate, declared.max) if declared is not None else (None, None)
+        fallback = declared.base if declared is not None else Memory()
+        if history is None:
+            return TaskMemory(fallback, escalate, cap, auto=True), (
+                f'memory("auto") has no history to learn from: set [{SECTION}] history; {_fallback(fallback)}')
+        found, how = lookup_learned(history, airflow_key(ti.dag_id, ti.task_id), TASK, cap=cap,
+                                    name=f"{ti.dag_id}.{ti.task_id}", retry=ti.try_number > 1)
+        if found is None:
+            return TaskMemory(fallback, escalate, cap, auto=True), f"{how}; {_fallback(fallback)}"
+        return TaskMemory(found.memory, escalate, cap, auto=True), how
 
     @staticmethod
     def _max_tries(ti: Any, session: Any) -> int:

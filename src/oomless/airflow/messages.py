@@ -7,10 +7,11 @@ with the numbers, and what the next try will get.
 
 from __future__ import annotations
 
-from ..units import format_size
+from ..history.recommend import LIMIT_MARGIN, bump
+from ..units import MiB, format_size
 from .spec import KEY, TryInfo
 
-__all__ = ["killed", "evicted", "infeasible"]
+__all__ = ["killed", "evicted", "infeasible", "learned"]
 
 
 def killed(info: TryInfo | None, limit: int, peak: int) -> str:
@@ -32,6 +33,12 @@ def _next(info: TryInfo, limit: int) -> str:
             f'executor_config["{KEY}"], or set escalate= in oomless.airflow.memory(...) so retries get more.'
         )
     nxt = info.next_try()
+    if info.declared.auto and info.declared.escalate is None:
+        need = -(-int(bump(limit) * LIMIT_MARGIN) // MiB) * MiB
+        return (
+            f"The next try (try {info.try_number + 1}) is sized from the history again, which counts this "
+            f"kill: a limit of at least {format_size(need)}."
+        )
     if info.declared.escalate is None:
         return (
             f"The next try (try {info.try_number + 1}) gets the same limit of {format_size(nxt.limit)}: "
@@ -66,3 +73,8 @@ def evicted(info: TryInfo | None, used: int, request: int, why: str) -> str:
 def infeasible(reason: str) -> str:
     """A try refused before it ran: its memory can never fit this worker."""
     return f"oomless: this try did not run: {reason}"
+
+
+def learned(source: str) -> str:
+    """A try whose memory the executor sized from the history (``[oomless] learned``, ``memory("auto")``)."""
+    return f"oomless: this try runs with {source}"

@@ -5,6 +5,7 @@ The ``oomless`` key holds sizes (bytes or strings such as ``"2GiB"``)::
     {"memory": "2GiB"}                                  # request = limit = 2 GiB
     {"request": "1GiB", "limit": "3GiB"}
     {"memory": "2GiB", "escalate": 2, "max": "16GiB"}   # Airflow's retries escalate
+    {"memory": "auto"}                                  # the size learned from the history
 
 Try *n* of a task whose earlier tries were killed for memory *k* times gets its
 request and limit multiplied by ``escalate ** k``, capped at ``max``.  A try
@@ -23,23 +24,27 @@ from ..errors import InvalidMemorySpec
 from ..spec import Memory
 from ..units import format_size, parse_size, short_repr
 
-__all__ = ["KEY", "AIRFLOW_HEADER", "TaskMemory", "memory", "TryInfo"]
+__all__ = ["KEY", "AIRFLOW_HEADER", "TASK", "TaskMemory", "memory", "TryInfo"]
 
 #: The key of ``executor_config`` that oomless reads.
 KEY = "oomless"
 #: Message header with what the worker needs to word a kill in the try's log.
 AIRFLOW_HEADER = "oomless_airflow"
+#: The Celery task of the Airflow provider that runs one workload (a try).
+TASK = "execute_workload"
 
-_KEYS = {"memory", "request", "limit", "escalate", "max"}
+_KEYS = {"memory", "request", "limit", "escalate", "max", "auto"}
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class TaskMemory:
     """A task's declared memory and how Airflow's retries escalate it."""
 
-    base: Memory
+    base: Memory  # with auto: the memory a try gets while nothing is learned
     escalate: float | None = None
     max: int | None = None
+    auto: bool = False  # the size learned from the history of this DAG's task (``[oomless] history``)
 
     @classmethod
     def from_config(cls, executor_config: Any) -> TaskMemory | None:
@@ -66,14 +71,15 @@ class TaskMemory:
                 f'"memory" means request = limit, so give one or the other'
             )
         what = f'executor_config["{KEY}"]'
-        if "memory" in raw:
+        auto = raw.get("auto") is True or (isinstance(raw.get("memory"), str) and raw["memory"].strip() == AUTO)
+        if "memory" in raw and not auto:
             base = Memory.coerce(raw["memory"], what=f"{what}['memory']")
         else:
             base = Memory.coerce({"request": raw.get("request"), "limit": raw.get("limit")}, what=what)
-        return cls.make(base or Memory(), raw.get("escalate"), raw.get("max"))
+        return cls.make(base or Memory(), raw.get("escalate"), raw.get("max"), auto=auto)
 
     @classmethod
-    def make(cls, base: Memory, escalate: Any = None, cap: Any = None) -> TaskMemory:
+    def make(cls, base: Memory, escalate: Any = None, cap: Any = None, auto: bool = False) -> TaskMemory:
         """Validate ``escalate`` (a factor > 1) and ``max`` (a size >= the limit)."""
         factor = None
         if escalate is not None:
@@ -83,7 +89,7 @@ class TaskMemory:
                 raise InvalidMemorySpec(
                     f"escalate={escalate} must be larger than 1, or the next try gets no more memory"
                 )
-            if base.limit is None:
+            if base.limit is None and not auto:
                 raise InvalidMemorySpec(f"escalate={escalate} needs a memory limit to multiply; set memory= too")
             factor = float(escalate)
         top = None
@@ -97,11 +103,13 @@ class TaskMemory:
                     f"max={format_size(top)} is below the memory limit {format_size(base.limit)}; "
                     f"max caps escalation, so it must be at least the limit"
                 )
-        return cls(base, factor, top)
+        return cls(base, factor, top, auto)
 
     def to_config(self) -> dict[str, Any]:
         """The JSON-safe ``executor_config["oomless"]`` value (bytes as integers)."""
         out: dict[str, Any] = {"request": self.base.request, "limit": self.base.limit}
+        if self.auto:
+            out["auto"] = True
         if self.escalate is not None:
             out["escalate"] = self.escalate
         if self.max is not None:
@@ -129,19 +137,32 @@ def memory(
     limit: int | str | None = None,
     escalate: float | None = None,
     max: int | str | None = None,  # noqa: A002
+    default: int | str | None = None,
 ) -> dict[str, Any]:
     """``executor_config`` for a task's memory: ``{"oomless": {...}}``, validated now.
 
     ``memory("2GiB")`` sets request = limit; ``request=``/``limit=`` set them
     apart.  ``escalate=2, max="16GiB"``: each try after a memory-killed one
-    gets twice the memory, up to 16 GiB.  Merge with other executor keys as
-    ``{**memory("2GiB"), "pod_override": ...}``; works in ``default_args`` and
-    on mapped tasks (``.partial(executor_config=...)``) as any ``executor_config``.
+    gets twice the memory, up to 16 GiB.  ``memory("auto")``: the size learned
+    from the history of this DAG's task (``[oomless] history``; see
+    docs/airflow.md), ``default=`` while nothing is learned.  Merge with other
+    executor keys as ``{**memory("2GiB"), "pod_override": ...}``; works in
+    ``default_args`` and on mapped tasks (``.partial(executor_config=...)``) as
+    any ``executor_config``.
     """
     if memory is not None and (request is not None or limit is not None):
         raise InvalidMemorySpec("give memory= or request=/limit=, not both (memory= means request = limit)")
-    base = Memory.coerce(memory, what="memory") if memory is not None else Memory(request=request, limit=limit)
-    return {KEY: TaskMemory.make(base or Memory(), escalate, max).to_config()}
+    auto = isinstance(memory, str) and memory.strip() == AUTO
+    if default is not None and not auto:
+        raise InvalidMemorySpec("default= is the memory of memory('auto') while nothing is learned; with a "
+                                "size given, leave it out")
+    if auto:
+        base = Memory.coerce(default, what="default") if default is not None else None
+    elif memory is not None:
+        base = Memory.coerce(memory, what="memory")
+    else:
+        base = Memory(request=request, limit=limit)
+    return {KEY: TaskMemory.make(base or Memory(), escalate, max, auto=auto).to_config()}
 
 
 @dataclass(frozen=True)
@@ -151,15 +172,19 @@ class TryInfo:
     try_number: int
     max_tries: int
     memory_killed: int  # earlier tries of this task instance killed for memory
-    declared: TaskMemory
+    declared: TaskMemory  # with a learned size: that size, as declared memory
+    source: str | None = None  # where a learned size came from, for the try's log
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        out = {
             "try": self.try_number,
             "max_tries": self.max_tries,
             "memory_killed": self.memory_killed,
             "declared": self.declared.to_config(),
         }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
     @classmethod
     def from_header(cls, raw: Any) -> TryInfo | None:
@@ -175,7 +200,9 @@ class TryInfo:
             return None
         if declared is None:
             return None
-        return cls(numbers[0], numbers[1], numbers[2], declared)  # type: ignore[arg-type]
+        source = raw.get("source")
+        source = source if isinstance(source, str) and len(source) <= 1000 else None
+        return cls(numbers[0], numbers[1], numbers[2], declared, source)  # type: ignore[arg-type]
 
     @property
     def retries_left(self) -> bool:

@@ -36,15 +36,12 @@ from ..celery.plugin import Plugin
 from ..enforce.reports import KillReport
 from ..units import format_size
 from . import messages
-from .spec import AIRFLOW_HEADER, TryInfo
+from .spec import AIRFLOW_HEADER, TASK, TryInfo
 from .tries import record_kill
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AirflowPlugin", "TASK"]
-
-#: The Celery task of the Airflow provider that runs one workload (a try).
-TASK = "execute_workload"
 
 
 @dataclass(frozen=True)
@@ -121,18 +118,25 @@ class AirflowPlugin(Plugin):
             self._tries[req.id] = found
             while len(self._tries) > 10_000:  # messages that never ended here (given back, re-routed)
                 self._tries.popitem(last=False)
+            if found.info is not None and found.info.source is not None:
+                self._say(found, messages.learned(found.info.source), "info")
 
-    def refused(self, req: Any, exc: BaseException) -> None:
-        found = self._tries.pop(req.id, None) or self._parse(req)
-        if found is None or found.log_file is None:
+    def _say(self, found: _Try, text: str, level: str = "error") -> None:
+        """One line into the try's log file (created as the supervisor would, when it is not there yet)."""
+        if found.log_file is None:
             return
         try:
             from airflow.sdk.log import init_log_file
 
-            init_log_file(os.path.relpath(found.log_file, self._base))  # the try never started: no file yet
-            _write_line(found.log_file, messages.infeasible(str(exc)))
+            init_log_file(os.path.relpath(found.log_file, self._base))
+            _write_line(found.log_file, text, level)
         except Exception as err:
             logger.warning("oomless: could not write to the log of %s try %d: %s", found.ids, found.try_number, err)
+
+    def refused(self, req: Any, exc: BaseException) -> None:
+        found = self._tries.pop(req.id, None) or self._parse(req)
+        if found is not None:
+            self._say(found, messages.infeasible(str(exc)))  # the try never started: no file yet
 
     def attempt_fields(self, req: Any) -> dict[str, Any]:
         # A try refused before it started (infeasible) was never received: read its ids from the message.

@@ -41,7 +41,7 @@ from .recommend import LIMIT_MARGIN, Recommendation, bump
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Learned", "Learnt", "LearnedMemory", "learned", "resolve_learned", "airflow_key"]
+__all__ = ["Learned", "Learnt", "LearnedMemory", "learned", "lookup_learned", "resolve_learned", "airflow_key"]
 
 WINDOW = 30 * 86400  # seconds of history the recommendations rest on
 REFRESH = 600.0
@@ -65,8 +65,8 @@ class Learnt:
     samples: int
     kills_since_load: int
 
-    def describe(self, size: int | None = None) -> str:
-        """``learned from 34 attempts in the history, fitted to an input of 120 MiB``."""
+    def describe(self, size: int | None = None, name: str | None = None) -> str:
+        """``learned from 34 attempts [of <name>] in the history, fitted to an input of 120 MiB``."""
         where = {
             "size-blind": "",
             "fitted": f", fitted to an input of {format_size(size or 0)}",
@@ -74,8 +74,10 @@ class Learnt:
             "above range": f", for an input of {format_size(size or 0)} (larger than any seen: the larger of the "
                            f"size-blind size and the extrapolation)",
         }[self.how]
-        kills = f", raised after {self.kills_since_load} memory kill(s) since" if self.kills_since_load else ""
-        return f"learned from {self.samples} attempts in the history{where}{kills}"
+        kills = (f", raised for {self.kills_since_load} memory kill{'s' if self.kills_since_load > 1 else ''} "
+                 f"recorded since it was read" if self.kills_since_load else "")
+        of = f" of {name}" if name else ""
+        return f"learned from {self.samples} attempts{of} in the history{where}{kills}"
 
 
 class Learned:
@@ -137,21 +139,21 @@ class Learned:
         with self._lock:
             self._kills.setdefault(key, []).append((size, bump(limit), time.time() if at is None else at))
 
-    def poll_kills(self, task_name: str, store: Any) -> None:
+    def poll_kills(self, task_name: str, store: Any, now: bool = False) -> None:
         """A client: note the memory kills of ``task_name`` recorded since the last look (every
-        :data:`KILLS_EVERY` seconds at most)."""
-        now = time.time()
+        :data:`KILLS_EVERY` seconds at most, unless ``now``)."""
         last = self._polled.get(task_name)
-        if last is not None and now - last < KILLS_EVERY:
+        now_ = time.time()
+        if last is not None and now_ - last < KILLS_EVERY and not now:
             return
-        self._polled[task_name] = now
-        since = min(last if last is not None else now, self.loaded_at or now) - LONGEST_TASK
+        self._polled[task_name] = now_
+        since = min(last if last is not None else now_, self.loaded_at or now_) - LONGEST_TASK
         for kill_id, dag_id, af_task_id, size, limit in store.kills(task_name, since):
             if kill_id in self._seen_kills or limit is None:
                 continue
             self._seen_kills.add(kill_id)
             key = airflow_key(dag_id, af_task_id) if dag_id and af_task_id else task_name
-            self.note_kill(key, size if size is not None and size >= 0 else None, limit, at=now)
+            self.note_kill(key, size if size is not None and size >= 0 else None, limit, at=now_)
 
     def lookup(self, key: Hashable, input_size: int | None = None, cap: int | None = None) -> Learnt | None:
         """The learned spec of a Celery task name or an :func:`airflow_key` (for ``input_size`` when there
@@ -264,7 +266,7 @@ class _Client:
         self.failed = None
         logger.info("oomless: learned memory sizes for %d tasks from %s", n, redact(self.url))
 
-    def kills(self, task_name: str) -> None:
+    def kills(self, task_name: str, now: bool = False) -> None:
         if self.failed or not self.learned.names:
             return
         from .store import open_reader
@@ -272,7 +274,7 @@ class _Client:
         try:
             if self._reader is None:
                 self._reader = open_reader(self.url)
-            self.learned.poll_kills(task_name, self._reader)
+            self.learned.poll_kills(task_name, self._reader, now)
         except Exception as exc:  # noqa: BLE001 - a missed poll only delays what the next load reads
             logger.debug("oomless: could not read new memory kills from %s: %s", redact(self.url), exc)
 
@@ -281,20 +283,38 @@ _CLIENT: dict[str, _Client] = {}
 _LOCK = threading.Lock()
 
 
+def lookup_learned(
+    url: str, key: Hashable, task_name: str, input_size: int | None = None, cap: int | None = None,
+    name: str | None = None, retry: bool = False,
+) -> tuple[Learnt | None, str]:
+    """A client's (or the Airflow executor's) learned spec for ``key`` from the store at ``url``, read at
+    most every :data:`REFRESH` seconds and checked for ``task_name``'s new memory kills every
+    :data:`KILLS_EVERY` seconds, or at once for a ``retry`` (which may follow a kill); with it, or
+    instead of it, a sentence saying why nothing is learned (``name``: the task, in that sentence)."""
+    with _LOCK:
+        client = _CLIENT.get(url)
+        if client is None:
+            client = _CLIENT[url] = _Client(url)
+        client.refresh()
+        client.kills(task_name, retry)
+        found = client.learned.lookup(key, input_size, cap)
+        failed = client.failed
+    if found is not None:
+        return found, found.describe(input_size, name)
+    if failed:
+        return None, f"nothing is learned: {failed}"
+    return None, (f"nothing is learned for it yet: fewer than {MIN_SAMPLES} attempts in the last "
+                  f"{WINDOW // 86400} days of {redact(url)}")
+
+
 def resolve_learned(task_name: str, want: LearnedMemory, app_history: Any) -> Memory | None:
     """Client side: the concrete spec for ``want`` (see the module docstring for what is cached)."""
     from ..paths import history_url
     from ..settings import history
 
     url = want.history or history(app_history) or history_url()
-    with _LOCK:
-        client = _CLIENT.get(url)
-        if client is None:
-            client = _CLIENT[url] = _Client(url)
-        client.refresh()
-        client.kills(task_name)
-        found = client.learned.lookup(task_name, want.input_size)
+    found, how = lookup_learned(url, task_name, task_name, want.input_size)
     if found is not None:
-        logger.debug("oomless: %s gets %s, %s", task_name, found.memory, found.describe(want.input_size))
+        logger.debug("oomless: %s gets %s, %s", task_name, found.memory, how)
         return found.memory
     return want.default
