@@ -22,11 +22,30 @@ def test_memory_returns_an_executor_config_that_merges_with_other_keys():
 
 @pytest.mark.parametrize("bad", [
     dict(memory="2 gigs"), dict(memory="2GiB", escalate=1), dict(memory="2GiB", max="1GiB"),
-    dict(escalate=2), dict(memory="1GiB", request="1GiB"),
+    dict(escalate=2), dict(memory="1GiB", request="1GiB"), dict(memory="1GiB", default="2GiB"),
+    dict(memory="auto", default="lots"),
 ])
 def test_memory_validates_at_dag_definition(bad):
     with pytest.raises(InvalidMemorySpec):
         memory(**bad)
+
+
+def test_auto_asks_for_the_learned_size_with_a_default_and_may_escalate_it():
+    config = memory("auto", default="256MiB", escalate=2, max="4GiB")
+    assert config == {"oomless": {"request": 256 * MiB, "limit": 256 * MiB, "auto": True, "escalate": 2.0,
+                                  "max": 4 * GiB}}
+    assert TaskMemory.from_config(config) == TaskMemory(Memory(256 * MiB, 256 * MiB), 2.0, 4 * GiB, auto=True)
+    assert TaskMemory.from_config(memory("auto")) == TaskMemory(Memory(), auto=True)
+    # the hand-written form
+    assert TaskMemory.from_config({"oomless": {"memory": "auto"}}) == TaskMemory(Memory(), auto=True)
+
+
+def test_a_learned_trys_kill_sentence_says_the_retry_is_sized_again_with_the_kill():
+    info = TryInfo(1, 1, 0, TaskMemory(Memory(115 * MiB, 120 * MiB), auto=True), source="memory … learned")
+    assert TryInfo.from_header(info.to_header()) == info
+    text = killed(info, 120 * MiB, 130 * MiB)
+    assert text.endswith("The next try (try 2) is sized from the history again, which counts this kill: a limit "
+                         "of at least 264.0 MiB.")
 
 
 def test_a_hand_written_config_with_strings_is_read():
