@@ -301,7 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
        "URL (e.g. `postgresql+psycopg://…`). Written in batches by a thread, never on the task path; a store "
        "that is down costs a warning, not a task", "postgresql+psycopg://oomless@db/oomless"),
     _s("learned", flag, False, "`False`", "boolean",
-       "tasks that declare no memory get what `oomless recommend` says (needs `oomless_history`)", "True"),
+       "tasks that declare no memory get what `oomless recommend` says (needs `oomless_history`)", "True",
+       airflow_doc="Tries whose task declares no memory get the size learned from the history of that DAG task "
+       "(set by the scheduler's executor, needs history; memory('auto') asks for it per task)."),
     _s("metrics_port", port, None, "unset", "integer",
        "serve Prometheus metrics on this port (`0`: any free port)", "9808"),
     _s("metrics_address", text, "127.0.0.1", "`127.0.0.1`", "string",
