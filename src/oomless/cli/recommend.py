@@ -100,9 +100,9 @@ def _table(recs: list[Any]) -> Any:
         fit = ""
         if r.by_size is not None:
             f = r.by_size
-            fit = (f"\n  by input size: {f.describe()} (R² {f.r2:.2f}, inputs {format_size(f.smallest)}–"
-                   f"{format_size(f.largest)}; beyond {format_size(int(f.largest * RANGE_TOLERANCE))}: the larger "
-                   f"of this row and the extrapolation)")
+            fit = (f"\n  by input size: {f.describe()}, R² {f.r2:.2f}"
+                   f"\n  inputs seen {format_size(f.smallest)}–{format_size(f.largest)}; above "
+                   f"{format_size(int(f.largest * RANGE_TOLERANCE))}: ≥ this row")
         elif r.size_note:
             fit = f"\n  by input size: none, {r.size_note}"
         table.add_row(
