@@ -63,6 +63,7 @@ def test_the_table_names_each_task_and_its_numbers(history):
     out = oomless("recommend", "--history", history)
     assert out.returncode == 0, out.stderr
     assert "t.sized" in out.stdout and "by input size" in out.stdout and "t.hog" in out.stdout
+    assert "inputs seen 8.0 MiB–128.0 MiB; above 140.8 MiB: ≥ this row" in out.stdout  # the fit's range
     assert "samples from" in out.stdout
 
 
