@@ -32,7 +32,9 @@ def _history(url: str) -> None:
     Store(url).add(rows)
 
 
-def test_a_task_that_declares_nothing_gets_its_learned_spec_and_declared_ones_keep_theirs(tmp_path, redis_url):
+@pytest.fixture
+def learning(tmp_path, redis_url):
+    """A watchdog worker with ``oomless_learned`` on the history of :func:`_history`, loaded; and its app."""
     url = f"sqlite:///{tmp_path / 'history.sqlite'}"
     _history(url)
     worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog",
@@ -40,14 +42,19 @@ def test_a_task_that_declares_nothing_gets_its_learned_spec_and_declared_ones_ke
     app = make_app(redis_url, redis_url, worker.queue, "watchdog")
     try:
         worker.wait_for("learned memory sizes for 3 task names")
-        with MemoryEvents(app) as events:
-            hold = app.tasks["t.hold"].delay(0.1, 8)
-            hog = app.tasks["t.hog"].delay(8)  # declares memory="256MiB": that wins over what was learned
-            hold.get(timeout=30), hog.get(timeout=30)
-            got = events.wait([hold.id, hog.id], timeout=10 * SLACK)
+        yield worker, app
     finally:
         worker.stop()
         app.close()
+
+
+def test_a_task_that_declares_nothing_gets_its_learned_spec_and_declared_ones_keep_theirs(learning):
+    _, app = learning
+    with MemoryEvents(app) as events:
+        hold = app.tasks["t.hold"].delay(0.1, 8)
+        hog = app.tasks["t.hog"].delay(8)  # declares memory="256MiB": that wins over what was learned
+        hold.get(timeout=30), hog.get(timeout=30)
+        got = events.wait([hold.id, hog.id], timeout=10 * SLACK)
     # 6 × 100 MiB: request = 100 × 1.15 = 115 MiB, limit = 100 × 1.2 = 120 MiB
     assert (got[hold.id].outcome, got[hold.id].limit, got[hold.id].request) == ("ok", 120 * MiB, 115 * MiB)
     assert (got[hog.id].outcome, got[hog.id].limit, got[hog.id].request) == ("ok", 256 * MiB, 256 * MiB)
@@ -92,24 +99,15 @@ def test_learned_rejects_a_bad_default():
         oomless.learned(default="lots")
 
 
-def test_a_task_killed_at_its_learned_limit_gets_more_at_once_not_at_the_next_load(tmp_path, redis_url):
-    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
-    _history(url)  # t.hold: learned at request 115 MiB, limit 120 MiB
-    worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog",
-                          conf={"oomless_history": url, "oomless_learned": True})
-    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
-    try:
-        worker.wait_for("learned memory sizes for 3 task names")
-        with MemoryEvents(app) as events:
-            big = app.tasks["t.hold"].delay(2.0, 200)
-            with pytest.raises(oomless.MemoryLimitExceeded):
-                big.get(timeout=60)
-            after = app.tasks["t.hold"].delay(0.1, 8)
-            after.get(timeout=30)
-            got = events.wait([big.id, after.id], timeout=10 * SLACK)
-    finally:
-        worker.stop()
-        app.close()
+def test_a_task_killed_at_its_learned_limit_gets_more_at_once_not_at_the_next_load(learning):
+    worker, app = learning  # t.hold: learned at request 115 MiB, limit 120 MiB
+    with MemoryEvents(app) as events:
+        big = app.tasks["t.hold"].delay(2.0, 200)
+        with pytest.raises(oomless.MemoryLimitExceeded):
+            big.get(timeout=60)
+        after = app.tasks["t.hold"].delay(0.1, 8)
+        after.get(timeout=30)
+        got = events.wait([big.id, after.id], timeout=10 * SLACK)
     assert (got[big.id].outcome, got[big.id].limit) == ("memory-killed", 120 * MiB)
     # killed at 120 MiB: it needs max(× 1.2, + 100 MiB) = 220 MiB, and the limit is that × 1.2
     assert (got[after.id].outcome, got[after.id].limit) == ("ok", 264 * MiB)
