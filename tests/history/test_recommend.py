@@ -178,3 +178,17 @@ def test_a_superlinear_peak_is_fitted_as_a_power_and_extrapolates_above_the_line
     assert r.by_size is not None and r.by_size.exponent > 1.2, r.by_size
     size = TRAIN[-1] * 2
     assert r.for_size(size)[1] >= 20 * MiB + 0.05 * size ** 1.5 / MiB ** 0.5
+
+
+@given(st.lists(st.tuples(st.integers(1, 4096), st.integers(1, 8192)), min_size=5, max_size=80),
+       st.lists(st.tuples(st.integers(1, 4096), st.integers(16, 4096)), max_size=5))
+def test_every_size_gets_a_limit_over_each_peak_seen_at_it_and_over_each_kill_at_or_below_it(points, kills):
+    rows = [row(peak=p * MiB, size=s * MiB) for s, p in points]
+    rows += [row(outcome="memory-killed", peak=lim * MiB, limit=lim * MiB, size=s * MiB) for s, lim in kills]
+    r = recommend(rows, "etl.load")
+    for s, p in points:
+        request, limit = r.for_size(s * MiB)
+        assert limit >= p * MiB and request <= limit
+    for s, lim in kills:
+        for bigger in (s, s + 1, 2 * s):
+            assert r.for_size(bigger * MiB)[1] >= bump(lim * MiB)
