@@ -2,8 +2,9 @@
 
 ``true_peak`` is a pure function of (shape, input size, call index, seed): the
 worker's task allocates exactly that (anonymous ``mmap``, every page written,
-so glibc's heap keeps nothing behind) and holds it ``HOLD`` seconds; the
-benchmark uses the same function to know each held-out call's true peak.
+so glibc's heap keeps nothing behind) and holds it ``hold`` seconds (``HOLD``
+unless the call says); the benchmark uses the same function to know each
+held-out call's true peak.
 OOMLESS_BENCH_MODE chooses the enforcement, OOMLESS_BENCH_HISTORY the store.
 """
 
@@ -57,13 +58,13 @@ def true_peak(shape: str, size: int, index: int, seed: int, calls: int) -> int:
     return int(peak * MiB) // 4096 * 4096
 
 
-def _hold(n: int) -> None:
+def _hold(n: int, seconds: float) -> None:
     buf = mmap.mmap(-1, n)
     try:
         for _ in range(n // MiB):
             buf.write(BLOCK)
         buf.write(BLOCK[: n % MiB])
-        time.sleep(HOLD)
+        time.sleep(seconds)
     finally:
         buf.close()
 
@@ -79,10 +80,10 @@ app.conf.update(oomless_enforcement=os.environ.get("OOMLESS_BENCH_MODE", "auto")
 
 
 def _task(shape: str):
-    def run(size: int, index: int, seed: int, calls: int) -> int:
+    def run(size: int, index: int, seed: int, calls: int, hold: float = HOLD) -> int:
         oomless.input_size(size)
         peak = true_peak(shape, size, index, seed, calls)
-        _hold(peak)
+        _hold(peak, hold)
         return peak
 
     run.__name__ = run.__qualname__ = shape
