@@ -34,7 +34,7 @@ def test_the_newest_task_is_evicted_on_a_tie():
 
 def test_pressure_names_the_numbers():
     assert pressure(5 * MiB, 8 * MiB) is None
-    assert pressure(9 * MiB, 8 * MiB) == "its tasks use 9.0 MiB, more than the budget of 8.0 MiB"
+    assert pressure(9 * MiB, 8 * MiB) == "its tasks use 9.0 MiB, 1.0 MiB more than the budget of 8.0 MiB"
     assert pressure(1, 8 * MiB, available=50 * MiB, margin=100 * MiB) == (
         "only 50.0 MiB is available to the worker, less than the eviction margin of 100.0 MiB"
     )

@@ -338,7 +338,7 @@ def test_over_the_budget_the_task_most_over_its_request_is_evicted_not_one_withi
     assert killer.trees == [(200, False)]
     report = watchdog.claim_kill("over", 200)
     assert (report.reason, report.request, report.peak) == ("evicted", 50 * MiB, 130 * MiB)
-    assert report.detail == "its tasks use 220.0 MiB, more than the budget of 200.0 MiB"
+    assert report.detail == "its tasks use 220.0 MiB, 20.0 MiB more than the budget of 200.0 MiB"
     assert watchdog.claim_kill("within", 100) is None
     assert 100 in procs.rss
 

@@ -52,7 +52,8 @@ class Use:
 def pressure(total_used: int, budget: int, available: int | None = None, margin: int = 0) -> str | None:
     """Why the worker is under memory pressure (a sentence with the numbers), or ``None``."""
     if total_used > budget:
-        return f"its tasks use {format_size(total_used)}, more than the budget of {format_size(budget)}"
+        return (f"its tasks use {format_size(total_used)}, {format_size(total_used - budget)} more than the budget "
+                f"of {format_size(budget)}")
     if available is not None and available < margin:
         return (
             f"only {format_size(max(0, available))} is available to the worker, less than the "

@@ -46,7 +46,7 @@ __all__ = ["Learned", "Learnt", "LearnedMemory", "learned", "lookup_learned", "r
 WINDOW = 30 * 86400  # seconds of history the recommendations rest on
 REFRESH = 600.0
 RETRY = 60.0  # a store that could not be read is tried again after this long
-KILLS_EVERY = 10.0  # a client reads a task's new memory kills this often
+KILLS_EVERY = 2.0  # a client reads a task's new memory kills this often (one indexed query)
 MIN_SAMPLES = 5
 LONGEST_TASK = 6 * 3600  # a kill is looked for among attempts started this long before the last look
 
