@@ -192,3 +192,23 @@ def test_every_size_gets_a_limit_over_each_peak_seen_at_it_and_over_each_kill_at
     for s, lim in kills:
         for bigger in (s, s + 1, 2 * s):
             assert r.for_size(bigger * MiB)[1] >= bump(lim * MiB)
+
+
+def test_one_kill_of_a_small_input_does_not_inflate_every_size():
+    rows = linear(TRAIN, base=20 * MiB, slope=2.0)
+    before = recommend(rows, "etl.load").for_size(512 * MiB)[1]
+    rows.append(row(outcome="memory-killed", peak=27 * MiB, limit=27 * MiB, size=MiB))
+    r = recommend(rows, "etl.load")
+    assert r.for_size(512 * MiB)[1] <= before * 1.25  # the kill's × 1.2 enters the ratios, not its + 100 MiB
+    assert r.for_size(MiB)[1] >= bump(27 * MiB) * 1.2  # the full bump is the floor where it was killed
+
+
+def test_a_long_history_whose_line_crosses_zero_below_the_sampled_sizes_is_still_fitted():
+    """The exponent is chosen on a spread sample of a long history; its curve must stay positive at every
+    size recorded, not only the sampled ones."""
+    rng = random.Random(7)
+    sizes = [rng.randint(40, 400) * MiB for _ in range(9000)]
+    sizes[1] = 20 * MiB  # off the sample's stride; the line through the others is below zero there
+    rows = [row(peak=max(MiB, int(-50 * MiB + 2 * s)), size=s) for s in sizes]
+    r = recommend(rows, "etl.load")  # no math domain error
+    assert r.for_size(20 * MiB)[1] >= MiB

@@ -30,8 +30,8 @@ The method, and how it differs from Kubernetes' Vertical Pod Autoscaler
   peak ÷ fit, so noise proportional to the peak gives every size the same
   relative room.  For an input of ``n`` bytes: request = fit(n) × median
   ratio × 1.15, limit = fit(n) × max ratio × 1.2.  A memory-killed attempt of
-  known size ``s`` adds the ratio ``bump(limit) ÷ fit(s)``: the answer rises
-  at every size, and never falls below what was killed at a smaller one.
+  known size ``s`` adds the ratio ``limit × 1.2 ÷ fit(s)`` (the answer rises
+  at every size), and its full bump × 1.2 is a floor for ``s`` and larger.
   Below the sizes seen, the answer for the smallest (peak grows with size, so
   it covers); above the largest × :data:`RANGE_TOLERANCE`, the larger of the
   size-blind pair and the extrapolation.
@@ -42,6 +42,7 @@ Everything here is pure computation over rows; the rows come from
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections.abc import Callable, Iterable
@@ -136,15 +137,22 @@ class SizeFit:
     kills: int  # memory-killed attempts of known size among the ratios
     smallest: int
     largest: int
+    #: (size, need) of the memory kills, by size, each needing more than those before it: an input of that
+    #: size or larger gets at least need × the limit margin
+    floors: tuple[tuple[int, int], ...] = ()
 
     def peak(self, size: float) -> float:
         return self.base + self.slope * size ** self.exponent
 
     def pair(self, size: int) -> tuple[int, int]:
-        """(request, limit) for ``size`` by the fit alone (no range check)."""
+        """(request, limit) for ``size`` by the fit and the kills' floors (no range check)."""
         fit = self.peak(size)
         request = _mib_up(fit * self.ratio_mid * REQUEST_MARGIN)
-        return request, max(request, _mib_up(fit * self.ratio_max * LIMIT_MARGIN))
+        limit = _mib_up(fit * self.ratio_max * LIMIT_MARGIN)
+        at = bisect.bisect_right(self.floors, (size, math.inf)) - 1
+        if at >= 0:
+            limit = max(limit, _mib_up(self.floors[at][1] * LIMIT_MARGIN))
+        return request, max(request, limit)
 
     def request(self, size: int) -> int:
         return self.pair(size)[0]
@@ -209,8 +217,8 @@ class Recommendation:
 class _Acc:
     """One task name's samples while rows stream by (compact arrays: 1 M rows stay small)."""
 
-    __slots__ = ("peaks", "kills", "sizes", "sized_peaks", "kill_sizes", "kill_needs", "request", "limit",
-                 "waste_sum", "waste_n")
+    __slots__ = ("peaks", "kills", "sizes", "sized_peaks", "kill_sizes", "kill_needs", "kill_limits", "request",
+                 "limit", "waste_sum", "waste_n")
 
     def __init__(self) -> None:
         self.peaks = array("q")
@@ -219,6 +227,7 @@ class _Acc:
         self.sized_peaks = array("q")
         self.kill_sizes = array("q")  # memory-killed attempts of known input size, and what they needed
         self.kill_needs = array("q")
+        self.kill_limits = array("q")
         self.request: int | None = None
         self.limit: int | None = None
         self.waste_sum = 0
@@ -241,6 +250,7 @@ class _Acc:
             if known:
                 self.kill_sizes.append(size)  # type: ignore[arg-type]
                 self.kill_needs.append(need)
+                self.kill_limits.append(limit)
         else:
             return
         self.request, self.limit = request, limit
@@ -251,9 +261,9 @@ EXPONENTS = tuple(round(0.5 + 0.1 * i, 1) for i in range(16))  # 0.5 … 2.0
 FIT_SAMPLE = 4096
 
 
-def _curve(xs: list[float], ys: list[float], exponent: float) -> tuple[float, float, float] | None:
+def _curve(xs: list[float], ys: list[float], exponent: float, smallest: float) -> tuple[float, float, float] | None:
     """(base, slope, exponent) with the least squared *relative* error (weights 1 / peak²), or ``None``
-    when peak does not grow with size or the curve is not positive over the sizes seen."""
+    when peak does not grow with size or the curve is not positive from ``smallest`` up."""
     zs = [(x / MiB) ** exponent for x in xs]  # in MiB: sizes ** 2 stay well inside a float's precision
     w = [1.0 / (y * y) for y in ys]
     sw = sum(w)
@@ -266,7 +276,7 @@ def _curve(xs: list[float], ys: list[float], exponent: float) -> tuple[float, fl
         return None
     slope = (sw * szy - sz * sy) / det
     base = (sy - slope * sz) / sw
-    if slope <= 0 or base + slope * min(zs) <= 0:
+    if slope <= 0 or base + slope * (smallest / MiB) ** exponent <= 0:
         return None
     return base, slope / MiB ** exponent, exponent
 
@@ -289,7 +299,7 @@ def _fit(acc: _Acc) -> SizeFit | str | None:
     sx, sy = xs[::step], ys[::step]
     fits: dict[float, tuple[float, tuple[float, float, float]]] = {}
     for exponent in EXPONENTS:
-        model = _curve(sx, sy, exponent)
+        model = _curve(sx, sy, exponent, min(xs))
         if model is not None:
             base, slope, exp = model
             fits[exponent] = (sum(math.log(y / (base + slope * x ** exp)) ** 2 for x, y in some), model)
@@ -307,10 +317,18 @@ def _fit(acc: _Acc) -> SizeFit | str | None:
     def at(x: float) -> float:
         return base + slope * x ** exp
 
-    ratios = sorted([y / at(x) for x, y in pairs] + [need / at(max(s, min(xs))) for s, need in
-                                                      zip(acc.kill_sizes, acc.kill_needs, strict=True)])
-    return SizeFit(base, slope, exp, quantile(ratios, REQUEST_QUANTILE), ratios[-1], r2, n, len(acc.kill_sizes),
-                   int(min(xs)), int(max(xs)))
+    # A kill at size s proves the task needed more than its limit there: its limit × 1.2 enters the ratios
+    # (VPA's multiplicative bump), and the full bump, max(× 1.2, + 100 MiB), is a floor for s and larger
+    # sizes (the additive part as a ratio would inflate every size after one kill of a small input).
+    kills = sorted(zip(acc.kill_sizes, acc.kill_needs, acc.kill_limits, strict=True))
+    ratios = sorted([y / at(x) for x, y in pairs] +
+                    [limit * OOM_BUMP_FACTOR / at(max(size, min(xs))) for size, _, limit in kills])
+    floors: list[tuple[int, int]] = []
+    for size, need, _ in kills:
+        if not floors or need > floors[-1][1]:
+            floors.append((size, need))
+    return SizeFit(base, slope, exp, quantile(ratios, REQUEST_QUANTILE), ratios[-1], r2, n, len(kills),
+                   int(min(xs)), int(max(xs)), tuple(floors))
 
 
 def _finish(key: tuple[str, str | None, str | None], acc: _Acc) -> Recommendation | None:
