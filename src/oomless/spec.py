@@ -21,6 +21,9 @@ __all__ = ["Memory", "HEADER", "NO_SPEC"]
 
 #: Message header that carries a per-call memory spec.
 HEADER = "oomless_memory"
+#: Message header: the spec in :data:`HEADER` was learned from the history (capped, not refused, on a
+#: worker too small for it).
+LEARNED_HEADER = "oomless_learned"
 
 
 @dataclass(frozen=True)

@@ -151,12 +151,13 @@ def test_a_kill_recorded_by_a_worker_reaches_the_client_before_the_next_load(tmp
     assert smaller.limit < after.limit  # a smaller input is not held to what a larger one needed
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unreachable"])
+@pytest.mark.parametrize("case", ["missing", "missing, driver named", "empty", "unreachable"])
 def test_a_history_that_cannot_be_read_is_a_warning_naming_it_and_nothing_is_created(tmp_path, caplog, case):
     from oomless.history.learned import resolve_learned
 
     url = {
         "missing": f"sqlite:///{tmp_path / 'typo.sqlite'}",
+        "missing, driver named": f"sqlite+pysqlite:///{tmp_path / 'typo.sqlite'}",
         "empty": f"sqlite:///{tmp_path / 'empty.sqlite'}",
         "unreachable": "postgresql+psycopg://me:s3cret@127.0.0.1:1/oomless",
     }[case]
@@ -170,6 +171,7 @@ def test_a_history_that_cannot_be_read_is_a_warning_naming_it_and_nothing_is_cre
     text = said[0].getMessage()
     assert "s3cret" not in text
     expected = {"missing": f"no history store at {tmp_path / 'typo.sqlite'}",
+                "missing, driver named": f"no history store at {tmp_path / 'typo.sqlite'}",
                 "empty": f"the history store {url} is empty",
                 "unreachable": "cannot open the history store postgresql+psycopg://me:***@127.0.0.1:1/oomless"}
     assert expected[case] in text, text
@@ -181,6 +183,45 @@ def test_a_history_that_cannot_be_read_is_a_warning_naming_it_and_nothing_is_cre
             assert db.execute("select count(*) from sqlite_master").fetchone() == (0,)
 
 
-def test_learned_refuses_a_history_that_is_not_a_url():
+def test_learned_refuses_a_history_that_is_not_a_url_and_an_input_size_that_is_not_bytes():
     with pytest.raises(ValueError, match="history= of oomless.learned"):
         oomless.learned(history="typo.sqlite")
+    for bad in ("12", -1, 10**200, True, 1.5):
+        with pytest.raises(oomless.InvalidMemorySpec, match="input_size="):
+            oomless.learned(input_size=bad)
+
+
+def test_a_task_with_nothing_learned_yet_is_sized_from_its_kill(tmp_path, monkeypatch):
+    from oomless.history import learned as module
+
+    monkeypatch.setattr(module, "KILLS_EVERY", 0.0)
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    _history(url)  # t.new has no attempt: nothing learned
+    want = oomless.learned(default="300MiB", history=url)
+    assert module.resolve_learned("t.new", want, None).limit == 300 * MiB
+    Store(url).add([Attempt("t.new", "k1", "memory-killed", time.time(), 1.0, limit=300 * MiB, peak_rss=300 * MiB)])
+    got = module.resolve_learned("t.new", want, None)
+    # killed at 300 MiB: it needs max(× 1.2, + 100 MiB) = 400 MiB; the limit is that × 1.2, reserved whole
+    assert (got.request, got.limit) == (480 * MiB, 480 * MiB)
+
+
+def test_a_learned_spec_larger_than_the_worker_is_capped_not_refused(tmp_path, redis_url):
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    now = time.time()
+    Store(url).add([Attempt("t.hold", f"h{i}", "ok", now - 60, 1.0, peak_rss=400 * MiB) for i in range(6)])
+    worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", extra=("--memory-budget", "256MiB"))
+    app = make_app(redis_url, redis_url, worker.queue, "watchdog")
+    try:
+        with MemoryEvents(app) as events:
+            learned = app.tasks["t.hold"].apply_async([0.1, 8], memory=oomless.learned(history=url))
+            declared = app.tasks["t.hold"].apply_async([0.1, 8], memory="480MiB")
+            learned.get(timeout=30)
+            with pytest.raises(oomless.InfeasibleMemoryRequest):
+                declared.get(timeout=30)
+            got = events.wait([learned.id], timeout=10 * SLACK)
+    finally:
+        worker.stop()
+        app.close()
+    # learned: request 460 MiB, limit 480 MiB, more than the whole 256 MiB budget: capped, and said once
+    assert (got[learned.id].outcome, got[learned.id].limit, got[learned.id].request) == ("ok", 256 * MiB, 256 * MiB)
+    assert "t.hold: its learned memory request 460.0 MiB, limit 480.0 MiB is more than this worker" in worker.text()

@@ -35,7 +35,7 @@ from airflow.providers.celery.executors.celery_executor import CeleryExecutor
 from celery import signals
 
 from ..errors import InvalidMemorySpec
-from ..spec import HEADER, Memory
+from ..spec import HEADER, LEARNED_HEADER, Memory
 from ..units import format_size
 from .provider import SECTION
 from .spec import AIRFLOW_HEADER, KEY, TASK, TaskMemory, TryInfo
@@ -115,9 +115,9 @@ class OomlessCeleryExecutor(CeleryExecutor):
                 with _lock:
                     _pending[key] = {HEADER: raw if isinstance(raw, (str, int, dict)) else repr(raw)}
                 return
-        source = None
+        source, learned = None, False
         if declared is None or declared.auto:
-            declared, source = self._learn(ti, declared, history)
+            declared, source, learned = self._learn(ti, declared, history)
         ids = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         killed = 0
         if declared.escalate is not None and ti.try_number > 1:
@@ -135,20 +135,27 @@ class OomlessCeleryExecutor(CeleryExecutor):
         headers: dict[str, Any] = {AIRFLOW_HEADER: info.to_header()}
         if spec.request is not None or spec.limit is not None:
             headers[HEADER] = spec.to_header()
+            if learned:
+                headers[LEARNED_HEADER] = 1  # a worker too small for it caps it instead of refusing the try
         with _lock:
             _pending[key] = headers
             while len(_pending) > 100_000:  # tries queued but never published (revoked, or the scheduler stopped)
                 _pending.pop(next(iter(_pending)))
 
     def _learning(self) -> tuple[bool, str | None]:
-        """``[oomless] learned`` and the history URL it learns from (read once)."""
+        """``[oomless] learned`` and the history URL it learns from (read once; a bad value is one ERROR
+        line, and no learning, never a failed try)."""
         if self._learned_conf is None:
-            from airflow.configuration import conf
+            learn_all, url = False, None
+            try:
+                from airflow.configuration import conf
 
-            from ..settings import history
+                from ..settings import history
 
-            learn_all = conf.getboolean(SECTION, "learned", fallback=False)
-            url = history(conf.get(SECTION, "history", fallback=None), f"[{SECTION}] history")
+                learn_all = conf.getboolean(SECTION, "learned", fallback=False)
+                url = history(conf.get(SECTION, "history", fallback=None), f"[{SECTION}] history")
+            except Exception as exc:  # noqa: BLE001 - the scheduler must go on
+                logger.error("oomless: %s; no try is sized from the history", exc)
             if learn_all and url is None:
                 logger.error("oomless: [%s] learned = True needs [%s] history, the store it learns from; tasks "
                              "run with their declared memory", SECTION, SECTION)
@@ -156,20 +163,21 @@ class OomlessCeleryExecutor(CeleryExecutor):
         return self._learned_conf
 
     @staticmethod
-    def _learn(ti: Any, declared: TaskMemory | None, history: str | None) -> tuple[TaskMemory, str]:
-        """The learned size of ``ti``'s DAG task, as declared memory, and a clause saying where it came from."""
+    def _learn(ti: Any, declared: TaskMemory | None, history: str | None) -> tuple[TaskMemory, str, bool]:
+        """The learned size of ``ti``'s DAG task as declared memory, a clause saying where it came from, and
+        whether anything was learned."""
         from ..history.learned import airflow_key, lookup_learned
 
         escalate, cap = (declared.escalate, declared.max) if declared is not None else (None, None)
         fallback = declared.base if declared is not None else Memory()
         if history is None:
             return TaskMemory(fallback, escalate, cap, auto=True), (
-                f'memory("auto") has no history to learn from: set [{SECTION}] history; {_fallback(fallback)}')
+                f'memory("auto") has no history to learn from: set [{SECTION}] history; {_fallback(fallback)}'), False
         found, how = lookup_learned(history, airflow_key(ti.dag_id, ti.task_id), TASK, cap=cap,
                                     name=f"{ti.dag_id}.{ti.task_id}", retry=ti.try_number > 1)
         if found is None:
-            return TaskMemory(fallback, escalate, cap, auto=True), f"{how}; {_fallback(fallback)}"
-        return TaskMemory(found.memory, escalate, cap, auto=True), how
+            return TaskMemory(fallback, escalate, cap, auto=True), f"{how}; {_fallback(fallback)}", False
+        return TaskMemory(found.memory, escalate, cap, auto=True), how, True
 
     @staticmethod
     def _max_tries(ti: Any, session: Any) -> int:

@@ -35,6 +35,11 @@ def _next(info: TryInfo, limit: int) -> str:
     nxt = info.next_try()
     if info.declared.auto and info.declared.escalate is None:
         need = -(-int(bump(limit) * LIMIT_MARGIN) // MiB) * MiB
+        if info.declared.max is not None and need > info.declared.max:
+            return (
+                f"The next try (try {info.try_number + 1}) is sized from the history again, which counts this "
+                f"kill, up to max={format_size(info.declared.max)}: it will likely be killed again; raise max."
+            )
         return (
             f"The next try (try {info.try_number + 1}) is sized from the history again, which counts this "
             f"kill: a limit of at least {format_size(need)}."

@@ -83,6 +83,7 @@ class Governor:
         self.gate: MemoryGate | None = None
         #: task name -> its spec when the message carries none (most messages)
         self.task_specs: dict[str, Memory] = {}
+        self._capped: set[str] = set()  # task names whose learned spec was capped (said once each)
         self.plugins: list[Plugin] = []
         #: the history recorder, when ``oomless_history`` is set (started by :meth:`start`)
         self.recorder: Recorder | None = None
@@ -226,6 +227,19 @@ class Governor:
     @property
     def mode(self) -> str:
         return self.enforcer.mode
+
+    def cap_learned(self, task_name: str, spec: Memory) -> Memory:
+        """A learned spec larger than this worker can ever give is capped at its capacity, not refused:
+        learning never makes a runnable task infeasible."""
+        cap = self.capacity
+        if (spec.limit or 0) <= cap and (spec.request or 0) <= cap:
+            return spec
+        if task_name not in self._capped:
+            self._capped.add(task_name)
+            logger.warning("oomless: %s: its learned memory %s is more than this worker can ever give (%s); it runs "
+                           "with %s (said once per task)", task_name, spec, format_size(cap), format_size(cap))
+        return Memory(request=None if spec.request is None else min(spec.request, cap),
+                      limit=None if spec.limit is None else min(spec.limit, cap))
 
     def check_feasible(self, task_name: str, task_id: str, spec: Memory) -> None:
         """Refuse a spec larger than any budget this worker has offered (``capacity``): one that only

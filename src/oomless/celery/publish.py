@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InvalidMemorySpec
 from ..history.learned import LearnedMemory
-from ..spec import HEADER, Memory
+from ..spec import HEADER, LEARNED_HEADER, Memory
 from .republish import INPUT_SIZE
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,11 @@ def on_before_task_publish(sender: Any = None, headers: Any = None, properties: 
     if isinstance(raw, LearnedMemory):
         if raw.input_size is not None:
             headers.setdefault(INPUT_SIZE, raw.input_size)
-        raw = _learned(sender, raw)
+        want, raw = raw, _learned(sender, raw)
         if raw is None:
             return  # nothing learned and no default: the task's own memory= applies
+        if raw is not want.default:
+            headers[LEARNED_HEADER] = 1  # a worker too small for it caps it instead of refusing the task
     try:
         spec = Memory.coerce(raw, what=f"memory= of {sender}")
     except InvalidMemorySpec as exc:

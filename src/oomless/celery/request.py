@@ -40,7 +40,7 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..escalate import Escalate
-from ..spec import HEADER, NO_SPEC, Memory, from_header, resolve
+from ..spec import HEADER, LEARNED_HEADER, NO_SPEC, Memory, from_header, resolve
 from ..units import format_size
 from . import compat, governor
 from .failures import einfo_of, memory_exceeded_einfo, tried_limits
@@ -125,6 +125,8 @@ class GovernedRequest(Request):
         if spec is None:
             try:
                 call = from_header(header)
+                if call is not None and gov is not None and self.request_dict.get(LEARNED_HEADER) == 1:
+                    call = gov.cap_learned(self.name, call)
                 task_spec = getattr(self.task, "oomless_spec", None)
                 default = gov.settings.default_memory if gov else None
                 if call is None and task_spec is None and gov is not None and gov.learned is not None:

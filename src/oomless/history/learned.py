@@ -48,7 +48,7 @@ REFRESH = 600.0
 RETRY = 60.0  # a store that could not be read is tried again after this long
 KILLS_EVERY = 2.0  # a client reads a task's new memory kills this often (one indexed query)
 MIN_SAMPLES = 5
-LONGEST_TASK = 6 * 3600  # a kill is looked for among attempts started this long before the last look
+KEEP_NOTED = 120.0  # a kill noted this long before a load began is kept: the recorder may not have written it
 
 
 def airflow_key(dag_id: str, task_id: str) -> tuple[str, str]:
@@ -61,12 +61,16 @@ class Learnt:
     """A learned spec and where it came from (for the log)."""
 
     memory: Memory
-    how: str  # Sized.how: "size-blind", "fitted", "below range", "above range"
+    how: str  # Sized.how ("size-blind", "fitted", "below range", "above range"), or "killed": only kills known
     samples: int
     kills_since_load: int
 
     def describe(self, size: int | None = None, name: str | None = None) -> str:
         """``learned from 34 attempts [of <name>] in the history, fitted to an input of 120 MiB``."""
+        if self.how == "killed":
+            n = self.kills_since_load
+            return (f"sized from {n} memory kill{'s' if n > 1 else ''}{f' of {name}' if name else ''} recorded since "
+                    f"the history was read (nothing was learned for it before)")
         where = {
             "size-blind": "",
             "fitted": f", fitted to an input of {format_size(size or 0)}",
@@ -96,7 +100,8 @@ class Learned:
         self._recs: dict[Hashable, Recommendation] = {}
         #: memory kills seen since the last load, per key: (size or None, what it needed, when)
         self._kills: dict[Hashable, list[tuple[int | None, int, float]]] = {}
-        self._seen_kills: set[int] = set()  # store ids of kills already noted (a client's polls)
+        self.last_id = 0  # the newest row when the history was last read
+        self._after: dict[str, int] = {}  # per Celery task name: the newest row its kills were looked for in
         self._polled: dict[str, float] = {}
         self._warned: set[Hashable] = set()
         self._lock = threading.Lock()
@@ -118,14 +123,16 @@ class Learned:
         try:
             if not store.version():
                 raise StoreUnavailable(f"the history store {redact(store.url)} is empty: nothing recorded there yet")
+            last = store.last_id()
             recs = recommend_all(store.samples(since=started - self.window))
         finally:
             store.close()
         with self._lock:
             self._recs = {_key(r): r for r in recs if r.samples >= self.min_samples}
-            # kills noted before this read began are in what it read
-            self._kills = {k: kept for k, ks in self._kills.items() if (kept := [x for x in ks if x[2] >= started])}
-            self._seen_kills.clear()
+            # kills noted well before this read began are in what it read (a floor counted twice is harmless)
+            self._kills = {k: kept for k, ks in self._kills.items()
+                           if (kept := [x for x in ks if x[2] >= started - KEEP_NOTED])}
+            self.last_id, self._after = last, {}
             self.loaded_at = started
         if self._on_update is not None:
             self._on_update()
@@ -133,9 +140,8 @@ class Learned:
 
     def note_kill(self, key: Hashable, size: int | None, limit: int, at: float | None = None) -> None:
         """A task was killed at ``limit``: until the next load it is learned at no less than the
-        recommender would now say (the kill's bumped need × the limit margin) for that size and larger."""
-        if key not in self._recs:
-            return
+        recommender would then say (the kill's bumped need × the limit margin) for that size and larger;
+        a task with nothing learned yet is learned from its kills alone."""
         with self._lock:
             self._kills.setdefault(key, []).append((size, bump(limit), time.time() if at is None else at))
 
@@ -143,45 +149,52 @@ class Learned:
         """A client: note the memory kills of ``task_name`` recorded since the last look (every
         :data:`KILLS_EVERY` seconds at most, unless ``now``)."""
         last = self._polled.get(task_name)
-        now_ = time.time()
-        if last is not None and now_ - last < KILLS_EVERY and not now:
+        when = time.time()
+        if last is not None and when - last < KILLS_EVERY and not now:
             return
-        self._polled[task_name] = now_
-        since = min(last if last is not None else now_, self.loaded_at or now_) - LONGEST_TASK
-        for kill_id, dag_id, af_task_id, size, limit in store.kills(task_name, since):
-            if kill_id in self._seen_kills or limit is None:
+        self._polled[task_name] = when
+        after = self._after.get(task_name, self.last_id)
+        for kill_id, dag_id, af_task_id, size, limit in store.kills(task_name, after):
+            after = max(after, kill_id)
+            if limit is None:
                 continue
-            self._seen_kills.add(kill_id)
             key = airflow_key(dag_id, af_task_id) if dag_id and af_task_id else task_name
-            self.note_kill(key, size if size is not None and size >= 0 else None, limit, at=now_)
+            self.note_kill(key, size if size is not None and size >= 0 else None, limit, at=when)
+        self._after[task_name] = after
 
     def lookup(self, key: Hashable, input_size: int | None = None, cap: int | None = None) -> Learnt | None:
         """The learned spec of a Celery task name or an :func:`airflow_key` (for ``input_size`` when there
         is a size fit), and how it was found; ``None`` when nothing is learned for it."""
         rec = self._recs.get(key)
-        if rec is None:
+        kills = self._kills.get(key, ())
+        if rec is None and not kills:
             return None
-        answer = rec.sized(input_size)
-        request, limit = answer.request, answer.limit
-        kills = 0
-        blind = input_size is None or answer.how in ("size-blind", "above range")
-        for size, need, _ in self._kills.get(key, ()):
+        answer = rec.sized(input_size) if rec is not None else None
+        request, limit = (answer.request, answer.limit) if answer is not None else (0, 0)
+        blind = input_size is None or answer is None or answer.how in ("size-blind", "above range")
+        applied = 0
+        for size, need, _ in kills:
             if blind or (size is not None and size <= input_size):  # type: ignore[operator]
-                kills += 1
+                applied += 1
                 limit = max(limit, -(-int(need * LIMIT_MARGIN) // 2**20) * 2**20)
-        if answer.how == "above range" and key not in self._warned:
+        if rec is None:
+            if not applied:
+                return None
+            request = limit  # known only from its kills: reserve what it is given
+        if answer is not None and answer.how == "above range" and key not in self._warned:
             self._warned.add(key)
-            fit = rec.by_size
+            fit = rec.by_size  # type: ignore[union-attr]
             assert fit is not None
             logger.warning(
                 "oomless: %s: an input of %s is larger than any its history has seen (%s to %s); it gets the larger "
                 "of the size-blind size and the extrapolation (request %s, limit %s), and so do larger ones "
-                "(said once per task)", rec.task_name, format_size(input_size or 0), format_size(fit.smallest),
-                format_size(fit.largest), format_size(request), format_size(limit),
+                "(said once per task)", rec.task_name, format_size(input_size or 0),  # type: ignore[union-attr]
+                format_size(fit.smallest), format_size(fit.largest), format_size(request), format_size(limit),
             )
         if cap is not None and limit > cap:
             limit = cap
-        return Learnt(Memory(request=min(request, limit), limit=limit), answer.how, rec.samples, kills)
+        how = answer.how if answer is not None else "killed"
+        return Learnt(Memory(request=min(request, limit), limit=limit), how, rec.samples if rec else 0, applied)
 
     def get(self, key: Hashable, input_size: int | None = None, cap: int | None = None) -> Memory | None:
         """The learned spec (see :meth:`lookup`), or ``None``."""
@@ -232,28 +245,42 @@ def learned(input_size: int | None = None, default: Any = None, history: str | N
     ``memory=`` applies).  ``history``: the store URL (default: the app's
     ``oomless_history``, else the default SQLite file).
     """
+    from ..errors import InvalidMemorySpec
     from ..settings import history as history_setting
 
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or not 0 <= input_size <= 2**60):
+        raise InvalidMemorySpec(f"input_size={input_size!r} of oomless.learned() is not a number of bytes; give "
+                                f"the input's size as an integer, e.g. os.path.getsize(path)")
     url = history_setting(history, "history= of oomless.learned()") if history is not None else None
     return LearnedMemory(input_size, Memory.coerce(default, what="default= of oomless.learned()"), url)
 
 
 class _Client:
-    """One history store as a client reads it: the recommendations and a reader for new kills."""
+    """One history store as a client reads it: the recommendations (read again in a thread, the old ones
+    served meanwhile) and a reader for new kills."""
 
     def __init__(self, url: str) -> None:
         from .store import open_reader
 
         self.url = url
         self.learned = Learned(lambda: open_reader(url))
-        self.loaded = 0.0
+        self.loaded = 0.0  # monotonic time of the last read's start
+        self.loading = False
         self.failed: str | None = None
         self._reader: Any = None
 
     def refresh(self) -> None:
-        if time.monotonic() - self.loaded < (RETRY if self.failed else REFRESH) and self.loaded:
+        if self.loading or (self.loaded and time.monotonic() - self.loaded < (RETRY if self.failed else REFRESH)):
             return
         self.loaded = time.monotonic()
+        if self.learned.loaded_at is None and self.failed is None:
+            self._load()  # the first read: its answer is wanted now
+        else:
+            self.loading = True
+            threading.Thread(target=self._load, name="oomless-learned-read", daemon=True).start()
+
+    def _load(self) -> None:
         try:
             n = self.learned.load()
         except Exception as exc:  # noqa: BLE001 - any store error: say it once, send the default
@@ -261,13 +288,15 @@ class _Client:
                 logger.warning("oomless: learned memory sizes unavailable, sending the default: %s", exc)
             self.failed = str(exc)
             return
+        finally:
+            self.loading = False
         if self.failed:
             logger.warning("oomless: learned memory sizes read again from %s", redact(self.url))
         self.failed = None
         logger.info("oomless: learned memory sizes for %d tasks from %s", n, redact(self.url))
 
     def kills(self, task_name: str, now: bool = False) -> None:
-        if self.failed or not self.learned.names:
+        if self.learned.loaded_at is None:
             return
         from .store import open_reader
 

@@ -113,9 +113,10 @@ def open_reader(url: str | None = None) -> Store:
         raise StoreUnavailable(f"{url!r} is not an SQLAlchemy URL (e.g. sqlite:///path or "
                                f"postgresql+psycopg://user@host/db)") from None
     shown = redact(url)
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.exists(path):
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
             raise StoreUnavailable(f"no history store at {path}: workers record there only with oomless_history "
                                    f"set to this URL (see docs/history.md)")
     try:
@@ -236,14 +237,21 @@ class Store:
             for row in conn.execution_options(yield_per=10_000).execute(query):
                 yield tuple(row)
 
-    def kills(self, task_name: str, since: float) -> list[tuple[Any, ...]]:
-        """``(id, dag_id, af_task_id, input_size, limit)`` of the memory-killed attempts of ``task_name`` started
-        since ``since`` (one indexed range: cheap enough to ask every few seconds)."""
+    def last_id(self) -> int:
+        """The id of the newest row (0: none)."""
+        if not self._readable():
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(attempts.c.id))).scalar_one_or_none() or 0)
+
+    def kills(self, task_name: str, after_id: int) -> list[tuple[Any, ...]]:
+        """``(id, dag_id, af_task_id, input_size, limit)`` of the memory-killed attempts of ``task_name``
+        recorded after row ``after_id`` (a range of the primary key: cheap enough to ask every few seconds)."""
         if not self._readable():
             return []
         c = attempts.c
         query = select(c.id, c.dag_id, c.af_task_id, c.input_size, c.limit).where(
-            c.task_name == task_name, c.started_at >= since, c.outcome == outcomes.MEMORY_KILLED)
+            c.id > after_id, c.task_name == task_name, c.outcome == outcomes.MEMORY_KILLED).order_by(c.id)
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]
 
