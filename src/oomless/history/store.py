@@ -120,7 +120,7 @@ def open_reader(url: str | None = None) -> Store:
             raise StoreUnavailable(f"no history store at {path}: workers record there only with oomless_history "
                                    f"set to this URL (see docs/history.md)")
     try:
-        store = Store(url)
+        store = Store(url, readonly=True)
         found = store.version()
     except (SQLAlchemyError, ImportError, OSError) as exc:
         raise StoreUnavailable(f"cannot open the history store {shown}: {exc}") from None
@@ -128,17 +128,14 @@ def open_reader(url: str | None = None) -> Store:
         store.close()
         raise StoreUnavailable(f"the history store {shown} has schema version {found}, newer than this oomless "
                                f"understands ({SCHEMA_VERSION}); upgrade oomless")
-    store._migrated = found == SCHEMA_VERSION  # reads as it is; an empty or older store is never changed here
-    store.readonly = True
     return store
 
 
 class Store:
-    """A history database at ``url`` (created and migrated on first use; see :func:`open_reader`)."""
+    """A history database at ``url`` (created and migrated on first use; ``readonly``: read as it is, an
+    empty or older store never changed; see :func:`open_reader`)."""
 
-    readonly = False
-
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, readonly: bool = False) -> None:
         self.url = url or history_url()
         if self.url.startswith("sqlite:///"):
             path = self.url[len("sqlite:///"):]
@@ -148,6 +145,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrated = False
+        self.readonly = readonly
 
     def version(self) -> int:
         """The schema version of the database (0: empty)."""
@@ -182,8 +180,9 @@ class Store:
     def _readable(self) -> bool:
         """Whether there are tables to read: a writer creates them, a reader of an empty store finds none."""
         if not self._migrated:
-            if self.readonly:
-                return False
+            if self.readonly:  # read as it is: tables of this schema, or nothing to read
+                self._migrated = self.version() == SCHEMA_VERSION
+                return self._migrated
             self.migrate()
         return True
 
