@@ -7,8 +7,8 @@ with the numbers, and what the next try will get.
 
 from __future__ import annotations
 
-from ..history.recommend import LIMIT_MARGIN, bump
-from ..units import MiB, format_size
+from ..history.recommend import bump, limit_for
+from ..units import format_size
 from .spec import KEY, TryInfo
 
 __all__ = ["killed", "evicted", "infeasible", "learned"]
@@ -34,7 +34,7 @@ def _next(info: TryInfo, limit: int) -> str:
         )
     nxt = info.next_try()
     if info.declared.auto and info.declared.escalate is None:
-        need = -(-int(bump(limit) * LIMIT_MARGIN) // MiB) * MiB
+        need = limit_for(bump(limit))
         if info.declared.max is not None and need > info.declared.max:
             return (
                 f"The next try (try {info.try_number + 1}) is sized from the history again, which counts this "

@@ -37,7 +37,7 @@ from typing import Any
 from ..spec import Memory
 from ..units import format_size
 from ..urls import redact
-from .recommend import LIMIT_MARGIN, Recommendation, bump
+from .recommend import Recommendation, bump, limit_for
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Learned:
         for size, need, _ in kills:
             if blind or (size is not None and size <= input_size):  # type: ignore[operator]
                 applied += 1
-                limit = max(limit, -(-int(need * LIMIT_MARGIN) // 2**20) * 2**20)
+                limit = max(limit, limit_for(need))
         if rec is None:
             if not applied:
                 return None

@@ -95,6 +95,11 @@ def _mib_up(n: float) -> int:
     return max(FLOOR, int(math.ceil(n / MiB)) * MiB)
 
 
+def limit_for(need: float) -> int:
+    """The limit for a peak (or a kill's bumped need) of ``need`` bytes: × the limit margin, whole MiB."""
+    return _mib_up(need * LIMIT_MARGIN)
+
+
 def bump(limit: int) -> int:
     """What a task killed at ``limit`` is taken to need (VPA's OOM bump)."""
     return int(max(limit * OOM_BUMP_FACTOR, limit + OOM_BUMP_MIN))
@@ -148,10 +153,10 @@ class SizeFit:
         """(request, limit) for ``size`` by the fit and the kills' floors (no range check)."""
         fit = self.peak(size)
         request = _mib_up(fit * self.ratio_mid * REQUEST_MARGIN)
-        limit = _mib_up(fit * self.ratio_max * LIMIT_MARGIN)
+        limit = limit_for(fit * self.ratio_max)
         at = bisect.bisect_right(self.floors, (size, math.inf)) - 1
         if at >= 0:
-            limit = max(limit, _mib_up(self.floors[at][1] * LIMIT_MARGIN))
+            limit = max(limit, limit_for(self.floors[at][1]))
         return request, max(request, limit)
 
     def request(self, size: int) -> int:
@@ -338,7 +343,7 @@ def _finish(key: tuple[str, str | None, str | None], acc: _Acc) -> Recommendatio
     peaks = sorted(acc.peaks)
     median = quantile(peaks, REQUEST_QUANTILE)
     request = _mib_up(median * REQUEST_MARGIN)
-    limit = max(request, _mib_up(peaks[-1] * LIMIT_MARGIN))
+    limit = max(request, limit_for(peaks[-1]))
     fit = _fit(acc)
     return Recommendation(
         task_name=name,
