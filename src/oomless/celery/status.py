@@ -53,6 +53,10 @@ def running_slots(table: SlotTable, active: dict[tuple[str, int], str]) -> list[
 
 def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
     """Budget, reservations, live use, running and waiting tasks, and counters of one worker."""
+    # The counters first: the governor frees a task's slot before it counts the task's end, so a
+    # task counted here is never still running below, even when the event loop ends it meanwhile
+    # (this may run on the metrics thread, and the reads below let it switch).
+    counts = dict(gov.counts)
     table = gov.enforcer.table
     wall = time.time()
     running: list[dict[str, Any]] = []
@@ -109,6 +113,6 @@ def snapshot(gov: Governor, hostname: str | None = None) -> dict[str, Any]:
         "running": sorted(running, key=lambda t: -(t["used"] or 0)),
         "admitted": admitted,
         "waiting": waiting,
-        "counts": dict(gov.counts),
+        "counts": counts,
         "at": wall,
     }
