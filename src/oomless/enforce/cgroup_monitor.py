@@ -45,6 +45,9 @@ from .slots import SlotState, SlotTable
 
 logger = logging.getLogger(__name__)
 
+#: The least the slots' shared limit leaves them above what they hold when there is room to give.
+MIN_ROOM = 16 * 2**20
+
 __all__ = ["CgroupMonitor"]
 
 
@@ -157,7 +160,13 @@ class CgroupMonitor(Enforcer):
         stays within ``headroom`` of what it held at the last call.
         """
         held = self.groups.shared_usage()
-        limit = max(held + 16 * 2**20, held + self.available() - headroom)
+        room = self.available() - headroom
+        limit = held + max(room, MIN_ROOM)
+        if room < MIN_ROOM and self._shared_limit is not None:
+            # Nothing left to give: never raise the limit the slots stall at (v2's memory.high
+            # would otherwise follow them up MIN_ROOM a second, a slow creep towards the
+            # worker's own limit that stalls every task and evicts none).
+            limit = min(limit, self._shared_limit)
         if self._shared_limit is not None and abs(limit - self._shared_limit) < 2**20:
             return self._shared_limit
         try:
