@@ -24,6 +24,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	@command -v chromium >/dev/null || (echo "installing Debian's chromium (tests/history/test_report.py draws the report in it)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v promtool >/dev/null || (echo "installing Debian's prometheus (tests/test_deploy.py checks the alert rules and the dashboard with it)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
 	$(BIN)/python -m pytest
 	$(BIN)/python tests/v2vm/run
 	$(BIN)/python tests/v2vm/run --qemu

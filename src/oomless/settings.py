@@ -140,7 +140,7 @@ def port(value: Any, key: str) -> int | None:
     if value is False or (isinstance(value, str) and value.strip().lower() in ("", "off")):
         return None
     if isinstance(value, bool) or not str(value).strip().isdigit() or not 0 <= int(value) <= 65535:
-        raise ValueError(f"{key}={value!r} is not a TCP port (0–65535); use e.g. 9808, or 'off'")
+        raise ValueError(f"{key}={value!r} is not a TCP port (0–65535); use e.g. 9894, or 'off'")
     return int(value)
 
 
@@ -305,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
        airflow_doc="Tries whose task declares no memory get the size learned from the history of that DAG task "
        "(set by the scheduler's executor, needs history; memory('auto') asks for it per task)."),
     _s("metrics_port", port, None, "unset", "integer",
-       "serve Prometheus metrics on this port (`0`: any free port)", "9808"),
+       "serve Prometheus metrics on this port (`0`: any free port)", "9894"),
     _s("metrics_address", text, "127.0.0.1", "`127.0.0.1`", "string",
        "the metrics server's address", "0.0.0.0"),
     _s("offload", offload, None, "unset", "string",

@@ -6,7 +6,10 @@ enforcement modes; everything is checked through the REST API, as a user would s
 from __future__ import annotations
 
 import re
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import pytest
 pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+ (the 'airflow' extra)")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stack import Stack, _kill_marked  # noqa: E402
+from stack import Stack, _kill_marked, free_port  # noqa: E402
 
 from ..celery.harness import SLACK, V2, MemoryCgroup  # noqa: E402
 
@@ -30,12 +33,18 @@ def run(request, tmp_path_factory, redis_url):
     # cgroup v2 (the guest of tests/v2vm/run): the worker alone in a delegated group, as systemd's
     # Delegate=yes gives a service.
     group = MemoryCgroup(None) if V2 else None
+    metrics_port = free_port()
+    statsd = _Datagrams()  # Airflow's [metrics] statsd_on: every component sends here, the worker too
     stack = Stack(
         home,
         redis_url,
         slack=SLACK,
         worker_preexec=None if group is None else group.join,
         env={
+            "AIRFLOW__OOMLESS__METRICS_PORT": str(metrics_port),
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
             "AIRFLOW__OOMLESS__BUDGET": "3GiB",
             "AIRFLOW__OOMLESS__ENFORCEMENT": mode,
             "AIRFLOW__OOMLESS__HISTORY": f"sqlite:///{home / 'oomless-history.sqlite'}",
@@ -43,6 +52,8 @@ def run(request, tmp_path_factory, redis_url):
         },
     )
     stack.history = f"sqlite:///{home / 'oomless-history.sqlite'}"
+    stack.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    stack.statsd = statsd
     try:
         stack.start()
         stack.wait_for("worker", "ready.", 120)
@@ -57,9 +68,33 @@ def run(request, tmp_path_factory, redis_url):
     finally:
         left = stack.stop()
         stack.left_after_stop = left
+        statsd.close()
         if group is not None:
             group.remove()
         assert _kill_marked(stack.marker) == [], "processes of the deployment survived its stop"
+
+
+class _Datagrams:
+    """A StatsD server's socket: every line it receives, kept (a thread reads them)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _log(run, task_id, try_number, map_index=-1):
@@ -128,16 +163,18 @@ def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
     assert "Detected a task instance without a heartbeat" not in run.text("scheduler")
 
 
-def test_the_history_records_each_try_with_its_airflow_ids(run):
-    import time
+RECORDED = {("transform", -1, 1), ("transform", -1, 2), ("part", 0, 1), ("part", 1, 1), ("too_big", -1, 1)}
 
+
+def test_the_history_records_each_try_with_its_airflow_ids(run):
     from oomless.history.store import Store
 
     deadline = time.monotonic() + 15  # the recorder writes about once a second
     while True:
         rows = [a for a in Store(run.history).attempts() if a.dag_id == DAG and a.run_id == run.run_id]
         tries = {(a.af_task_id, a.map_index, a.try_number): a for a in rows}
-        if ("transform", -1, 2) in tries or time.monotonic() > deadline:
+        # every try the test reads: the run's end says they ended, not that the recorder wrote them
+        if RECORDED <= tries.keys() or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert {a.task_name for a in rows} == {"execute_workload"}
@@ -152,6 +189,50 @@ def test_the_history_records_each_try_with_its_airflow_ids(run):
 def _slot_groups(worker_pid: int) -> list[Path]:
     root = Path("/sys/fs/cgroup/memory") if not V2 else Path("/sys/fs/cgroup")
     return list(root.rglob(f"oomless-{worker_pid}-*")) if root.is_dir() else []
+
+
+def test_the_workers_metrics_carry_each_tries_dag_and_task_never_its_run_or_map_index(run):
+    from ..celery.test_metrics import scrape
+
+    deadline = time.monotonic() + 15 * SLACK  # a try's last Celery bookkeeping may follow the run's end
+    while True:
+        samples = scrape(run.metrics_url)
+        ended = sum(v for (n, ls), v in samples.items() if n == "oomless_tasks_total")
+        if ended >= 9 or time.monotonic() > deadline:  # every try but the refused one, and that one
+            break
+        time.sleep(0.5)
+    per_task = {name: {(dict(labels)["dag_id"], dict(labels)["task_id"]): v for (n, labels), v in samples.items()
+                       if n == name and dict(labels).get("task") == "execute_workload"}
+                for name in ("oomless_task_kills_total", "oomless_task_peak_bytes_count", "oomless_task_limit_bytes")}
+    kills = per_task["oomless_task_kills_total"]
+    # transform and sort_words: their first tries; part: only map index 1, in the one series of the task
+    assert kills == {(DAG, "transform"): 1, (DAG, "sort_words"): 1, (DAG, "part"): 1}
+    peaks = per_task["oomless_task_peak_bytes_count"]
+    assert (peaks[(DAG, "transform")], peaks[(DAG, "part")]) == (2, 3), peaks  # part: index 0, index 1 twice
+    assert {task for _, task in peaks} >= {"small", "plain", "transform", "sort_words", "part"}
+    assert per_task["oomless_task_limit_bytes"][(DAG, "transform")] == 2 * 240 * 2**20  # its latest try's
+    labels = {key for (_, ls) in samples for key, _ in ls}
+    assert not labels & {"run_id", "map_index", "try_number"}
+    assert samples[("oomless_kills_total", ())] == 3
+
+
+def test_each_tries_memory_goes_to_statsd_when_airflow_sends_its_metrics_there(run):
+    lines = [line for line in list(run.statsd.lines) if line.startswith("airflow.oomless.")]
+    counts = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        value, _, kind = rest.partition("|")
+        if kind == "c":
+            counts[name] = counts.get(name, 0) + int(value)
+    ids = f"{DAG}.transform"
+    # plain StatsD drops tags: the legacy names carry the ids, as Airflow's ti.finish.<dag>.<task>.<state>
+    assert counts[f"airflow.oomless.ti.finished.{ids}.memory_killed"] == 1, lines
+    assert counts[f"airflow.oomless.ti.finished.{ids}.ok"] == 1
+    assert counts[f"airflow.oomless.ti.finished.{DAG}.part.memory_killed"] == 1  # one series for every map index
+    assert counts["airflow.oomless.ti.finished"] >= 8  # the tagged name: every try that ran
+    assert f"airflow.oomless.ti.limit_bytes.{ids}:{2 * 240 * 2**20}|g" in lines  # its retry's limit
+    assert any(line.startswith(f"airflow.oomless.ti.peak_bytes.{ids}:") for line in lines)
+    assert not [line for line in lines if run.run_id in line]
 
 
 def test_the_worker_leaves_no_slot_cgroup_behind(run):

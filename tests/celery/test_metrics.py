@@ -27,6 +27,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     }
 
 
+def _task(name: str) -> tuple:
+    """The labels of a plain Celery task's per-task series (no Airflow ids)."""
+    return (("dag_id", ""), ("task", name), ("task_id", ""))
+
+
 def test_budget_reservations_waiting_kills_escalations_and_peaks_are_exported(tmp_path, redis_url):
     worker = start_worker(tmp_path, redis_url, redis_url, mode="watchdog", extra=("--memory-budget", "1GiB"),
                           conf={"oomless_metrics_port": 0})
@@ -62,9 +67,15 @@ def test_budget_reservations_waiting_kills_escalations_and_peaks_are_exported(tm
     assert after[("oomless_escalations_total", ())] == 2
     assert after[("oomless_evictions_total", ())] == 0
     assert after[("oomless_tasks_total", (("outcome", "memory-killed"),))] == 3
-    assert after[("oomless_task_peak_bytes_count", (("task", "t.hold"),))] == 2
+    assert after[("oomless_task_peak_bytes_count", _task("t.hold"))] == 2
     buckets = {float(dict(labels)["le"]): v for (name, labels), v in after.items()
                if name == "oomless_task_peak_bytes_bucket" and dict(labels)["task"] == "t.hold"}
+    # per task: its kills, and its latest attempt's spec (the escalating one's third, at 512 MiB)
+    assert (after[("oomless_task_kills_total", _task("t.hog"))],
+            after[("oomless_task_kills_total", _task("t.escalating"))]) == (1, 2)
+    assert (after[("oomless_task_request_bytes", _task("t.escalating"))],
+            after[("oomless_task_limit_bytes", _task("t.escalating"))]) == (512 * MiB, 512 * MiB)
+    assert not [k for k in after if k[0] == "oomless_task_evictions_total"]
     assert (buckets[64 * MiB], buckets[128 * MiB]) == (1, 2)  # one held nothing, one 100 MiB
     assert after[("oomless_wait_seconds_count", ())] == 1  # the second t.hold waited for memory
     assert (after[("oomless_running_tasks", ())], after[("oomless_reserved_bytes", ())]) == (0, 0)

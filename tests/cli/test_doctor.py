@@ -223,7 +223,7 @@ def test_doctor_says_where_history_and_metrics_go_or_how_to_turn_them_on(tmp_pat
 
         app = Celery("observed", broker="memory://")
         app.conf.update(oomless_history="postgresql+psycopg://me:s3cret@db/oomless", oomless_learned=True,
-                        oomless_metrics_port=9808)
+                        oomless_metrics_port=9894)
         oomless.install(app)
     """))
     on = doctor("-A", "observed:app", cwd=tmp_path)
@@ -234,7 +234,7 @@ def test_doctor_says_where_history_and_metrics_go_or_how_to_turn_them_on(tmp_pat
     assert learned.startswith("oomless_learned is on, but no task has a learned size yet: cannot open the history "
                               "store postgresql+psycopg://me:***@db/oomless"), learned
     assert "s3cret" not in on.stdout
-    assert line(on.stdout, "metrics") == "Prometheus metrics on http://127.0.0.1:9808/metrics"
+    assert line(on.stdout, "metrics") == "Prometheus metrics on http://127.0.0.1:9894/metrics"
     off = doctor()
     assert line(off.stdout, "history").startswith("off: set oomless_history = 'default'")
     assert line(off.stdout, "metrics").startswith("off: set oomless_metrics_port")

@@ -36,6 +36,7 @@ from ..celery.plugin import Plugin
 from ..enforce.reports import KillReport
 from ..units import format_size
 from . import messages
+from .metrics import TryMetrics
 from .spec import AIRFLOW_HEADER, TASK, TryInfo
 from .tries import record_kill
 
@@ -72,6 +73,7 @@ class AirflowPlugin(Plugin):
         self._recorded: set[str] = set()  # tasks whose kill is recorded (until they end)
         self._backend: Any = None
         self._base: str | None = None
+        self._metrics: TryMetrics | None = None
 
     def setup(self, app: Any, governor: Governor) -> None:
         task = app.tasks.get(TASK)
@@ -80,6 +82,7 @@ class AirflowPlugin(Plugin):
             return
         task.memory_scope = SUBPROCESSES
         self._backend = app.backend
+        self._metrics = TryMetrics.from_airflow()
         try:
             from airflow.configuration import conf
 
@@ -146,6 +149,19 @@ class AirflowPlugin(Plugin):
         dag_id, run_id, task_id, map_index = found.ids
         return {"dag_id": dag_id, "run_id": run_id, "af_task_id": task_id, "map_index": map_index,
                 "try_number": found.try_number}
+
+    def measured(self, req: Any, outcome: str, peak: int | None) -> None:
+        found = self._tries.get(req.id)
+        if self._metrics is not None and found is not None:
+            spec = req.oomless_spec
+            self._metrics.ended(found.ids[0], found.ids[2], outcome, peak, spec.request, spec.limit)
+
+    def metric_labels(self, req: Any) -> dict[str, str]:
+        found = self._tries.get(req.id)
+        if found is None:
+            return {}
+        dag_id, _, task_id, _ = found.ids  # never the run id or map index: one series per task
+        return {"dag_id": dag_id, "task_id": task_id}
 
     def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
         found = self._tries.pop(req.id, None)

@@ -283,9 +283,13 @@ class Governor:
             size = header_int(req, INPUT_SIZE, -1, high=2**60)
             self.learned.note_kill(req.name, size if size >= 0 else None, spec.limit)
             self.task_specs.pop(req.name, None)
-        if self.metrics is not None and peak is not None:
-            self.metrics.observe_peak(req.name, peak)
+        if self.metrics is not None:
+            labels: dict[str, str] = {}
+            for plugin in self.plugins:
+                labels.update(plugin.metric_labels(req))
+            self.metrics.ended(req.name, labels, outcome, peak, spec.request, spec.limit)
         for plugin in self.plugins:
+            plugin.measured(req, outcome, peak)
             plugin.ended(req, outcome, report)
 
     def record(self, req: Any, outcome: str, peak: int | None, input_size: int | None = None) -> None:

@@ -11,10 +11,19 @@ otherwise.  Two kinds of series:
   ``oomless_waiting_oldest_seconds``, and the counters
   ``oomless_tasks_total{outcome}``, ``oomless_kills_total``,
   ``oomless_evictions_total``, ``oomless_escalations_total``;
-* **observed as tasks end or start**: ``oomless_task_peak_bytes{task}``
-  (histogram of each attempt's peak, per task name) and
+* **observed as tasks end or start**, per task: ``oomless_task_peak_bytes``
+  (histogram of each attempt's peak), ``oomless_task_request_bytes`` and
+  ``oomless_task_limit_bytes`` (gauges: the latest attempt's spec),
+  ``oomless_task_kills_total`` and ``oomless_task_evictions_total``; and
   ``oomless_wait_seconds`` (histogram of how long admitted tasks waited for
   memory or a slot).
+
+The per-task series are labelled ``task`` (the Celery task name), and
+``dag_id`` and ``task_id`` (an Airflow try's, from the worker's plugins; empty
+for plain Celery tasks): bounded by the number of tasks a deployment has, never
+by runs, tries or map indexes.  The worker totals (``oomless_kills_total``, …)
+stay unlabelled and start at 0, so an alert on their increase sees the first
+kill; the per-task counters appear with their task's first kill.
 
 Not here: the history (a database, see :mod:`oomless.history.store`) and
 anything per task id (unbounded label values).
@@ -26,7 +35,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -85,15 +94,35 @@ class _Snapshot(Collector):
             yield CounterMetricFamily(name, doc, value=counts.get(key, 0))
 
 
+#: The labels of the per-task series: the Celery task name, and an Airflow try's DAG and task.
+TASK_LABELS = ("task", "dag_id", "task_id")
+
+
 class WorkerMetrics:
-    """The registry, the two histograms and the HTTP server of one worker."""
+    """The registry, the per-task series and the HTTP server of one worker."""
 
     def __init__(self, gov: Governor, hostname: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Snapshot(gov, hostname))
         self.peaks = Histogram(
-            "oomless_task_peak_bytes", "Peak memory of each task attempt, per task name.", ["task"],
+            "oomless_task_peak_bytes", "Peak memory of each task attempt.", TASK_LABELS,
             buckets=PEAK_BUCKETS, registry=self.registry,
+        )
+        self.requests = Gauge(
+            "oomless_task_request_bytes", "Memory request of the task's latest attempt (0: none).", TASK_LABELS,
+            registry=self.registry,
+        )
+        self.limits = Gauge(
+            "oomless_task_limit_bytes", "Memory limit of the task's latest attempt (0: none).", TASK_LABELS,
+            registry=self.registry,
+        )
+        self.kills = Counter(
+            "oomless_task_kills", "Attempts of the task killed for breaking their memory limit.", TASK_LABELS,
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "oomless_task_evictions", "Attempts of the task stopped for node memory pressure (requeued).",
+            TASK_LABELS, registry=self.registry,
         )
         self.waits = Histogram(
             "oomless_wait_seconds", "How long admitted tasks waited for memory or a slot.",
@@ -101,8 +130,18 @@ class WorkerMetrics:
         )
         self._server: Any = None
 
-    def observe_peak(self, task_name: str, peak: int) -> None:
-        self.peaks.labels(task_name).observe(peak)
+    def ended(self, task_name: str, labels: dict[str, str], outcome: str, peak: int | None,
+              request: int | None, limit: int | None) -> None:
+        """One attempt of ``task_name`` ended (``labels``: its ``dag_id`` and ``task_id``, if any)."""
+        values = (task_name, labels.get("dag_id", ""), labels.get("task_id", ""))
+        if peak is not None:
+            self.peaks.labels(*values).observe(peak)
+        self.requests.labels(*values).set(request or 0)
+        self.limits.labels(*values).set(limit or 0)
+        if outcome == outcomes.MEMORY_KILLED:
+            self.kills.labels(*values).inc()
+        elif outcome == outcomes.EVICTED:
+            self.evictions.labels(*values).inc()
 
     def observe_wait(self, seconds: float) -> None:
         self.waits.observe(seconds)

@@ -45,6 +45,14 @@ class Plugin:
     def ended(self, req: Any, outcome: str, report: KillReport | None) -> None:
         """``req`` ended (ok, failed, memory-killed, evicted, lost, retry)."""
 
+    def measured(self, req: Any, outcome: str, peak: int | None) -> None:
+        """``req``'s attempt ended with this outcome and peak (``None``: not measured); right before
+        :meth:`ended`, for metrics of an integration's own."""
+
+    def metric_labels(self, req: Any) -> dict[str, str]:
+        """``dag_id`` and ``task_id`` of ``req``'s per-task metrics, where it has them (Airflow)."""
+        return {}
+
     def attempt_fields(self, req: Any) -> dict[str, Any]:
         """Extra :class:`~oomless.history.Attempt` fields for ``req`` (e.g. Airflow's ids)."""
         return {}
