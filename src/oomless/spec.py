@@ -24,6 +24,9 @@ HEADER = "oomless_memory"
 #: Message header: the spec in :data:`HEADER` was learned from the history (capped, not refused, on a
 #: worker too small for it).
 LEARNED_HEADER = "oomless_learned"
+#: Message header: the publisher found the task's memory declaration malformed, and why (the worker
+#: fails the task with that sentence instead of guessing from the raw value).
+INVALID_HEADER = "oomless_invalid"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,15 @@ def from_header(raw: Any) -> Memory | None:
             f"'2GiB' or {{'request': <bytes>, 'limit': <bytes>}}"
         )
     return Memory.coerce(raw, what=f"message header {HEADER}")
+
+
+def invalid_from_header(raw: Any) -> InvalidMemorySpec | None:
+    """The publisher's reason a declaration is malformed (:data:`INVALID_HEADER`), or ``None``.
+    Untrusted: any value gives a bounded sentence."""
+    if raw is None:
+        return None
+    text = raw if isinstance(raw, str) else short_repr(raw)
+    return InvalidMemorySpec(text[:1000] or f"message header {INVALID_HEADER} is empty")
 
 
 def resolve(call: Memory | None, task: Memory | None, default: Memory | None) -> Memory:

@@ -115,3 +115,32 @@ def test_the_kill_sentence_without_escalation_suggests_it():
 def test_eviction_and_infeasible_sentences():
     assert "does not get more memory" in evicted(None, 600 * MiB, 300 * MiB, "its tasks use 1.0 GiB")
     assert infeasible("it needs 64 TiB.") == "oomless: this try did not run: it needs 64 TiB."
+
+
+def test_a_malformed_hand_written_spec_is_a_dag_import_error_naming_the_task_and_value(tmp_path, monkeypatch):
+    """oomless's cluster policy (the airflow.policy entry point) runs wherever Airflow parses DAGs."""
+    pytest.importorskip("airflow.dag_processing.dagbag", reason="Airflow 3.3 needs Python 3.11+")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "memory.py").write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import dag, task\n"
+        "@dag(schedule=None, start_date=datetime(2026, 1, 1))\n"
+        "def bad_memory():\n"
+        "    @task(executor_config={'oomless': {'memory': 'lots'}})\n"
+        "    def load(): pass\n"
+        "    load()\n"
+        "bad_memory()\n"
+    )
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "memory.py").write_text(
+        (tmp_path / "dags" / "memory.py").read_text().replace("'lots'", "'2GiB'").replace("bad_", "good_")
+    )
+    from airflow.dag_processing.dagbag import DagBag
+
+    bad = DagBag(str(tmp_path / "dags"))
+    [error] = bad.import_errors.values()
+    assert "AirflowClusterPolicyViolation: task 'load': " in error
+    assert "['memory'] 'lots' is not a size" in error
+    assert not bad.dags
+    assert list(DagBag(str(tmp_path / "good")).dags) == ["good_memory"]

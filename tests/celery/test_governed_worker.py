@@ -137,6 +137,19 @@ def test_malformed_header_from_the_broker_fails_the_task_with_invalid_memory_spe
     assert governed.app.tasks["t.sleeper"].delay(0.1).get(timeout=30)
 
 
+def test_a_publishers_reason_a_declaration_is_malformed_is_the_tasks_failure(governed):
+    # The Airflow executor's path for a declaration its DAG processor let through: its reason, not the raw value.
+    reason = "task etl.load: executor_config[\"oomless\"]['memory'] 'lots' is not a size"
+    result = governed.app.send_task("t.hog", args=[8], headers={"oomless_invalid": reason, "oomless_memory": "1GiB"})
+    with pytest.raises(oomless.InvalidMemorySpec) as caught:
+        result.get(timeout=30)
+    assert str(caught.value) == reason
+    odd = governed.app.send_task("t.hog", args=[8], headers={"oomless_invalid": {"x": ["y"] * 1000}})
+    with pytest.raises(oomless.InvalidMemorySpec, match="x"):
+        odd.get(timeout=30)
+    assert governed.app.tasks["t.sleeper"].delay(0.1).get(timeout=30)
+
+
 def test_limit_larger_than_the_budget_fails_fast_with_infeasible_memory_request(governed):
     result = governed.app.tasks["t.hog"].apply_async([8], memory="64GiB")
     with pytest.raises(oomless.InfeasibleMemoryRequest) as caught:

@@ -11,9 +11,11 @@ two message headers when the try is published:
   the worker can say in the try's log what the next try gets.
 
 Tries without an ``oomless`` key are sent exactly as the CeleryExecutor sends
-them.  A malformed declaration travels as given and the worker fails that try
-with :class:`~oomless.errors.InvalidMemorySpec`, whose message reaches the
-scheduler's log and the task instance's audit log.
+them.  A malformed declaration is refused when its DAG is parsed (the cluster
+policy of :mod:`oomless.airflow.policy`); one that gets past a DAG processor
+without oomless travels with the scheduler's reason in the ``oomless_invalid``
+header, and the worker fails that try with that
+:class:`~oomless.errors.InvalidMemorySpec`, in the try's log too.
 
 Touch points in the provider (checked against apache-airflow 3.3.2 and
 apache-airflow-providers-celery 3.26.0): ``queue_workload`` and
@@ -35,7 +37,7 @@ from airflow.providers.celery.executors.celery_executor import CeleryExecutor
 from celery import signals
 
 from ..errors import InvalidMemorySpec
-from ..spec import HEADER, LEARNED_HEADER, Memory
+from ..spec import HEADER, INVALID_HEADER, LEARNED_HEADER, Memory
 from ..units import format_size
 from .provider import SECTION
 from .spec import AIRFLOW_HEADER, KEY, TASK, TaskMemory, TryInfo
@@ -110,10 +112,11 @@ class OomlessCeleryExecutor(CeleryExecutor):
             try:
                 declared = TaskMemory.from_config(config)
             except InvalidMemorySpec as exc:
+                # Checked at parse time by oomless's cluster policy (oomless.airflow.policy); a DAG
+                # processor without oomless lets it through, and the worker fails the try with this.
                 logger.error("oomless: %s (task %s); the worker will fail this try", exc, ti.key)
-                raw = config[KEY]  # type: ignore[index]
                 with _lock:
-                    _pending[key] = {HEADER: raw if isinstance(raw, (str, int, dict)) else repr(raw)}
+                    _pending[key] = {INVALID_HEADER: f"task {ti.dag_id}.{ti.task_id}: {exc}"}
                 return
         source, learned = None, False
         if declared is None or declared.auto:

@@ -40,7 +40,16 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..escalate import Escalate
-from ..spec import HEADER, LEARNED_HEADER, NO_SPEC, Memory, from_header, resolve
+from ..spec import (
+    HEADER,
+    INVALID_HEADER,
+    LEARNED_HEADER,
+    NO_SPEC,
+    Memory,
+    from_header,
+    invalid_from_header,
+    resolve,
+)
 from ..units import format_size
 from . import compat, governor
 from .failures import einfo_of, memory_exceeded_einfo, tried_limits
@@ -124,6 +133,9 @@ class GovernedRequest(Request):
         spec = gov.task_specs.get(self.name) if cacheable else None  # type: ignore[union-attr]
         if spec is None:
             try:
+                invalid = invalid_from_header(self.request_dict.get(INVALID_HEADER))
+                if invalid is not None:
+                    raise invalid
                 call = from_header(header)
                 if call is not None and gov is not None and self.request_dict.get(LEARNED_HEADER) == 1:
                     call = gov.cap_learned(self.name, call)
