@@ -148,12 +148,18 @@ def test_only_the_map_index_over_its_limit_is_retried_with_more(run):
     assert KILLED in _log(run, "part", 1, map_index=1)
 
 
-def test_a_try_that_can_never_fit_fails_at_once_and_says_why(run):
+def test_a_try_that_can_never_fit_fails_at_once_without_retries_and_its_log_says_why(run):
     ti = run.ti["too_big"]
-    assert (ti["state"], ti["try_number"]) == ("failed", 1)
-    text = _log(run, "too_big", 1)
+    assert (ti["state"], ti["try_number"], ti["max_tries"]) == ("failed", 1, 2)  # 2 retries, none used
+    [only] = run.tries(DAG, run.run_id, "too_big")
+    assert (only["try_number"], only["state"]) == (1, "failed")
+    text = _log(run, "too_big", 1)  # served by the REST API
     assert "oomless: this try did not run" in text
     assert "64.0 TiB, more than this worker's whole budget of 3.0 GiB" in text
+    # it ran and failed through the API server, as a try does: the scheduler saw no mismatch
+    events = run.api("GET", f"/eventLogs?dag_id={DAG}&task_id=too_big&limit=100")["event_logs"]
+    assert "state mismatch" not in [e["event"] for e in events], events
+    assert "Task state changed externally" not in run.text("scheduler").split("too_big")[-1][:2000]
 
 
 def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
@@ -198,7 +204,7 @@ def test_the_workers_metrics_carry_each_tries_dag_and_task_never_its_run_or_map_
     while True:
         samples = scrape(run.metrics_url)
         ended = sum(v for (n, ls), v in samples.items() if n == "oomless_tasks_total")
-        if ended >= 9 or time.monotonic() > deadline:  # every try but the refused one, and that one
+        if ended >= 10 or time.monotonic() > deadline:  # 9 tries that ran (part: 3), and too_big refused
             break
         time.sleep(0.5)
     per_task = {name: {(dict(labels)["dag_id"], dict(labels)["task_id"]): v for (n, labels), v in samples.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomless import InvalidMemorySpec, Memory
+from oomless import InfeasibleMemoryRequest, InvalidMemorySpec, Memory
 from oomless.airflow import memory
 from oomless.airflow.messages import evicted, infeasible, killed
 from oomless.airflow.spec import TaskMemory, TryInfo
@@ -114,7 +114,12 @@ def test_the_kill_sentence_without_escalation_suggests_it():
 
 def test_eviction_and_infeasible_sentences():
     assert "does not get more memory" in evicted(None, 600 * MiB, 300 * MiB, "its tasks use 1.0 GiB")
-    assert infeasible("it needs 64 TiB.") == "oomless: this try did not run: it needs 64 TiB."
+    too_big = infeasible(InfeasibleMemoryRequest("execute_workload", "x", 64 * 2**40, 3 * 2**30))
+    assert too_big.startswith("oomless: this try did not run: it asks for a memory limit of 64.0 TiB, more than "
+                              "this worker's whole budget of 3.0 GiB, so it can never run here; it fails without")
+    assert "executor_config" in too_big and "[oomless] budget" in too_big and "oomless_budget" not in too_big
+    assert infeasible(InvalidMemorySpec("'lots' is not a size")) == \
+        "oomless: this try did not run: 'lots' is not a size; it fails without retries."
 
 
 def test_a_malformed_hand_written_spec_is_a_dag_import_error_naming_the_task_and_value(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ on this machine: cgroup v1 writable by root, /proc readable.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,13 +15,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from oomless.linux import cgroup
 
 
-def doctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def doctor(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "oomless.cli", "doctor", *args],
-        capture_output=True, text=True, timeout=60, cwd=cwd,
+        capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
     )
 
 
@@ -559,3 +562,24 @@ def test_doctor_shows_the_claim_store_and_warns_when_a_local_one_meets_a_remote_
     assert remote.returncode == 0, remote.stderr
     [warning] = [w for w in warnings_of(remote.stdout) if "claim store" in w]
     assert warning.startswith(f"the claim store is a local directory ({store}) but the broker is on 10.1.2.3")
+
+
+def test_doctor_on_an_airflow_worker_host_reads_oomless_from_airflows_config_without_a(tmp_path):
+    pytest.importorskip("airflow.providers.celery", reason="Airflow 3.3 needs Python 3.11+")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env = {**base, "AIRFLOW_HOME": str(tmp_path),
+           "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "oomless.airflow.celery_config.CELERY_CONFIG",
+           "AIRFLOW__OOMLESS__BUDGET": "3GiB", "AIRFLOW__OOMLESS__ENFORCEMENT": "watchdog"}
+    found = doctor(env=env)
+    assert found.returncode == 0, found.stderr
+    assert line(found.stdout, "app").startswith("Airflow's Celery worker: settings from [oomless]")
+    assert line(found.stdout, "budget") == "3.0 GiB (oomless_budget=3GiB)"  # not the machine's auto budget
+    assert line(found.stdout, "mode").startswith("watchdog (requested watchdog)")
+    # [oomless] set, but the workers do not load oomless's Celery config: said, not silently ignored
+    del env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+    unloaded = doctor(env=env)
+    assert "its Celery workers do not load it: [celery] celery_config_options" in line(unloaded.stdout, "app")
+    assert "auto" in line(unloaded.stdout, "budget")
+    # a host without Airflow configured: no app line, no Airflow import
+    bare = doctor(env={**base, "HOME": str(tmp_path / "nohome")})
+    assert not re.search(r"^app\s", bare.stdout, re.M)

@@ -10,8 +10,8 @@
   and retried with more, the other succeeds at once.
 * ``plain``: declares nothing (``executor_config={}`` overrides the default):
   it runs exactly as on the stock CeleryExecutor.
-* ``too_big``: asks for more memory than any worker has; it fails at once with
-  a message that says so, instead of taking a worker down.
+* ``too_big``: asks for more memory than any worker has; it fails at once, with
+  no retry, and its log says why, instead of taking a worker down.
 
 OOMLESS_DEMO_MIB (default 320) sets what the hungry tasks use, so that the
 example fits any machine: their first limit is three quarters of it, the
@@ -69,7 +69,7 @@ def oomless_memory_demo():
     def plain() -> str:
         return "no oomless key: runs as on any CeleryExecutor (accounted, not limited)"
 
-    @task(executor_config=memory("64TiB"), retries=0)
+    @task(executor_config=memory("64TiB"))  # retries=2 from default_args: none is used, it can never fit
     def too_big() -> None:
         raise AssertionError("never runs: no worker has 64 TiB")
 

@@ -7,8 +7,10 @@ with the numbers, and what the next try will get.
 
 from __future__ import annotations
 
+from ..errors import InfeasibleMemoryRequest
 from ..history.recommend import bump, limit_for
 from ..units import format_size
+from .provider import SECTION
 from .spec import KEY, TryInfo
 
 __all__ = ["killed", "evicted", "infeasible", "learned"]
@@ -75,9 +77,19 @@ def evicted(info: TryInfo | None, used: int, request: int, why: str) -> str:
     return head
 
 
-def infeasible(reason: str) -> str:
-    """A try refused before it ran: its memory can never fit this worker."""
-    return f"oomless: this try did not run: {reason}"
+def infeasible(exc: BaseException, final: bool = True) -> str:
+    """A try refused before it ran: its memory can never fit this worker, or its declaration is malformed.
+    In Airflow's words: what to change is ``executor_config``, ``[oomless]`` and the task's queue.
+    ``final``: the worker failed it through the API server, so no retry follows (else Airflow decides)."""
+    ending = "it fails without retries" if final else "the scheduler fails it"
+    if isinstance(exc, InfeasibleMemoryRequest):
+        return (
+            f"oomless: this try did not run: it asks for a memory limit of {format_size(exc.limit)}, more than "
+            f"this worker's whole budget of {format_size(exc.budget)}, so it can never run here; {ending}. "
+            f"Lower the memory in its executor_config (oomless.airflow.memory(...)), or give "
+            f"the task a queue= served by workers with a larger [{SECTION}] budget."
+        )
+    return f"oomless: this try did not run: {exc}; {ending}."
 
 
 def learned(source: str) -> str:

@@ -13,8 +13,9 @@
 * Right after it (from the event loop, or when the try ends if the kill
   notice comes later), the kill is recorded for the executor (:mod:`.tries`),
   which escalates the next try's memory.
-* A try refused before it ran (its memory can never fit this worker) gets its
-  reason in its log file as well; the scheduler fails it with the same reason.
+* A try refused before it ran (its memory can never fit this worker, or its
+  declaration is malformed) gets its reason in its log file as well, and is
+  failed at once through the API server, with no retry (:mod:`.refusal`).
 
 Broker messages are untrusted: the log path comes from the workload (what the
 supervisor itself uses) and must stay inside ``[logging] base_log_folder``.
@@ -37,6 +38,7 @@ from ..enforce.reports import KillReport
 from ..units import format_size
 from . import messages
 from .metrics import TryMetrics
+from .refusal import fail_refused_try
 from .spec import AIRFLOW_HEADER, TASK, TryInfo
 from .tries import record_kill
 
@@ -138,8 +140,11 @@ class AirflowPlugin(Plugin):
 
     def refused(self, req: Any, exc: BaseException) -> None:
         found = self._tries.pop(req.id, None) or self._parse(req)
-        if found is not None:
-            self._say(found, messages.infeasible(str(exc)))  # the try never started: no file yet
+        if found is None:
+            return
+        # Failed at once through the API server (no retry, its log served), see .refusal.
+        final = fail_refused_try(json.loads(req.args[0]), f"{'/'.join(map(str, found.ids))} try {found.try_number}")
+        self._say(found, messages.infeasible(exc, final))  # the try never started: no file yet
 
     def attempt_fields(self, req: Any) -> dict[str, Any]:
         # A try refused before it started (infeasible) was never received: read its ids from the message.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from ...units import format_size
-from .facts import Check, Diagnosis, State
+from .facts import AIRFLOW_APP, Check, Diagnosis, State
 
 __all__ = ["checks"]
 
@@ -62,6 +62,13 @@ def _host(found: Diagnosis) -> Iterator[Check]:
 
 def _worker(found: Diagnosis) -> Iterator[Check]:
     """What a worker with these settings would run: pool, mode, budget, admission, eviction, observability."""
+    if found.app == AIRFLOW_APP:
+        yield Check("app", "ok", "Airflow's Celery worker: settings from [oomless] (airflow.cfg and "
+                                 "AIRFLOW__OOMLESS__* variables), as `airflow celery worker` reads them",
+                    notes=(f"the same as -A {AIRFLOW_APP}",), figures={"app": found.app})
+    elif found.airflow_note is not None:
+        yield Check("app", "warn", f"{found.airflow_note}; these figures ignore [oomless]",
+                    figures={"app": None})
     if found.pool is not None:
         pool = found.pool
         yield Check("pool", _warn_if(not pool.isolates_tasks), pool.name + (

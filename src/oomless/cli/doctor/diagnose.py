@@ -22,6 +22,7 @@ from ..common import AppNotLoaded, load_app
 from .backend import judge_offload, judge_results
 from .checks import checks
 from .facts import (
+    AIRFLOW_APP,
     Admission,
     Airflow,
     Budget,
@@ -62,6 +63,34 @@ class _Invalid(Exception):
     """The configuration cannot be used; the message says why."""
 
 
+AIRFLOW_CONFIG = "oomless.airflow.celery_config.CELERY_CONFIG"
+
+
+def airflow_app() -> tuple[str | None, str | None]:
+    """Without ``-A`` on a host where Airflow is configured: ``(AIRFLOW_APP, None)`` when its Celery
+    workers load oomless's config, else ``(None, why doctor cannot read [oomless])``; ``(None, None)``
+    where there is no Airflow (Airflow is imported only when its home or a variable says it is set up)."""
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    configured = (
+        "AIRFLOW_HOME" in os.environ or os.path.exists(os.path.join(home, "airflow.cfg"))
+        or any(key.startswith("AIRFLOW__") for key in os.environ)
+    )
+    if not configured:
+        return None, None
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        return None, None
+    options = str(conf.get("celery", "celery_config_options", fallback="") or "")
+    if options.strip() == AIRFLOW_CONFIG:
+        return AIRFLOW_APP, None
+    executor = str(conf.get("core", "executor", fallback="") or "")
+    if "Oomless" in executor or any(key.startswith("AIRFLOW__OOMLESS__") for key in os.environ):
+        return None, (f"Airflow's [oomless] is set, but its Celery workers do not load it: [celery] "
+                      f"celery_config_options is {options or 'unset'!r}, not {AIRFLOW_CONFIG}")
+    return None, None
+
+
 def diagnose(
     app_spec: str | None, enforcement: str | None, memory_budget: str | None, pool: str | None
 ) -> Diagnosis:
@@ -83,6 +112,9 @@ def diagnose(
         cgroup=_cgroup(host),
         watchdog=Watchdog(works=problem is None, problem=problem, blind_spots=list(_BLIND_SPOTS)),
     )
+    if app_spec is None:
+        app_spec, found.airflow_note = airflow_app()
+        found.app = app_spec
     try:
         _worker(found, host, app_spec, enforcement, memory_budget, pool)
     except _Invalid as exc:

@@ -223,6 +223,11 @@ class Observe:
     learned_problem: str | None = None  # why none could be read
 
 
+#: ``-A`` for an Airflow Celery worker: the provider's app, configured from ``[celery]`` and, through
+#: ``celery_config_options = oomless.airflow.celery_config.CELERY_CONFIG``, from ``[oomless]``.
+AIRFLOW_APP = "airflow.providers.celery.executors.celery_executor_utils:app"
+
+
 @dataclass
 class Diagnosis:
     """Everything doctor found.  A part that is None was not reached: an ``error`` stopped the diagnosis first."""
@@ -242,6 +247,8 @@ class Diagnosis:
     admission: Admission | None = None
     airflow: Airflow | None = None
     observe: Observe | None = None
+    #: Without -A on an Airflow host: why doctor could not read its [oomless] (None: it could, or no Airflow).
+    airflow_note: str | None = None
     #: Why a worker with these settings would refuse to start (None: it would start).
     error: str | None = None
     checks: list[Check] = field(default_factory=list)
