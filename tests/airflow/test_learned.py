@@ -21,6 +21,7 @@ from oomless.history.store import Store  # noqa: E402
 from ..celery.harness import SLACK  # noqa: E402
 
 DAG = "oomless_learned"
+FLOOR_DAG = "oomless_floor"
 MiB = 2**20
 
 
@@ -42,8 +43,10 @@ def run(tmp_path_factory, redis_url):
         stack.start()
         stack.wait_for("worker", "ready.", 120)
         stack.wait_dag(DAG)
-        run_id = stack.trigger(DAG)
+        stack.wait_dag(FLOOR_DAG)
+        run_id, stack.floor_run = stack.trigger(DAG), stack.trigger(FLOOR_DAG)
         stack.state = stack.wait_run(DAG, run_id, 300)["state"]
+        stack.floor_state = stack.wait_run(FLOOR_DAG, stack.floor_run, 300)["state"]
         stack.run_id = run_id
         yield stack
     finally:
@@ -99,3 +102,15 @@ def test_without_history_auto_gets_its_default_and_a_plain_task_the_workers_and_
     tries = _tries(run)
     assert (tries[("auto_new", 1)].outcome, tries[("auto_new", 1)].limit) == ("ok", 256 * MiB)
     assert tries[("plain", 1)].outcome == "ok"
+
+
+def test_a_limit_below_what_any_try_costs_is_said_in_the_trys_log(run):
+    text = "\n".join(run.log(FLOOR_DAG, run.floor_run, "tiny", 1))
+    assert ("oomless: a memory limit of 16.0 MiB is below the 64.0 MiB an Airflow try is charged before the "
+            "task's code runs") in text
+    assert "give it at least 64.0 MiB plus what the task itself uses" in text
+    # cgroup mode (this host): 16 MiB is broken before the try reaches its code (even before its task
+    # runner is forked, so the kill takes the supervisor too), and the try fails
+    assert run.floor_state == "failed"
+    assert "execute_workload" in run.text("worker") and "memory-killed: peak 16.0 MiB, limit 16.0 MiB" in \
+        run.text("worker")

@@ -149,3 +149,16 @@ def test_a_malformed_hand_written_spec_is_a_dag_import_error_naming_the_task_and
     assert "['memory'] 'lots' is not a size" in error
     assert not bad.dags
     assert list(DagBag(str(tmp_path / "good")).dags) == ["good_memory"]
+
+
+def test_memory_warns_at_parse_time_when_a_limit_is_below_what_any_try_costs():
+    with pytest.warns(UserWarning, match=r"a memory limit of 16.0 MiB is below the 64.0 MiB an Airflow try is "
+                                         r"charged before the task's code runs"):
+        memory("16MiB")
+    with pytest.warns(UserWarning, match="29.0 MiB"):
+        memory(request="8MiB", limit="29MiB")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memory("64MiB"), memory("2GiB"), memory("auto"), memory(request="16MiB")  # no limit: nothing to warn of

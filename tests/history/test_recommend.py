@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oomless.history.recommend import FIT_R2, FLOOR, RANGE_TOLERANCE, bump, quantile, recommend, recommend_all
+from oomless.history.recommend import (
+    AIRFLOW_TRY_FLOOR,
+    FIT_R2,
+    FLOOR,
+    RANGE_TOLERANCE,
+    bump,
+    quantile,
+    recommend,
+    recommend_all,
+)
 
 MiB = 2**20
 
@@ -66,6 +75,22 @@ def test_airflow_tries_are_grouped_by_dag_and_task_not_by_celery_name():
     found = {r.task_name: r for r in recommend_all(rows)}
     assert set(found) == {"d.small", "d.big"}
     assert (found["d.big"].dag_id, found["d.big"].af_task_id) == ("d", "big")
+
+
+def test_no_airflow_task_is_recommended_less_than_any_of_its_tries_costs():
+    # the watchdog measures a print-only try at ~13 MiB; under a cgroup its runner alone is charged 57 MiB
+    rows = [row(name="execute_workload", dag="d", task="prints", peak=13 * MiB, t=i) for i in range(30)]
+    rows += [row(name="prints", peak=13 * MiB, t=i) for i in range(30)]  # a Celery task: no such floor
+    found = {r.task_name: r for r in recommend_all(rows)}
+    assert (found["d.prints"].request, found["d.prints"].limit) == (AIRFLOW_TRY_FLOOR, 77 * MiB)  # 64 × 1.2
+    assert (found["prints"].request, found["prints"].limit) == (FLOOR, FLOOR)
+    sized = [row(name="execute_workload", dag="d", task="sized", peak=(8 + s) * MiB, size=s * MiB, t=s)
+             for s in range(1, 40)]
+    [fitted] = recommend_all(sized)
+    assert fitted.by_size is not None
+    for size in (1, 1 * MiB, 20 * MiB):  # below the range, and in it
+        request, limit = fitted.for_size(size)
+        assert request >= AIRFLOW_TRY_FLOOR and limit >= 77 * MiB, (size, request, limit)
 
 
 def test_peak_is_fitted_against_input_size_and_recommended_per_size():

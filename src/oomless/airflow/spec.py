@@ -16,15 +16,17 @@ does no I/O and imports nothing from Airflow, so DAG files stay cheap to parse.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidMemorySpec
+from ..history.recommend import AIRFLOW_TRY_FLOOR
 from ..spec import Memory
 from ..units import format_size, parse_size, short_repr
 
-__all__ = ["KEY", "AIRFLOW_HEADER", "TASK", "TaskMemory", "memory", "TryInfo"]
+__all__ = ["KEY", "AIRFLOW_HEADER", "TASK", "TRY_FLOOR", "TaskMemory", "below_floor", "memory", "TryInfo"]
 
 #: The key of ``executor_config`` that oomless reads.
 KEY = "oomless"
@@ -34,6 +36,23 @@ AIRFLOW_HEADER = "oomless_airflow"
 TASK = "execute_workload"
 
 _KEYS = {"memory", "request", "limit", "escalate", "max", "auto"}
+
+#: The least memory limit an Airflow try can run under in cgroup mode (the recommender's
+#: :data:`~oomless.history.recommend.AIRFLOW_TRY_FLOOR`).  A DAG file that imports more (pandas)
+#: costs more; the worker measures its own (the smallest peak of its tries).
+TRY_FLOOR = AIRFLOW_TRY_FLOOR
+
+
+def below_floor(limit: int | None, floor: int = TRY_FLOOR) -> str | None:
+    """Why a try with memory limit ``limit`` is killed before its code runs, or ``None``."""
+    if limit is None or limit >= floor:
+        return None
+    return (
+        f"a memory limit of {format_size(limit)} is below the {format_size(floor)} an Airflow try is charged "
+        f"before the task's code runs (the task runner importing the SDK and the DAG file; cgroup mode): "
+        f"the try would be killed before it starts; give it at least {format_size(floor)} plus what the "
+        f"task itself uses"
+    )
 AUTO = "auto"
 
 
@@ -162,7 +181,11 @@ def memory(
         base = Memory.coerce(memory, what="memory")
     else:
         base = Memory(request=request, limit=limit)
-    return {KEY: TaskMemory.make(base or Memory(), escalate, max, auto=auto).to_config()}
+    declared = TaskMemory.make(base or Memory(), escalate, max, auto=auto)
+    low = below_floor(declared.base.limit)
+    if low is not None:
+        warnings.warn(f"oomless.airflow.memory(): {low}", UserWarning, stacklevel=2)
+    return {KEY: declared.to_config()}
 
 
 @dataclass(frozen=True)

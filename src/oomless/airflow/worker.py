@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import outcomes
 from ..celery.child import SUBPROCESSES
 from ..celery.governor import Governor
 from ..celery.plugin import Plugin
@@ -39,7 +40,7 @@ from ..units import format_size
 from . import messages
 from .metrics import TryMetrics
 from .refusal import fail_refused_try
-from .spec import AIRFLOW_HEADER, TASK, TryInfo
+from .spec import AIRFLOW_HEADER, TASK, TRY_FLOOR, TryInfo, below_floor
 from .tries import record_kill
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class AirflowPlugin(Plugin):
         self._backend: Any = None
         self._base: str | None = None
         self._metrics: TryMetrics | None = None
+        self._mode: str | None = None
+        #: the smallest peak of a try that ended well here: what a try costs on this worker at least
+        self._floor: int | None = None
 
     def setup(self, app: Any, governor: Governor) -> None:
         task = app.tasks.get(TASK)
@@ -83,6 +87,7 @@ class AirflowPlugin(Plugin):
             logger.warning("oomless: this worker has no %s task; is it an Airflow Celery worker?", TASK)
             return
         task.memory_scope = SUBPROCESSES
+        self._mode = governor.mode
         self._backend = app.backend
         self._metrics = TryMetrics.from_airflow()
         try:
@@ -125,6 +130,17 @@ class AirflowPlugin(Plugin):
                 self._tries.popitem(last=False)
             if found.info is not None and found.info.source is not None:
                 self._say(found, messages.learned(found.info.source), "info")
+            low = below_floor(req.oomless_spec.limit, self.floor)
+            if low is not None:
+                self._say(found, f"oomless: {low}.", "warning")
+
+    @property
+    def floor(self) -> int:
+        """What a try costs here at least: the smallest peak of one that ended well, else (cgroup mode)
+        Airflow's measured :data:`~.spec.TRY_FLOOR` (the watchdog, which measures less, waits for one)."""
+        if self._floor is not None:
+            return self._floor
+        return TRY_FLOOR if self._mode == "cgroup" else 0
 
     def _say(self, found: _Try, text: str, level: str = "error") -> None:
         """One line into the try's log file (created as the supervisor would, when it is not there yet)."""
@@ -157,6 +173,8 @@ class AirflowPlugin(Plugin):
 
     def measured(self, req: Any, outcome: str, peak: int | None) -> None:
         found = self._tries.get(req.id)
+        if found is not None and outcome == outcomes.OK and peak:
+            self._floor = peak if self._floor is None else min(self._floor, peak)
         if self._metrics is not None and found is not None:
             spec = req.oomless_spec
             self._metrics.ended(found.ids[0], found.ids[2], outcome, peak, spec.request, spec.limit)

@@ -64,6 +64,7 @@ __all__ = [
     "REQUEST_MARGIN",
     "LIMIT_MARGIN",
     "FLOOR",
+    "AIRFLOW_TRY_FLOOR",
     "FIT_R2",
     "RANGE_TOLERANCE",
 ]
@@ -75,6 +76,12 @@ LIMIT_MARGIN = 1.2
 #: VPA's OOM bump: a memory-killed attempt counts as needing at least this much more than its limit.
 OOM_BUMP_FACTOR, OOM_BUMP_MIN = 1.2, 100 * MiB
 FLOOR = 16 * MiB
+#: The least an Airflow try runs under in cgroup mode: its task runner (forked by the supervisor,
+#: importing the SDK and the DAG file) is charged 57 MiB before the task's code runs (Airflow 3.3,
+#: measured; docs/airflow.md §3).  No Airflow task is recommended a request below it, nor a limit
+#: below its × LIMIT_MARGIN: the watchdog measures a try's tree lower (the runner shares the
+#: supervisor's pages), and a limit learned there would kill every try under a cgroup.
+AIRFLOW_TRY_FLOOR = 64 * MiB
 LOW_CONFIDENCE = 20  # samples
 SIZE_FIT_MIN, SIZE_FIT_DISTINCT = 5, 3
 #: a size fit is used when it explains at least this share of the variance of log peak
@@ -207,11 +214,15 @@ class Recommendation:
         if size is None or fit is None:
             return Sized(self.request, self.limit, "size-blind")
         if size < fit.smallest:
-            return Sized(*fit.pair(fit.smallest), "below range")
+            return Sized(*self._floored(*fit.pair(fit.smallest)), "below range")
         if size > fit.largest * RANGE_TOLERANCE:
             request, limit = fit.pair(size)
             return Sized(max(request, self.request), max(limit, self.limit), "above range")
-        return Sized(*fit.pair(size), "fitted")
+        return Sized(*self._floored(*fit.pair(size)), "fitted")
+
+    def _floored(self, request: int, limit: int) -> tuple[int, int]:
+        """An Airflow task's pair never below what any of its tries costs (:data:`AIRFLOW_TRY_FLOOR`)."""
+        return _airflow_floor(request, limit) if self.dag_id else (request, limit)
 
     def for_size(self, size: int | None) -> tuple[int, int]:
         """(request, limit) for an input of ``size`` bytes (the size-blind pair without a fit or size)."""
@@ -344,6 +355,8 @@ def _finish(key: tuple[str, str | None, str | None], acc: _Acc) -> Recommendatio
     median = quantile(peaks, REQUEST_QUANTILE)
     request = _mib_up(median * REQUEST_MARGIN)
     limit = max(request, limit_for(peaks[-1]))
+    if dag_id:
+        request, limit = _airflow_floor(request, limit)
     fit = _fit(acc)
     return Recommendation(
         task_name=name,
@@ -364,6 +377,10 @@ def _finish(key: tuple[str, str | None, str | None], acc: _Acc) -> Recommendatio
         median_peak=int(median),
         size_note=fit if isinstance(fit, str) else None,
     )
+
+
+def _airflow_floor(request: int, limit: int) -> tuple[int, int]:
+    return max(request, AIRFLOW_TRY_FLOOR), max(limit, limit_for(AIRFLOW_TRY_FLOOR))
 
 
 def recommend_all(rows: Iterable[Sample], progress: Callable[[int], None] | None = None) -> list[Recommendation]:
