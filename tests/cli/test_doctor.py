@@ -570,8 +570,17 @@ def test_doctor_on_an_airflow_worker_host_reads_oomless_from_airflows_config_wit
     env = {**base, "AIRFLOW_HOME": str(tmp_path),
            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "oomless.airflow.celery_config.CELERY_CONFIG",
            "AIRFLOW__OOMLESS__BUDGET": "3GiB", "AIRFLOW__OOMLESS__ENFORCEMENT": "watchdog"}
+    from oomless.history import Attempt
+    from oomless.history.store import Store
+
+    history = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    Store(history).add([Attempt("execute_workload", f"t{i}", "ok", 1.0, 1.0, peak_rss=(58 + i) * 2**20, mode="cgroup",
+                                dag_id="d", af_task_id="t", run_id="r", try_number=1) for i in range(3)])
+    env["AIRFLOW__OOMLESS__HISTORY"] = history
     found = doctor(env=env)
     assert found.returncode == 0, found.stderr
+    assert ("an Airflow try is charged at least 58.0 MiB before its code runs: the smallest peak of 3 tries that "
+            "ended well in cgroup mode in the history") in found.stdout
     assert line(found.stdout, "app").startswith("Airflow's Celery worker: settings from [oomless]")
     assert line(found.stdout, "budget") == "3.0 GiB (oomless_budget=3GiB)"  # not the machine's auto budget
     assert line(found.stdout, "mode").startswith("watchdog (requested watchdog)")

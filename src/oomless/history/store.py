@@ -254,6 +254,18 @@ class Store:
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]
 
+    def try_floor(self, mode: str = "cgroup") -> tuple[int | None, int]:
+        """``(smallest peak, tries)`` of the Airflow tries that ended ok in ``mode``: what a try costs
+        at least, measured (``None``: no such try recorded)."""
+        if not self._readable():
+            return None, 0
+        c = attempts.c
+        query = select(func.min(c.peak_rss), func.count()).where(
+            c.dag_id.is_not(None), c.outcome == outcomes.OK, c.mode == mode, c.peak_rss.is_not(None))
+        with self.engine.connect() as conn:
+            smallest, tries = conn.execute(query).one()
+        return (None if smallest is None else int(smallest)), int(tries)
+
     def span(self, since: float | None = None) -> tuple[int, float | None, float | None]:
         """``(attempts, earliest start, latest end)`` of the attempts started since ``since`` (one query)."""
         if not self._readable():

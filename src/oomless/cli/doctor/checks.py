@@ -115,7 +115,7 @@ def _worker(found: Diagnosis) -> Iterator[Check]:
     if found.airflow is not None:
         af = found.airflow
         yield Check("airflow", "ok", ", ".join(f"{k} {v}" for k, v in af.versions.items()) + "; see docs/airflow.md",
-                    notes=(af.enforcement,), figures=dict(af.versions))
+                    notes=(af.enforcement, af.floor), figures={**af.versions, "try_floor": af.floor_bytes})
 
 
 def _admission(found: Diagnosis) -> Iterator[Check]:

@@ -222,7 +222,7 @@ def _worker(
         raise _Invalid(str(exc)) from exc
     found.mode.chosen, found.mode.reason, found.mode.warning = choice.mode, choice.reason, choice.warning or None
     found.admission = _admission(settings, isolating, choice.mode)
-    found.airflow = _airflow(choice.mode, host.version)
+    found.airflow = _airflow(choice.mode, host.version, settings.history)
     learned_tasks, learned_problem = _learned(settings.history) if settings.learned else (None, None)
     found.observe = Observe(
         history=None if settings.history is None else redact(settings.history),
@@ -304,14 +304,36 @@ def _admission(settings: Any, isolating: bool, mode: str) -> Admission:
     )
 
 
-def _airflow(mode: str, cgroup_version: int | None) -> Airflow | None:
-    """Whether Airflow tries run governed here, and with which caveat (None: Airflow is not installed)."""
+def _airflow(mode: str, cgroup_version: int | None, history: str | None) -> Airflow | None:
+    """Whether Airflow tries run governed here, with which caveat, and what a try costs at least (None:
+    Airflow is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
+
+    from ...history.recommend import AIRFLOW_TRY_FLOOR
+    from ...units import format_size
 
     try:
         found = {name: version(name) for name in ("apache-airflow", "apache-airflow-providers-celery")}
     except PackageNotFoundError:
         return None
+    smallest, tries = None, 0
+    if history is not None:
+        try:
+            from ...history.store import open_reader
+
+            store = open_reader(history)
+            try:
+                smallest, tries = store.try_floor("cgroup")
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - the history line says what is wrong with the store
+            pass
+    floor = (
+        f"an Airflow try is charged at least {format_size(smallest)} before its code runs: the smallest peak of "
+        f"{tries} tries that ended well in cgroup mode in the history" if smallest is not None else
+        f"an Airflow try is charged about {format_size(AIRFLOW_TRY_FLOOR)} before its code runs in cgroup mode "
+        f"(its task runner; Airflow 3.3 measured 57 MiB){'' if history else ': set history to measure yours'}"
+    ) + "; no memory limit below that lets a try start, and oomless warns of one"
     if mode in ("cgroup", "watchdog"):
         how = f"a try over its limit loses its task runner and everything below it ({mode}"
         if mode == "cgroup" and cgroup_version == 2:
@@ -319,4 +341,4 @@ def _airflow(mode: str, cgroup_version: int | None) -> Airflow | None:
         how += "); its supervisor survives and Airflow fails or retries the try, with the reason in the try's log"
     else:
         how = "enforcement is off: tries are accounted, never killed"
-    return Airflow(versions=found, enforcement=how)
+    return Airflow(versions=found, enforcement=how, floor=floor, floor_bytes=smallest or AIRFLOW_TRY_FLOOR)

@@ -210,6 +210,8 @@ class Airflow:
 
     versions: dict[str, str]
     enforcement: str
+    floor: str = ""  # what a try costs at least, in words
+    floor_bytes: int = 0
 
 
 @dataclass(frozen=True)
