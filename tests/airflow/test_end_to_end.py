@@ -5,6 +5,7 @@ enforcement modes; everything is checked through the REST API, as a user would s
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
@@ -173,17 +174,22 @@ def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
 RECORDED = {("transform", -1, 1), ("transform", -1, 2), ("part", 0, 1), ("part", 1, 1), ("too_big", -1, 1)}
 
 
-def test_the_history_records_each_try_with_its_airflow_ids(run):
+def _recorded(run) -> tuple[list, dict]:
+    """The run's rows in the history once every try the tests read is there: the run's end says the tries
+    ended, not that the recorder (about once a second) wrote them."""
     from oomless.history.store import Store
 
-    deadline = time.monotonic() + 15  # the recorder writes about once a second
+    deadline = time.monotonic() + 15 * SLACK
     while True:
         rows = [a for a in Store(run.history).attempts() if a.dag_id == DAG and a.run_id == run.run_id]
         tries = {(a.af_task_id, a.map_index, a.try_number): a for a in rows}
-        # every try the test reads: the run's end says they ended, not that the recorder wrote them
         if RECORDED <= tries.keys() or time.monotonic() > deadline:
-            break
+            return rows, tries
         time.sleep(0.5)
+
+
+def test_the_history_records_each_try_with_its_airflow_ids(run):
+    rows, tries = _recorded(run)
     assert {a.task_name for a in rows} == {"execute_workload"}
     killed, ok = tries[("transform", -1, 1)], tries[("transform", -1, 2)]
     assert (killed.outcome, killed.limit) == ("memory-killed", 240 * 2**20)
@@ -240,6 +246,81 @@ def test_each_tries_memory_goes_to_statsd_when_airflow_sends_its_metrics_there(r
     assert f"airflow.oomless.ti.limit_bytes.{ids}:{2 * 240 * 2**20}|g" in lines  # its retry's limit
     assert any(line.startswith(f"airflow.oomless.ti.peak_bytes.{ids}:") for line in lines)
     assert not [line for line in lines if run.run_id in line]
+
+
+def _page(run, path: str, token: str | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{run.port}/oomless/{path}",
+                                 headers={"Authorization": f"Bearer {token or run.token()}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30 * SLACK) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_ui_plugin_shows_each_trys_memory_and_the_escalation_ladder_behind_airflows_auth(run):
+    from urllib.parse import quote
+
+    _recorded(run)
+    plugins = run.api("GET", "/plugins")["plugins"]
+    [ours] = [p for p in plugins if p["name"] == "oomless"]
+    assert {(v["destination"], v["name"]) for v in ours["external_views"]} == {
+        ("task_instance", "Memory"), ("task", "Memory"), ("dag", "Memory"), ("nav", "Memory (oomless)")}
+    def ti(task: str, index: str = "-1") -> str:
+        return f"ti?dag_id={DAG}&run_id={quote(run.run_id)}&task_id={task}&map_index={quote(index)}"
+
+    status, page = _page(run, ti("transform"))
+    assert status == 200, page
+    assert "try 1: 240.0 MiB → memory-killed" in page and "try 2: 480.0 MiB → ok" in page, page[-3000:]
+    assert "memory-killed: its task process tree exceeded its memory limit of 240.0 MiB (peak" in page
+    assert "Recommended: <b>request" in page
+    # a mapped index, and the {MAP_INDEX} the UI leaves in place for an unmapped task
+    assert "try 1: 240.0 MiB → memory-killed" in _page(run, ti("part", "1"))[1]
+    assert "try 2: 240.0 MiB" not in _page(run, ti("part", "0"))[1]
+    assert "try 2: 480.0 MiB → ok" in _page(run, ti("transform", "{MAP_INDEX}"))[1]
+    status, refused = _page(run, ti("too_big"))
+    assert "refused before it ran: a limit of 64.0 TiB is more than the worker&#x27;s whole budget" in refused
+    status, dag = _page(run, f"dag?dag_id={DAG}")
+    assert status == 200 and all(f">{task}</a>" in dag for task in ("transform", "part", "small", "too_big"))
+    status, chart = _page(run, f"task?dag_id={DAG}&task_id=transform")
+    assert chart.count("<circle class='peak") == 2 and chart.count("class='rec'") == 2
+    assert f">{DAG}</a>" in _page(run, "")[1]
+    # Airflow's auth, not ours: a token the auth manager does not accept gets nothing
+    assert _page(run, f"dag?dag_id={DAG}", token="not-a-jwt")[0] in (401, 403)
+
+
+def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_path):
+    from urllib.parse import quote
+
+    from browser import Browser
+
+    _recorded(run)
+    browser = Browser(tmp_path)
+    try:
+        # the task instance's "Memory" tab of Airflow's UI: our page in its frame
+        browser.open(f"http://127.0.0.1:{run.port}/dags/{DAG}/runs/{quote(run.run_id, safe='')}/tasks/transform/"
+                     f"plugin/oomless-memory")
+        frame = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
+        text = browser.wait_for(f"{frame} && {frame}.body && {frame}.body.innerText.includes('Escalation') "
+                                f"&& {frame}.body.innerText", timeout=90 * SLACK)
+        assert "Memory of oomless_memory_demo.transform" in text
+        assert "try 1: 240.0 MiB → memory-killed" in text and "try 2: 480.0 MiB → ok" in text
+        if run.mode == "cgroup":
+            browser.screenshot(tmp_path / "ti.png")
+            shot = Path(__file__).parent.parent.parent / "docs" / "img" / "airflow-ti-memory.png"
+            if os.environ.get("OOMLESS_UPDATE_SCREENSHOTS"):
+                shot.parent.mkdir(exist_ok=True)
+                shot.write_bytes((tmp_path / "ti.png").read_bytes())
+            assert (tmp_path / "ti.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # the task's chart drawn by the browser: one dot per try, the two recommendation lines
+        browser.open(f"http://127.0.0.1:{run.port}/oomless/task?dag_id={DAG}&task_id=transform")
+        assert browser.wait_for("document.querySelectorAll('svg circle.peak').length", timeout=30) == 2
+        assert browser.evaluate("document.querySelectorAll('svg line.rec').length") == 2
+    finally:
+        browser.close()
 
 
 def test_the_worker_leaves_no_slot_cgroup_behind(run):

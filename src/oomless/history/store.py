@@ -28,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
     create_engine,
     event,
     func,
@@ -207,6 +208,32 @@ class Store:
             query = query.where(attempts.c.task_name == task_name)
         with self.engine.connect() as conn:
             return [Attempt(**row._asdict()) for row in conn.execute(query)]
+
+    def airflow_attempts(self, dag_id: str, task_id: str | None = None, run_id: str | None = None,
+                         map_index: int | None = None, newest: int = 5000) -> list[Attempt]:
+        """The recorded tries of one Airflow DAG (of one task, run, map index), oldest first: the
+        ``newest`` most recent (the UI plugin's pages)."""
+        if not self._readable():
+            return []
+        c = attempts.c
+        query = select(*(c[name] for name in _COLUMNS)).where(c.dag_id == dag_id)
+        for column, value in (("af_task_id", task_id), ("run_id", run_id), ("map_index", map_index)):
+            if value is not None:
+                query = query.where(c[column] == value)
+        query = query.order_by(c.started_at.desc(), c.id.desc()).limit(newest)
+        with self.engine.connect() as conn:
+            return [Attempt(**row._asdict()) for row in conn.execute(query)][::-1]
+
+    def airflow_dags(self) -> list[tuple[str, int, int, float]]:
+        """``(dag_id, tries, memory kills, latest start)`` of every DAG with recorded tries."""
+        if not self._readable():
+            return []
+        c = attempts.c
+        kills = func.sum(case((c.outcome == outcomes.MEMORY_KILLED, 1), else_=0))
+        query = select(c.dag_id, func.count(), kills, func.max(c.started_at)).where(
+            c.dag_id.is_not(None)).group_by(c.dag_id).order_by(c.dag_id)
+        with self.engine.connect() as conn:
+            return [(str(d), int(n), int(k or 0), float(t)) for d, n, k, t in conn.execute(query)]
 
     def count(self, since: float | None = None) -> int:
         """How many attempts are recorded (since ``since``, seconds since the epoch)."""
