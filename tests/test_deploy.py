@@ -60,6 +60,26 @@ def _queries() -> list[tuple[str, str, str]]:
     return found
 
 
+def _keda_triggers() -> list[dict]:
+    scaled = yaml.safe_load((DEPLOY / "kubernetes" / "keda-scaledobject.yaml").read_text())
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    return scaled["spec"]["triggers"]
+
+
+def test_the_kubernetes_files_parse_and_carry_the_settings_the_end_to_end_test_runs_with():
+    values = yaml.safe_load((DEPLOY / "kubernetes" / "worker-values.yaml").read_text())
+    oomless = values["config"]["oomless"]
+    assert oomless["budget"] == "auto" and oomless["metrics_address"] == "0.0.0.0"
+    assert values["workers"]["podAnnotations"]["prometheus.io/port"] == str(oomless["metrics_port"]) == "9894"
+    assert values["config"]["celery"]["celery_config_options"] == "oomless.airflow.celery_config.CELERY_CONFIG"
+    assert {e["name"]: e["value"] for e in values["env"]}["AIRFLOW__CORE__EXECUTOR"] == \
+        "oomless.airflow.executor.OomlessCeleryExecutor"
+    from oomless.airflow.provider import OPTIONS
+
+    assert set(oomless) <= set(OPTIONS), set(oomless) - set(OPTIONS)  # every key is an [oomless] option
+    assert {t["name"] for t in _keda_triggers()} == {"memory", "waiting"}
+
+
 def _names(text: str) -> set[str]:
     return set(re.findall(r"\boomless_[a-z_]+\b", text))
 
@@ -144,10 +164,17 @@ def test_every_dashboard_query_and_alert_rule_runs_on_prometheus_scraping_a_real
         assert [(t, r) for t, r, e in empty if "evictions" not in e] == [], empty
         exported = {m["metric"] if isinstance(m, dict) else m for m in prom.api("label/__name__/values")}
         metadata = set(prom.api("metadata"))  # families the worker declares, series or not
-        dashboard = _names(" ".join(e for _, _, e in _queries()))
+        dashboard = _names(" ".join(e for _, _, e in _queries()) + " ".join(
+            t["metadata"]["query"] for t in _keda_triggers()))
         rules = _names(" ".join(r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]))
         known = exported | {f"{name}_total" for name in metadata} | metadata
         assert dashboard | rules <= known, (dashboard | rules) - known
+        # the KEDA triggers of deploy/kubernetes: each query answers one number of workers
+        for trigger in _keda_triggers():
+            query = trigger["metadata"]["query"].replace('job="airflow-worker"', 'job="oomless"')
+            [answer] = prom.api("query", query=query)["result"]
+            # idle now: memory asks for no worker (KEDA keeps minReplicaCount), waiting for the one there is
+            assert float(answer["value"][1]) == {"memory": 0, "waiting": 1}[trigger["name"]], (trigger, answer)
         groups = prom.api("rules")["groups"]
         health = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}
         assert len(health) == 6 and set(health.values()) == {"ok"}, health

@@ -47,6 +47,7 @@ def test_budget_reservations_waiting_kills_escalations_and_peaks_are_exported(tm
         assert now[("oomless_budget_bytes", ())] == 1024 * MiB
         assert now[("oomless_reserved_bytes", ())] == 600 * MiB
         assert (now[("oomless_running_tasks", ())], now[("oomless_waiting_tasks", ())]) == (1, 1)
+        assert now[("oomless_waiting_bytes", ())] == 600 * MiB
         assert now[("oomless_waiting_oldest_seconds", ())] > 0
         first.get(timeout=30), second.get(timeout=30)
         killed = app.tasks["t.hog"].delay(512)

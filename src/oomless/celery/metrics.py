@@ -7,7 +7,7 @@ otherwise.  Two kinds of series:
 * **read at scrape time** from the worker's :func:`~oomless.celery.status.snapshot`
   (a scrape costs the task path nothing): ``oomless_budget_bytes``,
   ``oomless_reserved_bytes``, ``oomless_used_bytes``, ``oomless_footprint_bytes``, ``oomless_slots``,
-  ``oomless_running_tasks``, ``oomless_waiting_tasks``,
+  ``oomless_running_tasks``, ``oomless_waiting_tasks``, ``oomless_waiting_bytes``,
   ``oomless_waiting_oldest_seconds``, and the counters
   ``oomless_tasks_total{outcome}``, ``oomless_kills_total``,
   ``oomless_evictions_total``, ``oomless_escalations_total``;
@@ -74,6 +74,8 @@ class _Snapshot(Collector):
             ("oomless_slots", s["slots"], "Pool slots."),
             ("oomless_running_tasks", s["admitted"], "Tasks running (admitted: holding a slot and memory)."),
             ("oomless_waiting_tasks", len(s["waiting"]), "Tasks waiting for memory or a slot."),
+            ("oomless_waiting_bytes", sum(w["request"] or 0 for w in s["waiting"]),
+             "Memory the waiting tasks request (what more workers would need to start them)."),
             ("oomless_waiting_oldest_seconds", max((w["waited"] for w in s["waiting"]), default=0.0),
              "How long the longest-waiting task has waited."),
         ):
