@@ -130,12 +130,13 @@ class GovernedRequest(Request):
         # With learned sizes, a message's input-size hint may pick a size-fitted spec: not cached per name.
         sized = gov is not None and gov.learned is not None and header_int(self, INPUT_SIZE, -1, high=2**60) >= 0
         cacheable = gov is not None and header is None and not sized
+        invalid = invalid_from_header(self.request_dict.get(INVALID_HEADER))
+        if invalid is not None:  # whatever the task's cached spec says: its publisher found it malformed
+            self.oomless_error = invalid
+            return
         spec = gov.task_specs.get(self.name) if cacheable else None  # type: ignore[union-attr]
         if spec is None:
             try:
-                invalid = invalid_from_header(self.request_dict.get(INVALID_HEADER))
-                if invalid is not None:
-                    raise invalid
                 call = from_header(header)
                 if call is not None and gov is not None and self.request_dict.get(LEARNED_HEADER) == 1:
                     call = gov.cap_learned(self.name, call)
