@@ -1,7 +1,6 @@
-"""oomless in Airflow's UI: an Airflow 3.1+ plugin (``airflow.plugins`` entry point).
+"""The FastAPI app of oomless's Airflow UI plugin (:mod:`.plugin`), mounted by the api-server at ``/oomless``.
 
-A FastAPI app mounted by the api-server at ``/oomless``, and external views
-that Airflow's UI shows in a frame:
+Its pages, which Airflow's UI shows in a frame:
 
 * **task instance** → "Memory": each try's request, limit, peak and outcome
   (ok, memory-killed with the sentence, evicted, refused), and the escalation
@@ -28,7 +27,6 @@ from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
-from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
 
@@ -39,9 +37,7 @@ from .provider import SECTION
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OomlessPlugin", "app", "PREFIX"]
-
-PREFIX = "/oomless"
+__all__ = ["app"]
 #: links between the pages (all at one level under PREFIX, so they work behind any base URL)
 BASE = "./"
 #: the newest tries a page reads
@@ -133,21 +129,3 @@ def task_instance(dag_id: str = Query(max_length=250), run_id: str = Query(max_l
     tries.sort(key=lambda a: (a.try_number or 0, a.started_at))
     history = store.airflow_attempts(dag_id, task_id, newest=NEWEST)
     return ui_pages.ti_page(dag_id, run_id, task_id, index, tries, _recommendations(history).get(task_id), BASE)
-
-
-class OomlessPlugin(AirflowPlugin):
-    """Registered by the ``airflow.plugins`` entry point; needs Airflow 3.1+ (external views)."""
-
-    name = "oomless"
-    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "oomless: memory of tasks"}]
-    external_views = [
-        {"name": "Memory", "href": f"{PREFIX}/ti?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}"
-                                   f"&map_index={{MAP_INDEX}}",
-         "destination": "task_instance", "url_route": "oomless-memory"},
-        {"name": "Memory", "href": f"{PREFIX}/task?dag_id={{DAG_ID}}&task_id={{TASK_ID}}",
-         "destination": "task", "url_route": "oomless-task-memory"},
-        {"name": "Memory", "href": f"{PREFIX}/dag?dag_id={{DAG_ID}}", "destination": "dag",
-         "url_route": "oomless-dag-memory"},
-        {"name": "Memory (oomless)", "href": f"{PREFIX}/", "destination": "nav", "category": "browse",
-         "url_route": "oomless"},
-    ]
