@@ -164,6 +164,18 @@ def test_a_try_that_can_never_fit_fails_at_once_without_retries_and_its_log_says
     assert [line for line in scheduler if "too_big" in line and "state attribute" in line] == []
 
 
+def test_the_worker_writes_one_outcome_per_try(run):
+    """Never an "ok" line and then a "memory-killed" one for the same try (seen once on a stranger's run)."""
+    from collections import Counter
+
+    found = re.findall(r"oomless: execute_workload\[([0-9a-f-]+)\] (ok|failed|memory-killed|evicted|lost|retry): "
+                       r"peak", run.text("worker"))
+    per_try = Counter(task_id for task_id, _ in found)
+    assert [f for f in found if per_try[f[0]] > 1] == [], found
+    # transform, sort_words and part[1] were killed once each, and said so once each
+    assert sorted(outcome for _, outcome in found if outcome != "ok") == ["memory-killed"] * 3, found
+
+
 def test_the_worker_survives_and_no_try_waits_for_a_heartbeat_timeout(run):
     assert run.worker_alive
     worker = run.text("worker")
