@@ -102,6 +102,10 @@ class Stack:
             "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__CELERY__BROKER_URL": broker,
+            # a key prefix of its own too: two suites on one machine (a developer's run beside CI) may
+            # draw the same database, and would then take each other's tries off the "default" queue
+            **({"AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{self.marker[:12]}:"}
+               if broker.startswith("redis") else {}),
             "AIRFLOW__CELERY__RESULT_BACKEND": broker,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_port),
