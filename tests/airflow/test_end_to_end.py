@@ -312,6 +312,16 @@ def test_the_ui_plugin_shows_each_trys_memory_and_the_escalation_ladder_behind_a
     assert _page(run, f"dag?dag_id={DAG}", token="not-a-jwt")[0] in (401, 403)
 
 
+def _screenshot(browser, run, tmp_path, name: str) -> None:
+    """A PNG of the page; with OOMLESS_UPDATE_SCREENSHOTS set (cgroup mode), it replaces docs/img/<name>."""
+    browser.screenshot(tmp_path / name)
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if run.mode == "cgroup" and os.environ.get("OOMLESS_UPDATE_SCREENSHOTS"):
+        shot = Path(__file__).parent.parent.parent / "docs" / "img" / name
+        shot.parent.mkdir(exist_ok=True)
+        shot.write_bytes((tmp_path / name).read_bytes())
+
+
 def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_path):
     from urllib.parse import quote
 
@@ -328,13 +338,17 @@ def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_p
                                 f"&& {frame}.body.innerText", timeout=90 * SLACK)
         assert "Memory of oomless_memory_demo.transform" in text
         assert "try 1: 240.0 MiB → memory-killed" in text and "try 2: 480.0 MiB → ok" in text
-        if run.mode == "cgroup":
-            browser.screenshot(tmp_path / "ti.png")
-            shot = Path(__file__).parent.parent.parent / "docs" / "img" / "airflow-ti-memory.png"
-            if os.environ.get("OOMLESS_UPDATE_SCREENSHOTS"):
-                shot.parent.mkdir(exist_ok=True)
-                shot.write_bytes((tmp_path / "ti.png").read_bytes())
-            assert (tmp_path / "ti.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        _screenshot(browser, run, tmp_path, "airflow-ti-memory.png")
+        # the DAG's and the task's tabs, in Airflow's UI too
+        for url, needle, name in (
+            (f"/dags/{DAG}/plugin/oomless-dag-memory", "Memory of DAG", "airflow-dag-memory.png"),
+            (f"/dags/{DAG}/tasks/transform/plugin/oomless-task-memory", "recommended request",
+             "airflow-task-memory.png"),
+        ):
+            browser.open(f"http://127.0.0.1:{run.port}{url}")
+            browser.wait_for(f"{frame} && {frame}.body && {frame}.body.innerText.includes({needle!r})",
+                             timeout=90 * SLACK)
+            _screenshot(browser, run, tmp_path, name)
         # the task's chart drawn by the browser: one dot per try, the two recommendation lines
         browser.open(f"http://127.0.0.1:{run.port}/oomless/task?dag_id={DAG}&task_id=transform")
         assert browser.wait_for("document.querySelectorAll('svg circle.peak').length", timeout=30) == 2

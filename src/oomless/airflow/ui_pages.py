@@ -140,9 +140,10 @@ def _chart(tries: Sequence[Attempt], rec: Recommendation | None, width: int = 72
               + ([rec.limit] if rec is not None else [])) * 1.1 or 1
     t0, t1 = points[0].started_at, points[-1].started_at
     left, right, pad = 64, width - 12, 16
+    first, last = left + 12, right - 190  # the tries; the recommendation's labels go on the right
 
     def x(t: float) -> float:
-        return left + (right - left) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.5)
+        return first + (last - first) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.5)
 
     def y(v: float) -> float:
         return height - pad - (height - 2 * pad) * v / top
@@ -158,7 +159,7 @@ def _chart(tries: Sequence[Attempt], rec: Recommendation | None, width: int = 72
         lines = ((rec.limit, "recommended limit", "6,3"), (rec.request, "recommended request", "2,3"))
         for value, label, dash in lines:
             parts.append(f"<line class='rec' x1='{left}' y1='{y(value):.1f}' x2='{right}' y2='{y(value):.1f}' "
-                         f"stroke='#3182ce' stroke-dasharray='{dash}'/><text x='{right - 150}' y='{y(value) - 4:.1f}'>"
+                         f"stroke='#3182ce' stroke-dasharray='{dash}'/><text x='{last + 12}' y='{y(value) - 4:.1f}'>"
                          f"{label} {_e(format_size(value))}</text>")
     for a in points:
         cx = x(a.started_at)
