@@ -59,6 +59,34 @@ def test_a_new_store_is_created_at_the_current_schema_version(url):
     store.close()
 
 
+def test_a_version_1_store_is_read_as_it_is_and_a_writer_adds_the_airflow_index(url):
+    from dataclasses import fields
+
+    from sqlalchemy import insert, inspect
+
+    from oomless.history.store import MIGRATIONS, attempts, open_reader, schema
+
+    old = Store(url)
+    with old.engine.begin() as conn:  # what oomless wrote before version 2: the table, no index by DAG
+        schema.create(conn)
+        MIGRATIONS[0](conn)
+        conn.execute(insert(schema).values(version=1))
+        if "oomless_attempts_by_dag" in {i["name"] for i in inspect(conn).get_indexes("oomless_attempts")}:
+            conn.exec_driver_sql("DROP INDEX oomless_attempts_by_dag")
+        row = _attempt(0, dag_id="d", af_task_id="t", run_id="r", try_number=1)
+        conn.execute(insert(attempts), [{f.name: getattr(row, f.name) for f in fields(row)}])
+    old.close()
+    reader = open_reader(url)
+    assert [a.af_task_id for a in reader.airflow_attempts("d")] == ["t"]  # a reader changes nothing
+    assert reader.version() == 1
+    reader.close()
+    writer = Store(url)
+    assert writer.migrate() == 1 and writer.version() == SCHEMA_VERSION == 2
+    with writer.engine.connect() as conn:
+        assert "oomless_attempts_by_dag" in {i["name"] for i in inspect(conn).get_indexes("oomless_attempts")}
+    writer.close()
+
+
 def test_attempts_round_trip_with_airflow_ids_and_big_sizes(url):
     store = Store(url)
     rows = [_attempt(0), _attempt(1, outcome="memory-killed", peak_rss=2**31, limit=2**31, dag_id="d",

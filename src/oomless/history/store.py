@@ -77,13 +77,23 @@ schema = Table("oomless_schema", metadata, Column("version", Integer, nullable=F
 _COLUMNS = [f.name for f in fields(Attempt)]
 
 
+#: An Airflow DAG's tries, by task (the UI plugin's pages; created with the table from version 2 on).
+by_dag = Index("oomless_attempts_by_dag", attempts.c.dag_id, attempts.c.af_task_id, attempts.c.started_at)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[attempts])
 
 
+def _v2(conn: Connection) -> None:
+    by_dag.create(conn, checkfirst=True)
+
+
 #: Schema steps in order; step *n* brings a store from version *n - 1* to *n*.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1,)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The oldest schema whose attempts a reader reads as they are (later steps only added indexes).
+READABLE_FROM = 1
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -181,8 +191,8 @@ class Store:
     def _readable(self) -> bool:
         """Whether there are tables to read: a writer creates them, a reader of an empty store finds none."""
         if not self._migrated:
-            if self.readonly:  # read as it is: tables of this schema, or nothing to read
-                self._migrated = self.version() == SCHEMA_VERSION
+            if self.readonly:  # read as it is: tables of a schema this oomless reads, or nothing to read
+                self._migrated = READABLE_FROM <= self.version() <= SCHEMA_VERSION
                 return self._migrated
             self.migrate()
         return True
