@@ -22,7 +22,6 @@ the DAGs the user may read).
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -35,10 +34,9 @@ from ..urls import redact
 from . import ui_pages
 from .provider import SECTION
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["app"]
-#: links between the pages (all at one level under PREFIX, so they work behind any base URL)
+
+#: links between the pages (all at one level under the mount point, so they work behind any base URL)
 BASE = "./"
 #: the newest tries a page reads
 NEWEST = 5000
