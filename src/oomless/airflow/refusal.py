@@ -17,9 +17,12 @@ try run and fail, not a mismatch.  ``on_failure_callback`` does not run: Airflow
 runs task callbacks in the task runner, which a refused try never starts (as for
 any try whose runner dies).
 
-The calls run in a thread the event loop waits for at most :data:`WAIT`
-seconds.  If they fail (the API server is down, the token expired), the try
-ends through the scheduler as before, with a WARNING here.
+The calls run in a thread the event loop waits for: twice Airflow's own
+``[workers] execution_api_timeout`` (what a try's supervisor gives one call),
+at least :data:`WAIT` seconds; the try's Celery failure is stored only after,
+so the scheduler never sees it first.  If they fail (the API server is down or
+slow, the token expired), the try ends through the scheduler as before, with a
+WARNING here.
 """
 
 from __future__ import annotations
@@ -34,8 +37,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["fail_refused_try", "WAIT"]
 
-#: Seconds the worker's event loop waits for the API server.
+#: The least seconds the worker's event loop waits for the API server.
 WAIT = 10.0
+
+
+def _wait() -> float:
+    """Seconds to wait for both calls: two of Airflow's per-call timeouts, at least :data:`WAIT`."""
+    try:
+        from airflow.configuration import conf
+
+        return max(WAIT, 2 * conf.getfloat("workers", "execution_api_timeout", fallback=5.0))
+    except Exception:  # noqa: BLE001 - a bad value: the least wait
+        return WAIT
 
 
 def _server() -> str:
@@ -79,11 +92,12 @@ def fail_refused_try(workload: Any, name: str) -> bool:
         except BaseException as exc:  # reported below, from the event loop
             failure.append(exc)
 
+    wait = _wait()
     thread = threading.Thread(target=call, name="oomless-refusal", daemon=True)
     thread.start()
-    thread.join(WAIT)
+    thread.join(wait)
     if thread.is_alive() or failure:
-        why = failure[0] if failure else f"no answer in {WAIT:g} s"
+        why = failure[0] if failure else f"no answer in {wait:g} s"
         logger.warning(
             "oomless: could not fail the refused try %s through the API server (%s); the scheduler will "
             "fail it as a task killed externally, and may retry it", name, why,
