@@ -221,16 +221,20 @@ def _slot_groups(worker_pid: int) -> list[Path]:
 def test_the_workers_metrics_carry_each_tries_dag_and_task_never_its_run_or_map_index(run):
     from ..celery.test_metrics import scrape
 
-    deadline = time.monotonic() + 15 * SLACK  # a try's last Celery bookkeeping may follow the run's end
-    while True:
-        samples = scrape(run.metrics_url)
-        ended = sum(v for (n, ls), v in samples.items() if n == "oomless_tasks_total")
-        if ended >= 10 or time.monotonic() > deadline:  # 9 tries that ran (part: 3), and too_big refused
-            break
-        time.sleep(0.5)
-    per_task = {name: {(dict(labels)["dag_id"], dict(labels)["task_id"]): v for (n, labels), v in samples.items()
+    def by_task(samples: dict) -> dict:
+        return {name: {(dict(labels)["dag_id"], dict(labels)["task_id"]): v for (n, labels), v in samples.items()
                        if n == name and dict(labels).get("task") == "execute_workload"}
                 for name in ("oomless_task_kills_total", "oomless_task_peak_bytes_count", "oomless_task_limit_bytes")}
+
+    # a try's last Celery bookkeeping may follow the run's end: wait for the 9 tries that ran (part: 3)
+    deadline = time.monotonic() + 30 * SLACK
+    while True:
+        samples = scrape(run.metrics_url)
+        found = by_task(samples)
+        if sum(found["oomless_task_peak_bytes_count"].values()) >= 9 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    per_task = found
     kills = per_task["oomless_task_kills_total"]
     # transform and sort_words: their first tries; part: only map index 1, in the one series of the task
     assert kills == {(DAG, "transform"): 1, (DAG, "sort_words"): 1, (DAG, "part"): 1}
@@ -351,7 +355,7 @@ def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_p
             _screenshot(browser, run, tmp_path, name)
         # the task's chart drawn by the browser: one dot per try, the two recommendation lines
         browser.open(f"http://127.0.0.1:{run.port}/oomless/task?dag_id={DAG}&task_id=transform")
-        assert browser.wait_for("document.querySelectorAll('svg circle.peak').length", timeout=30) == 2
+        assert browser.wait_for("document.querySelectorAll('svg circle.peak').length === 2", timeout=30 * SLACK)
         assert browser.evaluate("document.querySelectorAll('svg line.rec').length") == 2
     finally:
         browser.close()
