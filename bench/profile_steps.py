@@ -31,9 +31,10 @@ from overhead import VARIANTS, _client, _prefill
 #: (file part, function name or "*") -> step; the first match wins
 STEPS = [
     ("oomless/celery/request.py", "GovernedRequest.__init__", "receipt and spec"),
+    ("oomless/celery/message_spec.py", "*", "receipt and spec"),
     ("oomless/spec.py", "*", "receipt and spec"),
     ("oomless/celery/republish.py", "*", "receipt and spec"),
-    ("oomless/celery/gate.py", "MemoryGate._fetch_control", "fetch control"),
+    ("oomless/celery/fetch.py", "*", "fetch control"),
     ("oomless/celery/gate.py", "MemoryGate.acknowledged", "fetch control"),
     ("oomless/celery/request.py", "_acknowledged", "fetch control"),
     ("oomless/celery/gate.py", "*", "gate acquire/finish"),
@@ -42,6 +43,7 @@ STEPS = [
     ("oomless/celery/governor.py", "Governor.on_kill_notice", "kill-notice pipe"),
     ("oomless/enforce/reports.py", "*", "kill-notice pipe"),
     ("oomless/celery/governor.py", "Governor.finished", "event and log"),
+    ("oomless/celery/ends.py", "*", "event and log"),
     ("oomless/celery/events.py", "*", "event and log"),
     ("oomless/celery/request.py", "*", "request subclass overrides"),
     ("oomless/celery/compat.py", "*", "request subclass overrides"),

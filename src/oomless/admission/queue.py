@@ -39,6 +39,8 @@ import operator
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from ..units import format_size
+
 __all__ = ["Admission", "Waiting", "Infeasible"]
 
 _since = operator.attrgetter("since")
@@ -111,6 +113,14 @@ class Admission:
     def blocked(self) -> int:
         """How many waiting tasks cannot fit in the memory free now."""
         return len(self.cannot_fit())
+
+    def describe(self, request: int | None = None) -> str:
+        """``request 1.0 GiB, free 2.0 GiB of 6.0 GiB, 1 of 4 slots free, 3 waiting`` (for log lines)."""
+        return (
+            ("" if request is None else f"request {format_size(request)}, ")
+            + f"free {format_size(self.free)} of {format_size(self.budget)}, "
+            f"{self.free_slots} of {self.slots} slots free, {len(self.waiting)} waiting"
+        )
 
     # -- events ---------------------------------------------------------------
     def submit(

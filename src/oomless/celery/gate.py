@@ -38,6 +38,7 @@ from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 from ..admission import Admission
 from ..units import format_size
 from . import compat
+from .fetch import FetchControl
 from .republish import WAITED, header_float, ready_messages, republish
 
 if TYPE_CHECKING:
@@ -72,12 +73,9 @@ class MemoryGate(LaxBoundedSemaphore):
         self.clock = clock
         self._callbacks: dict[Any, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
         self._hub: Any = None
-        self._consumer: Any = None
         self._drain_scheduled = False
-        self._held_back = 0  # prefetch taken back from Celery's QoS while not fetching
-        self.stopped = False  # not fetching
-        self._fetch_said = -1e9  # when "stopped fetching" was last logged at INFO
-        self._quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
+        #: no hoarding: Celery's prefetch, held back while tasks wait for memory
+        self.fetch = FetchControl(admission, max_waiting)
         self._queued_at: dict[Any, float] = {}  # waiting request -> when it started waiting (any worker)
         self._kept: set[Any] = set()  # overdue requests kept here because their queue has a backlog (logged once)
         self._for_memory: set[Any] = set()  # waiting requests that arrived when their request did not fit
@@ -108,6 +106,11 @@ class MemoryGate(LaxBoundedSemaphore):
         )
         return gate
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the gate has stopped fetching (prefetch held back while tasks wait for memory)."""
+        return self.fetch.stopped
+
     # -- LaxBoundedSemaphore's interface, as Celery and billiard use it -------
     @property
     def value(self) -> int:  # type: ignore[override]
@@ -131,7 +134,7 @@ class MemoryGate(LaxBoundedSemaphore):
         started = self.adm.submit(req, request, now, self._sign * priority, waited, kind=(req.name, request))
         if started == [req]:
             if request and logger.isEnabledFor(logging.DEBUG):
-                logger.debug("oomless: admitted %s[%s]: %s", req.name, req.id, self._numbers(request))
+                logger.debug("oomless: admitted %s[%s]: %s", req.name, req.id, self.adm.describe(request))
             callback(*args, **kwargs)
             return True
         self._callbacks[req] = (callback, args, kwargs)
@@ -141,12 +144,12 @@ class MemoryGate(LaxBoundedSemaphore):
                 # Held for memory: worth a line.  Waiting for a slot is Celery's prefetch, said at DEBUG.
                 self._for_memory.add(req)
                 logger.info("oomless: %s[%s] waits (its request does not fit): %s",
-                            req.name, req.id, self._numbers(request))
+                            req.name, req.id, self.adm.describe(request))
             elif logger.isEnabledFor(logging.DEBUG):
-                logger.debug("oomless: %s[%s] waits (no free slot): %s", req.name, req.id, self._numbers(request))
+                logger.debug("oomless: %s[%s] waits (no free slot): %s", req.name, req.id, self.adm.describe(request))
         self._start(started, now)
         self._trim(now)
-        self._fetch_control(now)
+        self.fetch.update(now)
         return req in started
 
     def _trim(self, now: float) -> None:
@@ -173,7 +176,7 @@ class MemoryGate(LaxBoundedSemaphore):
         """The worker's budget moved: admit what now fits (or hold what no longer does)."""
         now = self.clock()
         self._start(self.adm.set_budget(budget, now), now)
-        self._fetch_control(now)
+        self.fetch.update(now)
 
     def clear(self) -> None:
         """Celery, on losing the broker connection: waiting messages return to the broker by themselves."""
@@ -182,7 +185,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._queued_at.clear()
         self._kept.clear()
         self._for_memory.clear()
-        self._held_back, self.stopped = 0, False  # Celery builds a new QoS object on reconnect
+        self.fetch.reset()
 
     def __repr__(self) -> str:
         return (
@@ -195,21 +198,17 @@ class MemoryGate(LaxBoundedSemaphore):
         """``req`` ended (or never ran): free its slot and memory, start what now fits."""
         now = self.clock()
         if req in self.adm.running:
-            self._quiet_until = 0.0  # memory freed here: worth fetching again
+            self.fetch.quiet_until = 0.0  # memory freed here: worth fetching again
             self._start(self.adm.finish(req, now), now)
-            self._fetch_control(now)
+            self.fetch.update(now)
         elif self.adm.forget(req):
-            self._callbacks.pop(req, None)
-            self._queued_at.pop(req, None)
-            self._kept.discard(req)
-            self._for_memory.discard(req)
-            self._fetch_control(now)
+            self._drop(req)
+            self.fetch.update(now)
 
     def register(self, hub: Any, consumer: Any) -> None:
         """Called on every (re)connection of the worker's event loop."""
         self._hub = hub
-        self._consumer = consumer
-        self._held_back, self.stopped = 0, False
+        self.fetch.reset(consumer)
         hub.call_repeatedly(1.0, self.tick)
 
     def tick(self) -> None:
@@ -241,7 +240,7 @@ class MemoryGate(LaxBoundedSemaphore):
                     )
                 continue
             self._give_back(req, now - waiting.since)
-        self._fetch_control(now)
+        self.fetch.update(now)
 
     def _give_back(self, req: Any, waited: float) -> None:
         """Republish a waiting ``req`` and stop holding it; if the broker says no, it keeps its place here."""
@@ -252,15 +251,19 @@ class MemoryGate(LaxBoundedSemaphore):
                            req.name, req.id, exc)
             return
         self.adm.forget(req)
+        self._drop(req)
+        self.fetch.quiet_until = self.clock() + (self.adm.give_back_after or 0)
+        logger.info(
+            "oomless: gave %s[%s] back to the broker after %.1f s: %s",
+            req.name, req.id, waited, self.adm.describe(_request(req)),
+        )
+
+    def _drop(self, req: Any) -> None:
+        """Forget a waiting ``req`` that will not start here (ended, or given back)."""
         self._callbacks.pop(req, None)
         self._queued_at.pop(req, None)
         self._kept.discard(req)
         self._for_memory.discard(req)
-        self._quiet_until = self.clock() + (self.adm.give_back_after or 0)
-        logger.info(
-            "oomless: gave %s[%s] back to the broker after %.1f s: %s",
-            req.name, req.id, waited, self._numbers(_request(req)),
-        )
 
     def _running(self) -> list[Any]:
         """The requests running (the ledger's keys are Celery requests)."""
@@ -293,67 +296,13 @@ class MemoryGate(LaxBoundedSemaphore):
             if req in self._for_memory:
                 self._for_memory.discard(req)
                 logger.info("oomless: admitted %s[%s] after waiting %.1f s: %s", req.name, req.id,
-                            now - queued if queued is not None else 0.0, self._numbers(_request(req)))
+                            now - queued if queued is not None else 0.0, self.adm.describe(_request(req)))
             elif logger.isEnabledFor(logging.DEBUG):
                 logger.debug("oomless: admitted %s[%s] after waiting for a slot: %s", req.name, req.id,
-                             self._numbers(_request(req)))
+                             self.adm.describe(_request(req)))
             callback(*args, **kwargs)
-
-    def _numbers(self, request: int | None) -> str:
-        adm = self.adm
-        return (
-            ("" if request is None else f"request {format_size(request)}, ")
-            + f"free {format_size(adm.free)} of {format_size(adm.budget)}, "
-            f"{adm.free_slots} of {adm.slots} slots free, {len(adm.waiting)} waiting"
-        )
-
-    # -- fetching -----------------------------------------------------------------
-    def _fetch_control(self, now: float) -> None:
-        """Keep what the broker may still send within ``max_waiting`` while tasks wait for memory.
-
-        While nothing waits for memory (tasks may wait for a slot), Celery's own
-        prefetch applies untouched.  While tasks wait for memory, prefetch is held
-        at what the worker holds unacknowledged plus the room left for waiting
-        tasks that cannot fit (none just after a give-back), so a burst cannot
-        arrive when the room opens.
-        """
-        quiet = now < self._quiet_until
-        blocked = self.adm.blocked()
-        if not blocked and not quiet and not self._held_back and not self.stopped:
-            return  # the common case: nothing waits for memory, and nothing is held back
-        qos = getattr(self._consumer, "qos", None)
-        if qos is None:
-            return
-        if not blocked and not quiet:
-            # Nothing waits for memory (tasks waiting for a slot are Celery's own prefetch).
-            want = 0
-            stop = False
-        else:
-            room = 0 if quiet else max(0, self.max_waiting - blocked)
-            stop = room == 0
-            held = len(self.adm.waiting) + sum(1 for r in self._running() if not r.acknowledged)
-            base = qos.value + self._held_back  # what Celery's own prefetch is now
-            want = max(0, base - max(1, held + room))
-        if want > self._held_back:
-            before = qos.value
-            qos.decrement_eventually(want - self._held_back)  # never below 1 (0 would mean "no limit")
-            self._held_back += before - qos.value
-        elif want < self._held_back:
-            before = qos.value
-            qos.increment_eventually(self._held_back - want)
-            self._held_back -= qos.value - before
-        if stop != self.stopped:
-            self.stopped = stop
-            # Under steady pressure this flips once per task: say so at most every 10 s.
-            level = logging.INFO if now - self._fetch_said >= 10 else logging.DEBUG
-            if stop and logger.isEnabledFor(level):
-                why = "just gave a task back" if quiet else f"{blocked} waiting cannot fit"
-                logger.log(level, "oomless: stopped fetching: %s (%s)", why, self._numbers(None))
-                self._fetch_said = now if level == logging.INFO else self._fetch_said
-            elif not stop and logger.isEnabledFor(level):
-                logger.log(level, "oomless: fetching again: %s", self._numbers(None))
 
     def acknowledged(self) -> None:
         """One of our messages was acked or rejected while tasks wait: the room changed."""
-        self._fetch_control(self.clock())
+        self.fetch.update(self.clock())
 

@@ -8,7 +8,8 @@ the history recorder, learned sizes and metrics.  The bootstep
 (:mod:`oomless.celery.bootstep`) only adapts it to Celery's worker.
 
 What is not here: what happens to one task message (:mod:`oomless.celery.request`),
-the pool child's half (:mod:`oomless.celery.child`), the budget's measurement
+what a task's end leaves behind (:mod:`oomless.celery.ends`), the pool child's
+half (:mod:`oomless.celery.child`), the budget's measurement
 (:mod:`oomless.celery.footprint`).
 """
 
@@ -16,33 +17,28 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.imports import symbol_by_name
 
-from .. import outcomes
 from ..budget import Footprint
 from ..enforce.base import Enforcer
 from ..enforce.modes import Choice, prepared_enforcer
 from ..enforce.reports import KillReport
 from ..enforce.slots import SlotTable
 from ..errors import InfeasibleMemoryRequest
-from ..history.attempt import Attempt
 from ..linux import cgroup
 from ..spec import Memory
 from ..units import format_size
 from ..urls import redact
-from . import compat
+from . import compat, ends
 from .config import Settings, load_settings
-from .events import EVENT, events_on, log_finished, summary
 from .failures import memory_exceeded_einfo
 from .footprint import LiveBudget
 from .gate import MemoryGate
 from .plugin import Plugin
-from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
     from ..history.learned import Learned
@@ -249,75 +245,15 @@ class Governor:
             raise InfeasibleMemoryRequest(task_name, task_id, need, self.capacity)
 
     def finished(self, req: Any, outcome: str, report: KillReport | None = None) -> None:
-        """The task's one log line (unless its pool child wrote it) and its memory event.
-
-        Its slot and memory are freed first, so the next task starts before the bookkeeping and
-        whoever reads the counters (metrics, status) never sees an ended task still running.
-        """
+        """``req`` ended: its slot and memory are freed first, so the next task starts before the
+        bookkeeping and whoever reads the counters (metrics, status) never sees an ended task still
+        running; then what its end leaves behind (:func:`oomless.celery.ends.ended`)."""
         self.release(req)
-        spec: Memory = req.oomless_spec
-        peak: int | None = report.peak if report is not None else None
-        self.counts[outcome] += 1
-        found = None
-        events = events_on(req)
-        wanted = (
-            outcome != outcomes.OK or not self.children_report or events
-            or self.recorder is not None or self.metrics is not None
-        )
-        if report is None and outcome != outcomes.LOST and wanted:
-            found = self._finished_in_child(req)
-            if found is not None:
-                peak = found.peak
-        # A pool child logs every task it finishes; a killed or lost one never finishes.
-        child_logged = self.children_report and report is None and (outcome == outcomes.OK or found is not None)
-        if not child_logged:
-            log_finished(req.name, req.id, outcome, peak, spec, self.mode)
-        if events:
-            req.send_event(
-                EVENT, outcome=outcome, peak=peak, limit=spec.limit, request=spec.request, mode=self.mode,
-                memory=summary(outcome, peak, spec, self.mode),
-            )
-        if self.recorder is not None:
-            self.record(req, outcome, peak, found.input_size if found is not None else None)
-        if self.learned is not None and outcome == outcomes.MEMORY_KILLED and spec.limit is not None:
-            size = header_int(req, INPUT_SIZE, -1, high=2**60)
-            self.learned.note_kill(req.name, size if size >= 0 else None, spec.limit)
-            self.task_specs.pop(req.name, None)
-        if self.metrics is not None:
-            labels: dict[str, str] = {}
-            for plugin in self.plugins:
-                labels.update(plugin.metric_labels(req))
-            self.metrics.ended(req.name, labels, outcome, peak, spec.request, spec.limit)
-        for plugin in self.plugins:
-            plugin.measured(req, outcome, peak)
-            plugin.ended(req, outcome, report)
+        ends.ended(self, req, outcome, report)
 
-    def record(self, req: Any, outcome: str, peak: int | None, input_size: int | None = None) -> None:
-        """One attempt into the history (an append to the recorder's buffer; no I/O here).
-
-        ``input_size``: what the task reported from its pool child; else the caller's hint.
-        """
-        assert self.recorder is not None
-        spec: Memory = req.oomless_spec
-        if input_size is None:
-            input_size = header_int(req, INPUT_SIZE, -1, high=2**60)
-            input_size = None if input_size < 0 else input_size
-        now = time.time()
-        started = req.time_start or now
-        extra: dict[str, Any] = {}
-        for plugin in self.plugins:
-            extra.update(plugin.attempt_fields(req))
-        self.recorder.record(Attempt(
-            task_name=req.name, task_id=req.id, outcome=outcome, started_at=started,
-            duration=now - started if req.time_start else None, request=spec.request, limit=spec.limit,
-            peak_rss=peak, peak_pss=self.pss.take(req.id) if self.pss is not None else None,
-            input_size=input_size, mode=self.mode, worker_host=req.hostname, worker_pid=req.worker_pid, **extra,
-        ))
-
-    def _finished_in_child(self, req: Any) -> Any:
-        pid = req.worker_pid
-        index = self.enforcer.table.index_of(pid) if pid is not None else None
-        return None if index is None else self.enforcer.table.finished(index, req.id)
+    def refused(self, req: Any, exc: BaseException) -> None:
+        """``req`` was refused before it started (:func:`oomless.celery.ends.refused`)."""
+        ends.refused(self, req, exc)
 
     def release(self, req: Any) -> None:
         """``req`` ended (or never ran): free its slot and memory in the admission gate, if any

@@ -1,6 +1,6 @@
 """A Request mixin: the worker-side life of one governed task message (main process).
 
-* On receipt: resolve the task's spec (header > task option > worker default),
+* On receipt: resolve the task's spec (:mod:`oomless.celery.message_spec`),
   refuse a malformed or infeasible one before it takes a slot, and hand the
   resolved spec to the pool child in the request dict.
 * On a lost pool child: if the governor killed it for memory, turn Celery's
@@ -40,20 +40,12 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..escalate import Escalate
-from ..spec import (
-    HEADER,
-    INVALID_HEADER,
-    LEARNED_HEADER,
-    NO_SPEC,
-    Memory,
-    from_header,
-    invalid_from_header,
-    resolve,
-)
+from ..spec import HEADER, NO_SPEC, Memory
 from ..units import format_size
 from . import compat, governor
 from .failures import einfo_of, memory_exceeded_einfo, tried_limits
-from .republish import ATTEMPT, EVICTIONS, INPUT_SIZE, REROUTED, TRIED, header_int, republish
+from .message_spec import message_spec
+from .republish import ATTEMPT, EVICTIONS, REROUTED, TRIED, header_int, republish
 
 logger = logging.getLogger(__name__)
 
@@ -126,34 +118,11 @@ class GovernedRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         gov = governor.current
-        header = self.request_dict.get(HEADER)
-        # With learned sizes, a message's input-size hint may pick a size-fitted spec: not cached per name.
-        sized = gov is not None and gov.learned is not None and header_int(self, INPUT_SIZE, -1, high=2**60) >= 0
-        cacheable = gov is not None and header is None and not sized
-        invalid = invalid_from_header(self.request_dict.get(INVALID_HEADER))
-        if invalid is not None:  # whatever the task's cached spec says: its publisher found it malformed
-            self.oomless_error = invalid
+        try:
+            spec = message_spec(self, gov)
+        except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
+            self.oomless_error = exc
             return
-        spec = gov.task_specs.get(self.name) if cacheable else None  # type: ignore[union-attr]
-        if spec is None:
-            try:
-                call = from_header(header)
-                if call is not None and gov is not None and self.request_dict.get(LEARNED_HEADER) == 1:
-                    call = gov.cap_learned(self.name, call)
-                task_spec = getattr(self.task, "oomless_spec", None)
-                default = gov.settings.default_memory if gov else None
-                if call is None and task_spec is None and gov is not None and gov.learned is not None:
-                    size = header_int(self, INPUT_SIZE, -1, high=2**60)
-                    default = gov.learned.get(self.name, size if size >= 0 else None, cap=gov.budget) or default
-                spec = resolve(call, task_spec, default)
-                self.oomless_spec = spec  # also for a refusal's record
-                if gov is not None:
-                    gov.check_feasible(self.name, self.id, spec)
-            except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:
-                self.oomless_error = exc
-                return
-            if cacheable:
-                gov.task_specs[self.name] = spec  # type: ignore[union-attr]  # feasible: the same for every message without a header
         self.oomless_spec = spec
         self.request_dict[SPEC_KEY] = [spec.request, spec.limit]
         if gov is not None:
@@ -278,12 +247,7 @@ class GovernedRequest(Request):
                 return
         logger.error("oomless: refused %s[%s]: %s", self.name, self.id, exc)
         if gov is not None:
-            outcome = outcomes.INFEASIBLE if isinstance(exc, InfeasibleMemoryRequest) else outcomes.INVALID
-            gov.counts[outcome] += 1
-            if gov.recorder is not None:
-                gov.record(self, outcome, None)
-            for plugin in gov.plugins:
-                plugin.refused(self, exc)
+            gov.refused(self, exc)
         task_ready(self)
         self.task.backend.mark_as_failure(
             self.id, exc, request=compat.request_context(self), store_result=self.store_errors
