@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from oomless.testing import free_port
+
 from .celery.harness import start_worker
 
 sys.path.insert(0, str(Path(__file__).parent / "celery"))
@@ -86,7 +88,7 @@ def _names(text: str) -> set[str]:
 
 class _Prometheus:
     def __init__(self, tmp: Path, target: str) -> None:
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         config = tmp / "prometheus.yml"
         shutil.copy(RULES, tmp / RULES.name)
@@ -125,14 +127,6 @@ class _Prometheus:
         self.proc.terminate()
         self.proc.wait(30)
         self.log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_dashboard_query_and_alert_rule_runs_on_prometheus_scraping_a_real_worker(tmp_path, redis_url):

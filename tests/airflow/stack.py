@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from oomless.testing import free_port
+
+__all__ = ["Stack", "free_port"]
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 EXAMPLE_DAGS = REPO / "examples" / "airflow" / "dags"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_marked(marker: str) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -12,14 +11,10 @@ import urllib.request
 
 import pytest
 
+from oomless.testing import free_port
+
 from .harness import HERE, start_worker
 from .worker_app import make_app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 30) -> str:
@@ -82,7 +77,7 @@ def test_flower_shows_the_memory_row_on_the_task_page(tmp_path, redis_url):
     app = make_app(redis_url, redis_url, worker.queue)
     conf = tmp_path / "flowerconfig.py"
     conf.write_text("import oomless.celery.events\noomless.celery.events.show_in_flower()\n")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "flower.log", "w")
     flower = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker_app", "flower", "--address=127.0.0.1", f"--port={port}",

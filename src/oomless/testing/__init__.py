@@ -35,8 +35,9 @@ with this module.  Not here: the governor itself (:mod:`oomless.celery`).
 
 from __future__ import annotations
 
-from .broker import EmbeddedRedis
+from .broker import EmbeddedRedis, free_port
 from .events import MemoryEvents, TaskMemory
 from .worker import MARKER_ENV, Worker, WorkerError, start_worker
 
-__all__ = ["EmbeddedRedis", "MemoryEvents", "TaskMemory", "Worker", "WorkerError", "start_worker", "MARKER_ENV"]
+__all__ = ["EmbeddedRedis", "MemoryEvents", "TaskMemory", "Worker", "WorkerError", "start_worker", "MARKER_ENV",
+           "free_port"]

@@ -3,7 +3,8 @@
 :class:`EmbeddedRedis` starts one on a unix socket (nothing to install, no port
 taken), serves as broker and result backend (:attr:`EmbeddedRedis.url`), and
 stops it cleanly: SIGTERM through a pidfd (the server saves and exits), SIGKILL
-if it lingers, and its files removed.
+if it lingers, and its files removed.  :func:`free_port` gives what a server
+beside it (metrics, an api-server) can listen on.
 
 Not here: the worker (:mod:`.worker`).
 """
@@ -14,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +23,14 @@ from typing import Any
 
 from ..linux import kill
 
-__all__ = ["EmbeddedRedis"]
+__all__ = ["EmbeddedRedis", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick; another process may take it before use)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class EmbeddedRedis:
