@@ -39,6 +39,7 @@ STEPS = [
     ("oomless/celery/request.py", "_acknowledged", "fetch control"),
     ("oomless/celery/gate.py", "*", "gate acquire/finish"),
     ("oomless/celery/governor.py", "Governor.release", "gate acquire/finish"),
+    ("oomless/admission/queue.py", "Admission.describe", "gate acquire/finish"),
     ("oomless/admission/", "*", "ledger"),
     ("oomless/celery/governor.py", "Governor.on_kill_notice", "kill-notice pipe"),
     ("oomless/enforce/reports.py", "*", "kill-notice pipe"),

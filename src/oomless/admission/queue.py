@@ -29,7 +29,7 @@ age, and therefore the backfill bound, survives the hop.
 
 This module does no I/O and reads no clock: every call takes ``now``.  Not
 covered here: how a task's memory is *used* (enforcement, eviction), or how
-messages are fetched (the Celery glue, ``oomless.celery.gate``).
+messages are fetched (the Celery glue, ``oomless.celery.gate`` and ``oomless.celery.fetch``).
 """
 
 from __future__ import annotations

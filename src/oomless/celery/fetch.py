@@ -9,7 +9,9 @@ is given back as soon as nothing waits for memory.  Works the same with early
 and late acks.
 
 Used by :class:`oomless.celery.gate.MemoryGate`, which tells it when the ledger
-moved; this module only turns the ledger into a prefetch.
+moved; this module only turns the ledger into a prefetch.  It logs through the
+gate's logger (``oomless.celery.gate``): stopping and resuming fetches is
+admission's chatter, quieted with it.
 """
 
 from __future__ import annotations
@@ -19,27 +21,25 @@ from typing import Any
 
 from ..admission import Admission
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["FetchControl"]
 
 
 class FetchControl:
     """Celery's prefetch, held back while tasks wait for memory."""
 
-    def __init__(self, admission: Admission, max_waiting: int) -> None:
+    def __init__(self, admission: Admission, max_waiting: int, log: logging.Logger) -> None:
         self.adm = admission
         self.max_waiting = max_waiting
+        #: the gate's logger: its lines are admission's, quieted with it (``oomless.celery.gate``)
+        self.log = log
         self.consumer: Any = None  # Celery's consumer: its ``qos`` is the prefetch
         self.held_back = 0  # prefetch taken back from Celery's QoS while not fetching
         self.stopped = False  # not fetching
         self.quiet_until = 0.0  # after a give-back: fetch nothing before this (or a task ends)
         self._said = -1e9  # when "stopped fetching" was last logged at INFO
 
-    def reset(self, consumer: Any = None) -> None:
-        """A (re)connection: Celery builds a new QoS object, with its own prefetch."""
-        if consumer is not None:
-            self.consumer = consumer
+    def reset(self) -> None:
+        """A (re)connection or a lost one: Celery builds a new QoS object, with its own prefetch."""
         self.held_back, self.stopped = 0, False
 
     def update(self, now: float) -> None:
@@ -75,9 +75,9 @@ class FetchControl:
             self.stopped = stop
             # Under steady pressure this flips once per task: say so at most every 10 s.
             level = logging.INFO if now - self._said >= 10 else logging.DEBUG
-            if stop and logger.isEnabledFor(level):
+            if stop and self.log.isEnabledFor(level):
                 why = "just gave a task back" if quiet else f"{blocked} waiting cannot fit"
-                logger.log(level, "oomless: stopped fetching: %s (%s)", why, adm.describe())
+                self.log.log(level, "oomless: stopped fetching: %s (%s)", why, adm.describe())
                 self._said = now if level == logging.INFO else self._said
-            elif not stop and logger.isEnabledFor(level):
-                logger.log(level, "oomless: fetching again: %s", adm.describe())
+            elif not stop and self.log.isEnabledFor(level):
+                self.log.log(level, "oomless: fetching again: %s", adm.describe())

@@ -66,7 +66,6 @@ class MemoryGate(LaxBoundedSemaphore):
     ) -> None:
         # Not LaxBoundedSemaphore.__init__: value and initial_value are views of the ledger here.
         self.adm = admission
-        self.max_waiting = max_waiting
         self._sign = -1 if higher_priority_first else 1
         self._refuse = refuse
         #: the gate's clock (monotonic seconds)
@@ -75,7 +74,7 @@ class MemoryGate(LaxBoundedSemaphore):
         self._hub: Any = None
         self._drain_scheduled = False
         #: no hoarding: Celery's prefetch, held back while tasks wait for memory
-        self.fetch = FetchControl(admission, max_waiting)
+        self.fetch = FetchControl(admission, max_waiting, logger)
         self._queued_at: dict[Any, float] = {}  # waiting request -> when it started waiting (any worker)
         self._kept: set[Any] = set()  # overdue requests kept here because their queue has a backlog (logged once)
         self._for_memory: set[Any] = set()  # waiting requests that arrived when their request did not fit
@@ -105,6 +104,11 @@ class MemoryGate(LaxBoundedSemaphore):
             f"{adm.give_back_after:g} s" if adm.give_back_after else "never",
         )
         return gate
+
+    @property
+    def max_waiting(self) -> int:
+        """How many tasks that cannot fit may wait here (fetching stops at that many)."""
+        return self.fetch.max_waiting
 
     @property
     def stopped(self) -> bool:
@@ -208,7 +212,8 @@ class MemoryGate(LaxBoundedSemaphore):
     def register(self, hub: Any, consumer: Any) -> None:
         """Called on every (re)connection of the worker's event loop."""
         self._hub = hub
-        self.fetch.reset(consumer)
+        self.fetch.consumer = consumer
+        self.fetch.reset()
         hub.call_repeatedly(1.0, self.tick)
 
     def tick(self) -> None:

@@ -1,21 +1,22 @@
 """Which memory one task message gets, decided once in the worker's main process when it arrives.
 
-In order, the first that applies:
+In order, the first that applies (a message whose publisher found its
+declaration malformed, the ``oomless_invalid`` header, is refused before any of
+this, by the request):
 
-1. a publisher's finding that the declaration is malformed (``oomless_invalid``
-   header: the Airflow executor sends it): refused, whatever the task declares;
-2. the message's own spec (``oomless`` header: ``apply_async(memory=...)``, an
+1. the message's own spec (``oomless`` header: ``apply_async(memory=...)``, an
    escalation, a requeue after eviction), capped at the worker's capacity when
    it was learned at submit time;
-3. the task's ``memory=`` option;
-4. learned sizes (``oomless_learned``), by the message's input-size hint when it
+2. the task's ``memory=`` option;
+3. learned sizes (``oomless_learned``), by the message's input-size hint when it
    has one;
-5. the worker's ``oomless_default_memory``.
+4. the worker's ``oomless_default_memory``.
 
 A spec larger than any budget this worker offers is refused
 (:class:`~oomless.errors.InfeasibleMemoryRequest`).  Messages that carry no spec
-and no size hint get their task's answer from a per-name cache
-(``Governor.task_specs``, cleared when learned sizes change).
+get their task's answer from a per-name cache (``Governor.task_specs``, cleared
+when learned sizes change), except, with learned sizes on, those with a size
+hint.
 
 What is not here: what the request does with a refusal or the spec
 (:mod:`oomless.celery.request`), the spec's grammar (:mod:`oomless.spec`).
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..spec import HEADER, INVALID_HEADER, LEARNED_HEADER, Memory, from_header, invalid_from_header, resolve
+from ..spec import HEADER, LEARNED_HEADER, Memory, from_header, resolve
 from .republish import INPUT_SIZE, header_int
 
 if TYPE_CHECKING:
@@ -35,12 +36,9 @@ __all__ = ["message_spec"]
 
 
 def message_spec(req: Any, gov: Governor | None) -> Memory:
-    """The spec of the request ``req`` (set on ``req.oomless_spec`` as soon as it is known, so a refusal
-    for infeasibility records it).  Raises :class:`~oomless.errors.InvalidMemorySpec` or
-    :class:`~oomless.errors.InfeasibleMemoryRequest`."""
-    invalid = invalid_from_header(req.request_dict.get(INVALID_HEADER))
-    if invalid is not None:  # whatever the task's cached spec says: its publisher found it malformed
-        raise invalid
+    """The spec of the request ``req``.  Raises :class:`~oomless.errors.InvalidMemorySpec` or
+    :class:`~oomless.errors.InfeasibleMemoryRequest`; a spec resolved but infeasible is set on
+    ``req.oomless_spec`` first, so the refusal's record has it."""
     header = req.request_dict.get(HEADER)
     learned = gov.learned if gov is not None else None
     size = header_int(req, INPUT_SIZE, -1, high=2**60) if learned is not None else -1

@@ -40,7 +40,7 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..escalate import Escalate
-from ..spec import HEADER, NO_SPEC, Memory
+from ..spec import HEADER, INVALID_HEADER, NO_SPEC, Memory, invalid_from_header
 from ..units import format_size
 from . import compat, governor
 from .failures import einfo_of, memory_exceeded_einfo, tried_limits
@@ -118,6 +118,10 @@ class GovernedRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         gov = governor.current
+        invalid = invalid_from_header(self.request_dict.get(INVALID_HEADER))
+        if invalid is not None:  # whatever the task declares: its publisher found the declaration malformed
+            self.oomless_error = invalid
+            return
         try:
             spec = message_spec(self, gov)
         except (InvalidMemorySpec, InfeasibleMemoryRequest) as exc:

