@@ -332,7 +332,7 @@ def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_p
     from browser import Browser
 
     _recorded(run)
-    browser = Browser(tmp_path)
+    browser = Browser(tmp_path, slack=SLACK)
     try:
         # the task instance's "Memory" tab of Airflow's UI: our page in its frame
         browser.open(f"http://127.0.0.1:{run.port}/dags/{DAG}/runs/{quote(run.run_id, safe='')}/tasks/transform/"
