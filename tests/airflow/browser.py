@@ -7,6 +7,7 @@ read values out of it (frames included, same origin) and take a screenshot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -48,7 +49,9 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10) as resp:
             page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=10)
+        self.stack = contextlib.ExitStack()
+        self.ws = self.stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20,
+                                                   open_timeout=10))
         self.ids = itertools.count(1)
 
     def call(self, method: str, *, within: float | None = None, **params: Any) -> dict:
@@ -68,7 +71,11 @@ class Browser:
                 return message.get("result", {})
 
     def open(self, url: str) -> None:
+        """Navigate, and return once the new document has replaced the old one (a mark left on the old
+        window is gone): a condition waited for next is never met by the page before."""
+        self.evaluate("window.__oomlessLeft = true")
         self.call("Page.navigate", url=url)
+        self.wait_for("!window.__oomlessLeft", timeout=self.wait)
 
     def evaluate(self, expression: str, within: float | None = None) -> Any:
         got = self.call("Runtime.evaluate", within=within, expression=expression, returnByValue=True)
@@ -94,7 +101,7 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            self.stack.close()
         finally:
             self.proc.terminate()
             try:

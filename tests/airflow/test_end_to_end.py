@@ -338,7 +338,10 @@ def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_p
         browser.open(f"http://127.0.0.1:{run.port}/dags/{DAG}/runs/{quote(run.run_id, safe='')}/tasks/transform/"
                      f"plugin/oomless-memory")
         frame = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
-        text = browser.wait_for(f"{frame} && {frame}.body && {frame}.body.innerText.includes('Escalation') "
+        # the frame's document parsed to its end: its text grows while the parser streams it in (a loaded
+        # one-CPU guest showed the heading "Escalation" before the lines under it)
+        loaded = f"{frame} && {frame}.readyState === 'complete' && {frame}.body"
+        text = browser.wait_for(f"{loaded} && {frame}.body.innerText.includes('Escalation') "
                                 f"&& {frame}.body.innerText", timeout=90 * SLACK)
         assert "Memory of oomless_memory_demo.transform" in text
         assert "try 1: 240.0 MiB → memory-killed" in text and "try 2: 480.0 MiB → ok" in text
@@ -350,7 +353,7 @@ def test_the_ui_plugin_draws_in_a_real_browser_inside_airflows_own_ui(run, tmp_p
              "airflow-task-memory.png"),
         ):
             browser.open(f"http://127.0.0.1:{run.port}{url}")
-            browser.wait_for(f"{frame} && {frame}.body && {frame}.body.innerText.includes({needle!r})",
+            browser.wait_for(f"{loaded} && {frame}.body.innerText.includes({needle!r})",
                              timeout=90 * SLACK)
             _screenshot(browser, run, tmp_path, name)
         # the task's chart drawn by the browser: one dot per try, the two recommendation lines
