@@ -15,6 +15,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,13 +89,25 @@ def test_an_autoscaled_pool_leaves_room_for_the_children_it_may_still_start(tmp_
 
 def _overcommit(tmp_path, redis_url, worker_cgroup, mode, count=8, extra=()):
     """Requests far below what the tasks use (limits above it): admission starts ``count`` at once,
-    704 MiB each in a 2 GiB cgroup.  Returns (results, outcomes, worker log)."""
+    704 MiB each in a 2 GiB cgroup.  Returns (results, outcomes, worker log).
+
+    Each task holds what it grew to until the worker has evicted one (then 1 s more), at most
+    60 s: together they overlap however unevenly a loaded machine runs them.  (A loaded cgroup-v2
+    guest, whose page faults are slow, once ran four in turn: the first had finished before the
+    others were half grown, the slots never reached their shared limit, and nothing was evicted.)
+    """
     worker = start_worker(tmp_path, redis_url, redis_url, mode=mode, concurrency=count, conf=AIRFLOW,
                           cgroup=worker_cgroup.path, extra=extra)
     app = make_app(redis_url, redis_url, worker.queue, mode, conf=AIRFLOW)
+    release = tmp_path / "evicted"
     try:
         spec = oomless.Memory(request="128MiB", limit="1GiB")
-        results = [app.tasks["t.hold"].apply_async([1.0, 704], memory=spec) for _ in range(count)]
+        results = [app.tasks["t.grow"].apply_async((704, 0, 1.0), {"after": str(release)}, memory=spec)
+                   for _ in range(count)]
+        deadline = time.monotonic() + 240 * SLACK
+        while "evict" not in worker.text() and not all(r.ready() for r in results) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        release.touch()  # requeued tasks, and the ones still running, hold 1 s
         outcomes = [r.get(timeout=240 * SLACK, propagate=False) for r in results]
     finally:
         worker.stop()
