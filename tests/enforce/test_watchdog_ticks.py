@@ -270,6 +270,26 @@ def test_a_child_first_seen_late_is_charged_what_it_held_of_its_own_already(watc
     assert watchdog.usage(0, state) == 90 * MiB
 
 
+def test_a_child_first_seen_before_its_exec_is_charged_what_the_program_it_runs_grows_to(
+    watchdog, tick, table, procs, killer
+):
+    # subprocess.run on a loaded machine: the monitor first sees the child between its vfork and
+    # its exec, showing its parent's 60 MiB (30 MiB of it shared); the program it then runs starts
+    # at 4 MiB and allocates 128 MiB.  (A loaded CI run read a peak of 90 MiB for such a task.)
+    start_task(table, procs, 0, 100, "etl.load", rss=60 * MiB, limit=1 * GiB)
+    tick()
+    procs.spawn(101, 60 * MiB, parent=100)
+    procs.shared[101] = 30 * MiB
+    tick()
+    procs.rss[101], procs.shared[101] = 4 * MiB, 4 * MiB
+    tick()
+    procs.rss[101] = 132 * MiB
+    tick()
+    state = table.read(0)
+    assert watchdog.usage(0, state) == 128 * MiB
+    assert table.tree_peak(0, state.seq) == 128 * MiB
+
+
 def test_a_child_that_takes_its_task_over_the_limit_gets_the_whole_tree_killed(watchdog, tick, table, procs, killer):
     start_task(table, procs, 0, 100, "etl.load", rss=50 * MiB, limit=100 * MiB)
     tick()

@@ -6,7 +6,9 @@ the child shares copy-on-write with the worker; subtracting what a descendant
 shared when first seen removes what a process forked *without* exec shares
 with its parent (Airflow's task runner is such a fork of its supervisor: its
 RSS at birth is mostly the Airflow worker image, which it does not own), while
-what it had allocated before the monitor first saw it counts.  A descendant
+what it had allocated before the monitor first saw it counts.  A member whose
+RSS falls below that is charged from its lowest on (a subprocess first seen
+between its vfork and its exec: what it showed was its parent's).  A descendant
 first seen under :data:`WALK_FROM` is taken as all shared (a few MiB of a
 freshly exec'd program not charged; no page-table walk for each ``sleep``).
 
@@ -131,6 +133,11 @@ class Tree:
                 grown = value - born[pid]
                 if grown > 0:
                     total += grown
+                elif grown < 0:
+                    # It holds less than it was taken to share: it exec'd (a child of subprocess'
+                    # vfork, first seen before its exec, showed its parent's memory) or let shared
+                    # pages go.  Charged from its lowest on, as the cgroup monitor does a slot's.
+                    born[pid] = value
         for pid in gone:
             self.members.pop(pid).close()
             self.kids.pop(pid).close()
