@@ -194,6 +194,14 @@ def test_peak_of_a_task_includes_its_subprocess(governed):
     assert 128 * 0.9 * MiB <= got.peak <= (128 + 48) * MiB, got
 
 
+def test_a_task_holding_most_of_its_limit_runs_many_subprocesses_without_being_killed(governed):
+    """A child of vfork (Python's subprocess) reads its parent's memory until its exec: charged once.
+    (The watchdog charged it twice when it first saw a child before its exec: on a loaded machine,
+    6 tasks in 6 that held 600 MiB under a limit of 800 MiB and ran 150 programs were killed.)"""
+    result = governed.app.tasks["t.spawns"].apply_async([384, 150], memory={"request": "512MiB", "limit": "512MiB"})
+    assert result.get(timeout=120 * SLACK, propagate=False) == 150, governed.text()[-3000:]
+
+
 def test_pool_children_have_a_raised_oom_score_adj_and_the_main_process_does_not(governed):
     info = governed.app.tasks["t.whoami"].delay().get(timeout=30)
     assert info["oom_score_adj"] == 500

@@ -68,6 +68,16 @@ def make_app(broker: str, backend: str, queue: str, mode: str = "auto", conf: di
         subprocess.run([sys.executable, "-c", code], check=True)
         return mb
 
+    @app.task(name="t.spawns")
+    def spawns(mb: int, count: int) -> int:
+        """Hold ``mb`` MiB and run ``count`` short programs one after the other (Python's subprocess
+        starts each with vfork)."""
+        data = [bytearray(8 * MiB) for _ in range(mb // 8)]
+        for _ in range(count):
+            subprocess.run(["true"], check=True)
+        del data
+        return count
+
     @app.task(name="t.spared", memory="256MiB", memory_scope="subprocesses")
     def spared(mb: int, fork: bool = False) -> dict:
         """Like an Airflow supervisor: run the work (``mb`` MiB) in a child process, survive its kill,

@@ -7,8 +7,9 @@ shared when first seen removes what a process forked *without* exec shares
 with its parent (Airflow's task runner is such a fork of its supervisor: its
 RSS at birth is mostly the Airflow worker image, which it does not own), while
 what it had allocated before the monitor first saw it counts.  A member whose
-RSS falls below that is charged from its lowest on (a subprocess first seen
-between its vfork and its exec: what it showed was its parent's).  A descendant
+RSS falls below that is charged from its lowest on; one first seen between its
+vfork and its exec (Python's subprocess) holds exactly its parent's RSS, the
+parent's pages, and is charged nothing of it.  A descendant
 first seen under :data:`WALK_FROM` is taken as all shared (a few MiB of a
 freshly exec'd program not charged; no page-table walk for each ``sleep``).
 
@@ -81,12 +82,12 @@ class Tree:
         while todo:
             pid = todo.pop()
             for child in readers.all_children(pid) if full else kids[pid].read():
-                if child not in members and self._join(child):
+                if child not in members and self._join(child, pid):
                     todo.append(child)
 
-    def _join(self, pid: int) -> bool:
-        """Keep ``pid``'s files open as a member of the tree; ``False`` if it is already gone (or,
-        out of file descriptors, not now: the next poll tries again)."""
+    def _join(self, pid: int, parent: int) -> bool:
+        """Keep ``pid`` (a child of ``parent``) open as a member of the tree; ``False`` if it is
+        already gone (or, out of file descriptors, not now: the next poll tries again)."""
         try:
             reader = self.readers.statm(pid)
         except proc.GONE:
@@ -102,8 +103,16 @@ class Tree:
                 _out_of_descriptors(pid, exc)
             return False
         self.members[pid] = reader
-        self.born[pid] = self._shared_at_birth(pid, reader.read() or 0)
+        rss = reader.read() or 0
+        self.born[pid] = rss if self._in_parents_memory(parent, rss) else self._shared_at_birth(pid, rss)
         return True
+
+    def _in_parents_memory(self, parent: int, rss: int) -> bool:
+        """Whether a new member still runs in its parent's address space: a child of vfork (Python's
+        subprocess, posix_spawn) before its exec reads exactly its parent's RSS, the parent's
+        pages, all of them already charged (its smaps shows them private: not "shared")."""
+        reader = self.root if parent == self.root.pid else self.members.get(parent)
+        return reader is not None and rss > 0 and reader.read() == rss
 
     def _shared_at_birth(self, pid: int, rss: int) -> int:
         """What of a new member's first-seen ``rss`` is not its own: the pages it shares (a fork
